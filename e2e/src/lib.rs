@@ -1,0 +1,3 @@
+//! Test harness and end-to-end tests for geodb.
+
+pub mod controlplane;

@@ -1,0 +1,742 @@
+//! The operator against a real kube-apiserver (etcd, kube-apiserver and
+//! kube-controller-manager as local processes), running in-process as a user that has
+//! only the operator's own RBAC.
+//!
+//! One control plane serves every scenario; each scenario has its own namespace, and a
+//! failing scenario prints that namespace's objects, Events and the components' logs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use geodb::api::{GeoDatabase, Phase, Role};
+use geodb::leader::LeaderElection;
+use geodb_e2e::controlplane::ControlPlane;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+fn sample() -> GeoDatabase {
+    let text =
+        std::fs::read_to_string(repo_root().join("config/samples/geodatabase.yaml")).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+fn secret_text(secret: &Secret, key: &str) -> String {
+    String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
+async fn create_db(client: &Client, namespace: &str, db: &GeoDatabase) -> GeoDatabase {
+    Api::<GeoDatabase>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), db)
+        .await
+        .unwrap_or_else(|e| panic!("creating GeoDatabase {}: {e}", db.name_any()))
+}
+
+async fn patch_spec(client: &Client, namespace: &str, name: &str, spec: serde_json::Value) {
+    Api::<GeoDatabase>::namespaced(client.clone(), namespace)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
+        .await
+        .unwrap();
+}
+
+async fn geodb(client: &Client, namespace: &str, name: &str) -> GeoDatabase {
+    get::<GeoDatabase>(client, namespace, name).await.unwrap()
+}
+
+/// Wait until the status describes the current generation with every instance's pod.
+async fn wait_converged(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    instances: usize,
+) -> GeoDatabase {
+    wait_for(
+        &format!("{namespace}/{name} to converge with {instances} instances"),
+        CONVERGE,
+        || async {
+            let db = get::<GeoDatabase>(client, namespace, name).await?;
+            let status = db.status.as_ref()?;
+            (status.observed_generation == db.metadata.generation
+                && status.phase == Some(Phase::Creating)
+                && status.instances.len() == instances
+                && status.instances.iter().all(|i| i.pod.is_some()))
+            .then_some(db.clone())
+        },
+    )
+    .await
+}
+
+async fn scenario_creates_every_object(client: &Client, op: &Operator, ns: &str) {
+    create_db(client, ns, &sample()).await;
+    let db = wait_converged(client, ns, "geo", 3).await;
+    let cluster = "geodb.io/cluster=geo";
+
+    assert_eq!(
+        names::<StatefulSet>(client, ns, cluster).await,
+        ["geo-1", "geo-2", "geo-3"]
+    );
+    assert_eq!(
+        names::<Service>(client, ns, cluster).await,
+        ["geo-1", "geo-2", "geo-3", "geo-pooler", "geo-ro", "geo-rw"]
+    );
+    assert_eq!(
+        names::<ConfigMap>(client, ns, cluster).await,
+        ["geo-config", "geo-pooler"]
+    );
+    assert_eq!(
+        names::<Secret>(client, ns, cluster).await,
+        [
+            "geo-app",
+            "geo-app-pooler",
+            "geo-app-ro",
+            "geo-app-rw",
+            "geo-pooler-auth",
+            "geo-replication",
+            "geo-superuser"
+        ]
+    );
+    assert_eq!(
+        names::<Deployment>(client, ns, cluster).await,
+        ["geo-pooler"]
+    );
+
+    // Owner references and server-side apply under one field manager.
+    let sts = get::<StatefulSet>(client, ns, "geo-2").await.unwrap();
+    let owner = &sts.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("GeoDatabase", db.uid().unwrap().as_str())
+    );
+    assert!(sts
+        .managed_fields()
+        .iter()
+        .any(|m| m.manager.as_deref() == Some("geodb-operator")
+            && m.operation.as_deref() == Some("Apply")));
+    let pod_spec = sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let security = pod_spec.security_context.as_ref().unwrap();
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(
+        security.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+    assert_eq!(
+        pod_spec.containers[0].image.as_deref(),
+        Some(geodb::api::DEFAULT_IMAGE)
+    );
+
+    // Configuration from the spec.
+    let config = get::<ConfigMap>(client, ns, "geo-config").await.unwrap();
+    let conf = &config.data.as_ref().unwrap()["postgresql.conf"];
+    assert!(conf.contains("work_mem = '16MB'"), "{conf}");
+    let ini = &get::<ConfigMap>(client, ns, "geo-pooler")
+        .await
+        .unwrap()
+        .data
+        .unwrap()["pgbouncer.ini"];
+    assert!(ini.contains("pool_mode = transaction"), "{ini}");
+    assert!(ini.contains("max_client_conn = 200"), "{ini}");
+
+    // Connection Secrets carry the generated application password.
+    let app = get::<Secret>(client, ns, "geo-app").await.unwrap();
+    let password = secret_text(&app, "password");
+    assert_eq!(password.len(), 32);
+    let rw = get::<Secret>(client, ns, "geo-app-rw").await.unwrap();
+    assert_eq!(secret_text(&rw, "host"), format!("geo-rw.{ns}.svc"));
+    assert_eq!(secret_text(&rw, "password"), password);
+    assert_eq!(
+        secret_text(&rw, "uri"),
+        format!("postgresql://app:{password}@geo-rw.{ns}.svc:5432/app")
+    );
+    let pooled = get::<Secret>(client, ns, "geo-app-pooler").await.unwrap();
+    assert_eq!(secret_text(&pooled, "port"), "6432");
+
+    // Status, and roles on the pods the StatefulSet controller created.
+    let status = db.status.clone().unwrap();
+    assert_eq!(status.current_primary.as_deref(), Some("geo-1"));
+    assert_eq!(status.ready_instances, 0);
+    assert_eq!(status.instances[0].role, Role::Primary);
+    assert_eq!(status.secrets.as_ref().unwrap().app_rw, "geo-app-rw");
+    assert_eq!(status.services.as_ref().unwrap().ro, "geo-ro");
+    let condition = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(condition("Ready").status, "False");
+    assert_eq!(
+        condition("Ready").message,
+        "0/3 instances ready, pooler not ready"
+    );
+    assert_eq!(condition("Progressing").status, "True");
+    assert_eq!(condition("Degraded").status, "False");
+    wait_for("pods labelled with their roles", CONVERGE, || async {
+        let primary = names::<Pod>(client, ns, "geodb.io/cluster=geo,geodb.io/role=primary").await;
+        let replicas = names::<Pod>(client, ns, "geodb.io/cluster=geo,geodb.io/role=replica").await;
+        (primary == ["geo-1-0"] && replicas == ["geo-2-0", "geo-3-0"]).then_some(())
+    })
+    .await;
+
+    // `kubectl get geodb` columns, as the API server renders them.
+    let table: serde_json::Value = client
+        .request(
+            http::Request::get(format!(
+                "/apis/geodb.io/v1alpha1/namespaces/{ns}/geodatabases"
+            ))
+            .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+            .body(Vec::new())
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let columns: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        ["Name", "Phase", "Primary", "Ready", "Instances", "Age"]
+    );
+    let cells = &table["rows"][0]["cells"];
+    assert_eq!(
+        (cells[1].as_str(), cells[2].as_str(), cells[4].as_i64()),
+        (Some("Creating"), Some("geo-1"), Some(3))
+    );
+
+    // Events name what was done.
+    let events = Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let reasons: Vec<String> = events.iter().filter_map(|e| e.reason.clone()).collect();
+    assert!(reasons.contains(&"Created".to_owned()), "{reasons:?}");
+    assert!(
+        reasons.contains(&"CredentialsCreated".to_owned()),
+        "{reasons:?}"
+    );
+
+    // A reconcile may finish converging; the one after it must not write at all.
+    op.reconcile(geodb(client, ns, "geo").await).await;
+    let before = op.metrics.kube_writes();
+    op.reconcile(geodb(client, ns, "geo").await).await;
+    op.reconcile(geodb(client, ns, "geo").await).await;
+    assert_eq!(
+        op.metrics.kube_writes() - before,
+        0,
+        "a steady-state reconcile wrote to the API"
+    );
+}
+
+async fn scenario_spec_changes_converge(client: &Client, ns: &str) {
+    let mut db = sample();
+    db.spec.deletion_policy = geodb::api::DeletionPolicy::Retain;
+    create_db(client, ns, &db).await;
+    wait_converged(client, ns, "geo", 3).await;
+    let password = secret_text(
+        &get::<Secret>(client, ns, "geo-app").await.unwrap(),
+        "password",
+    );
+    let hash_of = |sts: StatefulSet| {
+        sts.spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()["geodb.io/config-hash"]
+            .clone()
+    };
+    let old_hash = hash_of(get::<StatefulSet>(client, ns, "geo-1").await.unwrap());
+
+    // Parameters: ConfigMap rewritten, pod template hash moves (pods roll).
+    patch_spec(
+        client,
+        ns,
+        "geo",
+        json!({"postgresql": {"parameters": {"work_mem": "32MB", "max_connections": "100"}}}),
+    )
+    .await;
+    wait_for(
+        "work_mem 32MB in the ConfigMap and a new config hash",
+        CONVERGE,
+        || async {
+            let cm = get::<ConfigMap>(client, ns, "geo-config").await?;
+            let sts = get::<StatefulSet>(client, ns, "geo-1").await?;
+            (cm.data?["postgresql.conf"].contains("work_mem = '32MB'") && hash_of(sts) != old_hash)
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Scale down: the highest replica goes, its volume stays (Retain).
+    wait_for("PVC of geo-3 to exist", CONVERGE, || async {
+        get::<PersistentVolumeClaim>(client, ns, "pgdata-geo-3-0").await
+    })
+    .await;
+    patch_spec(client, ns, "geo", json!({"instances": 2})).await;
+    wait_for(
+        "geo-3 StatefulSet and Service removed",
+        CONVERGE,
+        || async {
+            let sts = names::<StatefulSet>(client, ns, "geodb.io/cluster=geo").await;
+            let svc = get::<Service>(client, ns, "geo-3").await;
+            (sts == ["geo-1", "geo-2"] && svc.is_none()).then_some(())
+        },
+    )
+    .await;
+    wait_converged(client, ns, "geo", 2).await;
+    assert!(
+        get::<PersistentVolumeClaim>(client, ns, "pgdata-geo-3-0")
+            .await
+            .is_some(),
+        "scale-down deleted a PVC under deletionPolicy Retain"
+    );
+
+    // Pooler off: every pooler object goes, nothing else.
+    patch_spec(client, ns, "geo", json!({"pooler": {"enabled": false}})).await;
+    wait_for("pooler objects removed", CONVERGE, || async {
+        let gone = get::<Deployment>(client, ns, "geo-pooler").await.is_none()
+            && get::<Service>(client, ns, "geo-pooler").await.is_none()
+            && get::<ConfigMap>(client, ns, "geo-pooler").await.is_none()
+            && get::<Secret>(client, ns, "geo-pooler-auth").await.is_none()
+            && get::<Secret>(client, ns, "geo-app-pooler").await.is_none();
+        gone.then_some(())
+    })
+    .await;
+
+    // Scale up again and grow storage: the StatefulSets are recreated, PVCs grow.
+    patch_spec(
+        client,
+        ns,
+        "geo",
+        json!({"instances": 3, "storage": {"size": "2Gi"}}),
+    )
+    .await;
+    wait_for("3 StatefulSets claiming 2Gi", CONVERGE, || async {
+        let api = Api::<StatefulSet>::namespaced(client.clone(), ns);
+        let list = api
+            .list(&ListParams::default().labels("geodb.io/cluster=geo"))
+            .await
+            .ok()?;
+        let sizes: Vec<_> = list
+            .iter()
+            .filter(|s| s.metadata.deletion_timestamp.is_none())
+            .filter_map(|s| geodb::builders::instance::claimed_size(s).map(str::to_owned))
+            .collect();
+        (sizes == ["2Gi", "2Gi", "2Gi"]).then_some(())
+    })
+    .await;
+    // No provisioner runs here, so claims stay unbound, and an unbound claim cannot be
+    // resized: the operator leaves it alone (it grows it once bound).
+    let pvc = get::<PersistentVolumeClaim>(client, ns, "pgdata-geo-1-0")
+        .await
+        .unwrap();
+    assert_eq!(
+        pvc.spec.unwrap().resources.unwrap().requests.unwrap()["storage"].0,
+        "1Gi"
+    );
+    wait_converged(client, ns, "geo", 3).await;
+
+    // Credentials never rotate; a deleted connection Secret comes back with the same password.
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .delete("geo-app-rw", &DeleteParams::default())
+        .await
+        .unwrap();
+    let rw = wait_for("geo-app-rw recreated", CONVERGE, || async {
+        get::<Secret>(client, ns, "geo-app-rw").await
+    })
+    .await;
+    assert_eq!(secret_text(&rw, "password"), password);
+    assert_eq!(
+        secret_text(
+            &get::<Secret>(client, ns, "geo-app").await.unwrap(),
+            "password"
+        ),
+        password
+    );
+
+    // Drift: a hand edit of an owned object is put back.
+    Api::<Service>::namespaced(client.clone(), ns)
+        .patch(
+            "geo-rw",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"selector": {"geodb.io/role": "replica"}}})),
+        )
+        .await
+        .unwrap();
+    wait_for("geo-rw selector restored", CONVERGE, || async {
+        let svc = get::<Service>(client, ns, "geo-rw").await?;
+        (svc.spec?.selector?["geodb.io/role"] == "primary").then_some(())
+    })
+    .await;
+}
+
+/// Merge patch turning `from` into `to`.
+fn merge_patch(from: &serde_json::Value, to: &serde_json::Value) -> serde_json::Value {
+    match (from, to) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in b {
+                out.insert(
+                    k.clone(),
+                    a.get(k)
+                        .map(|old| merge_patch(old, v))
+                        .unwrap_or_else(|| v.clone()),
+                );
+            }
+            for k in a.keys().filter(|k| !b.contains_key(*k)) {
+                out.insert(k.clone(), serde_json::Value::Null);
+            }
+            serde_json::Value::Object(out)
+        }
+        _ => to.clone(),
+    }
+}
+
+fn expectation(text: &str) -> String {
+    text.lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# expect:"))
+        .unwrap_or_else(|| panic!("sample without '# expect:' line:\n{text}"))
+        .trim()
+        .to_owned()
+}
+
+fn sample_files(dir: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(repo_root().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+async fn scenario_invalid_samples_rejected(client: &Client, ns: &str) {
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    let dynamic = |text: &str| -> serde_json::Value { serde_yaml::from_str(text).unwrap() };
+    let files = sample_files("config/samples/invalid");
+    assert!(files.len() >= 20, "only {} invalid samples", files.len());
+    let mut failures = Vec::new();
+    for path in &files {
+        let text = std::fs::read_to_string(path).unwrap();
+        let expect = expectation(&text);
+        let body = dynamic(&text);
+        let request = http::Request::post(format!(
+            "/apis/geodb.io/v1alpha1/namespaces/{ns}/geodatabases"
+        ))
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .unwrap();
+        match client.request::<serde_json::Value>(request).await {
+            Ok(_) => failures.push(format!("{}: accepted", path.display())),
+            Err(kube::Error::Api(status)) => {
+                if status.code != 422 || !status.message.contains(&expect) {
+                    failures.push(format!(
+                        "{}: {} {:?}, expected 422 containing {expect:?}",
+                        path.display(),
+                        status.code,
+                        status.message
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("{}: {e}", path.display())),
+        }
+    }
+    for path in sample_files("config/samples/invalid-updates") {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = expectation(&text);
+        let mut docs = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| serde_json::Value::deserialize(d).unwrap());
+        let original: GeoDatabase = serde_json::from_value(docs.next().unwrap()).unwrap();
+        let update: serde_json::Value = docs.next().unwrap();
+        api.create(&PostParams::default(), &original).await.unwrap();
+        // The whole new spec: fields it lacks are removed (null in a merge patch), as a
+        // replace would; a merge patch needs no resourceVersion, so the operator's own
+        // writes to the object cannot make it conflict.
+        let patch = json!({"spec": merge_patch(&serde_json::to_value(&original.spec).unwrap(), &update["spec"])});
+        match api
+            .patch(
+                &original.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            Ok(_) => failures.push(format!("{}: update accepted", path.display())),
+            Err(kube::Error::Api(status))
+                if status.code == 422 && status.message.contains(&expect) => {}
+            Err(e) => failures.push(format!("{}: {e}, expected {expect:?}", path.display())),
+        }
+        api.delete(&original.name_any(), &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    assert!(
+        failures.is_empty(),
+        "invalid samples not rejected as expected:\n{}",
+        failures.join("\n")
+    );
+}
+
+use serde::Deserialize;
+
+async fn scenario_semantic_errors_degrade(client: &Client, ns: &str) {
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    for path in sample_files("config/samples/semantic") {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = expectation(&text);
+        let db: GeoDatabase = serde_yaml::from_str(&text).unwrap();
+        let name = db.name_any();
+        api.create(&PostParams::default(), &db).await.unwrap();
+        let degraded = wait_for(
+            &format!("{} Degraded", path.display()),
+            CONVERGE,
+            || async {
+                let db = api.get(&name).await.ok()?;
+                let status = db.status?;
+                let c = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Degraded" && c.status == "True")?;
+                (status.phase == Some(Phase::Degraded)).then(|| c.message.clone())
+            },
+        )
+        .await;
+        assert!(
+            degraded.contains(&expect),
+            "{}: {degraded:?} lacks {expect:?}",
+            path.display()
+        );
+        wait_for(
+            &format!("{} InvalidSpec event", path.display()),
+            CONVERGE,
+            || async {
+                let events = Api::<Event>::namespaced(client.clone(), ns)
+                    .list(&ListParams::default())
+                    .await
+                    .ok()?;
+                let found = events.iter().any(|e| {
+                    e.reason.as_deref() == Some("InvalidSpec")
+                        && e.note.as_deref().is_some_and(|n| n.contains(&expect))
+                });
+                found.then_some(())
+            },
+        )
+        .await;
+        // Nothing half-applied.
+        let selector = format!("geodb.io/cluster={name}");
+        assert!(names::<StatefulSet>(client, ns, &selector).await.is_empty());
+        assert!(names::<Secret>(client, ns, &selector).await.is_empty());
+        assert!(names::<ConfigMap>(client, ns, &selector).await.is_empty());
+    }
+
+    // Once the missing StorageClass exists, the same GeoDatabase converges.
+    let missing = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.spec.storage.storage_class_name.as_deref() == Some("no-such-class"))
+        .expect("a semantic sample with storageClassName no-such-class");
+    let class: StorageClass = serde_json::from_value(json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "no-such-class"}, "provisioner": "example.com/none"
+    }))
+    .unwrap();
+    Api::<StorageClass>::all(client.clone())
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    let name = missing.name_any();
+    // The operator rechecks invalid specs every minute; an edit of the object prompts it now.
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"example.com/touched": "1"}}})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the GeoDatabase to recover once its StorageClass exists",
+        CONVERGE,
+        || async {
+            let db = api.get(&name).await.ok()?;
+            let status = db.status?;
+            let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded")?;
+            (degraded.status == "False"
+                && !names::<StatefulSet>(client, ns, &format!("geodb.io/cluster={name}"))
+                    .await
+                    .is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+}
+
+async fn scenario_deletion_policy(client: &Client, ns: &str) {
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    for (name, policy) in [("keep", "Retain"), ("drop", "Delete")] {
+        let mut db = sample();
+        db.metadata.name = Some(name.into());
+        db.spec.instances = 2;
+        db.spec.deletion_policy = serde_json::from_value(json!(policy)).unwrap();
+        create_db(client, ns, &db).await;
+        wait_converged(client, ns, name, 2).await;
+        let selector = format!("geodb.io/cluster={name}");
+        wait_for(&format!("{name}: 2 PVCs"), CONVERGE, || async {
+            (names::<PersistentVolumeClaim>(client, ns, &selector)
+                .await
+                .len()
+                == 2)
+                .then_some(())
+        })
+        .await;
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_for(
+            &format!("{name}: GeoDatabase and StatefulSets gone"),
+            CONVERGE,
+            || async {
+                let db_gone = api.get_opt(name).await.ok()?.is_none();
+                (db_gone && names::<StatefulSet>(client, ns, &selector).await.is_empty())
+                    .then_some(())
+            },
+        )
+        .await;
+        let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap();
+        let alive: Vec<_> = pvcs
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        match policy {
+            "Retain" => {
+                assert_eq!(alive.len(), 2, "Retain lost a PVC");
+                assert!(alive.iter().all(|p| p.owner_references().is_empty()));
+            }
+            _ => assert!(
+                alive.is_empty(),
+                "Delete kept PVCs: {:?}",
+                alive.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+            ),
+        }
+    }
+    // A GeoDatabase of the same name finds the retained volumes again.
+    let mut again = sample();
+    again.metadata.name = Some("keep".into());
+    again.spec.instances = 2;
+    create_db(client, ns, &again).await;
+    wait_converged(client, ns, "keep", 2).await;
+    assert_eq!(
+        names::<PersistentVolumeClaim>(client, ns, "geodb.io/cluster=keep").await,
+        ["pgdata-keep-1-0", "pgdata-keep-2-0"]
+    );
+}
+
+async fn scenario_leader_election(cp: &ControlPlane) {
+    let client = cp.client_for_operator().unwrap();
+    let election = |identity: &str| LeaderElection {
+        namespace: "geodb-system".into(),
+        name: "geodb-test-leader".into(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(2),
+        renew_every: Duration::from_millis(500),
+    };
+    let (a, b) = (election("a"), election("b"));
+    assert!(
+        a.try_acquire(&client).await.unwrap(),
+        "a could not take a free Lease"
+    );
+    assert!(
+        !b.try_acquire(&client).await.unwrap(),
+        "b took a Lease a holds"
+    );
+    assert!(a.try_acquire(&client).await.unwrap(), "a could not renew");
+    // a stops renewing: b takes over only after the lease expires.
+    wait_for(
+        "b to take over the expired Lease",
+        Duration::from_secs(10),
+        || async { b.try_acquire(&client).await.unwrap().then_some(()) },
+    )
+    .await;
+    assert!(
+        !a.try_acquire(&client).await.unwrap(),
+        "a took the Lease back from b"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_against_a_real_apiserver() {
+    let cp = ControlPlane::start().await.expect("control plane");
+    let admin = cp.client().unwrap();
+    install_crds(&admin).await;
+    install_operator_rbac(&admin).await;
+    let operator = Operator::start(&cp);
+
+    type Scenario<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+    let scenarios: Vec<(&str, Scenario)> = vec![
+        (
+            "create",
+            Box::pin(scenario_creates_every_object(&admin, &operator, "t-create")),
+        ),
+        (
+            "changes",
+            Box::pin(scenario_spec_changes_converge(&admin, "t-changes")),
+        ),
+        (
+            "invalid",
+            Box::pin(scenario_invalid_samples_rejected(&admin, "t-invalid")),
+        ),
+        (
+            "semantic",
+            Box::pin(scenario_semantic_errors_degrade(&admin, "t-semantic")),
+        ),
+        (
+            "deletion",
+            Box::pin(scenario_deletion_policy(&admin, "t-deletion")),
+        ),
+        ("leader", Box::pin(scenario_leader_election(&cp))),
+    ];
+    let mut failed = Vec::new();
+    for (name, scenario) in scenarios {
+        let ns = format!("t-{name}");
+        if name != "leader" {
+            create_namespace(&admin, &ns).await;
+        }
+        eprintln!("---- scenario {name}");
+        let outcome =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(scenario)).await;
+        if outcome.is_err() {
+            dump_namespace(&admin, &cp, &ns).await;
+            failed.push(name);
+        }
+    }
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &operator.registry).unwrap();
+    assert!(metrics.contains("geodb_reconciliations_total"), "{metrics}");
+    assert!(
+        metrics.contains("geodb_reconcile_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    operator.stop().await;
+    assert!(failed.is_empty(), "failed scenarios: {failed:?}");
+}

@@ -1,0 +1,147 @@
+//! The instance ConfigMap: `postgresql.conf` and `pg_hba.conf`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use super::{content_hash, Cluster};
+use crate::names::{COMPONENT_DATABASE, POSTGRES_PORT, REPLICATION_USER};
+
+pub const POSTGRESQL_CONF: &str = "postgresql.conf";
+pub const PG_HBA_CONF: &str = "pg_hba.conf";
+/// Where the ConfigMap is mounted in instance pods.
+pub const CONFIG_DIR: &str = "/etc/geodb/config";
+/// Unix socket directory (an emptyDir: the root filesystem is read-only).
+pub const SOCKET_DIR: &str = "/var/run/postgresql";
+
+/// Settings the operator needs; user parameters cannot override them (the schema refuses
+/// the reserved names) and come after them.
+fn managed_settings() -> Vec<(&'static str, String)> {
+    vec![
+        ("listen_addresses", "*".into()),
+        ("port", POSTGRES_PORT.to_string()),
+        ("unix_socket_directories", SOCKET_DIR.into()),
+        ("hba_file", format!("{CONFIG_DIR}/{PG_HBA_CONF}")),
+        ("password_encryption", "scram-sha-256".into()),
+        ("wal_level", "replica".into()),
+        ("hot_standby", "on".into()),
+        ("logging_collector", "off".into()),
+        ("log_destination", "stderr".into()),
+    ]
+}
+
+/// Defaults a user may override.
+fn default_settings() -> Vec<(&'static str, String)> {
+    vec![
+        ("max_connections", "100".into()),
+        ("max_wal_senders", "10".into()),
+        ("max_replication_slots", "10".into()),
+        ("wal_keep_size", "512MB".into()),
+        ("shared_preload_libraries", "pg_stat_statements".into()),
+        ("log_min_duration_statement", "100ms".into()),
+        ("log_line_prefix", "%m [%p] %q%u@%d ".into()),
+    ]
+}
+
+/// Effective value of a setting (user parameter, else the operator default).
+pub fn effective_setting(cluster: &Cluster, name: &str) -> Option<String> {
+    cluster
+        .spec
+        .postgresql
+        .parameters
+        .get(name)
+        .cloned()
+        .or_else(|| {
+            default_settings()
+                .into_iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v)
+        })
+}
+
+pub fn postgresql_conf(cluster: &Cluster) -> String {
+    let mut out = String::from("# Written by geodb-operator from the GeoDatabase spec.\n");
+    for (key, value) in managed_settings() {
+        out.push_str(&format!("{key} = '{value}'\n"));
+    }
+    let user = &cluster.spec.postgresql.parameters;
+    for (key, value) in default_settings() {
+        if !user.contains_key(key) {
+            out.push_str(&format!("{key} = '{value}'\n"));
+        }
+    }
+    // Values cannot contain quotes or newlines: the schema refuses them.
+    for (key, value) in user {
+        out.push_str(&format!("{key} = '{value}'\n"));
+    }
+    out
+}
+
+pub fn pg_hba_conf() -> String {
+    format!(
+        "# Written by geodb-operator. Every network login uses SCRAM.\n\
+         local all all peer\n\
+         host replication {REPLICATION_USER} 0.0.0.0/0 scram-sha-256\n\
+         host replication {REPLICATION_USER} ::/0 scram-sha-256\n\
+         host all {REPLICATION_USER} 0.0.0.0/0 reject\n\
+         host all all 0.0.0.0/0 scram-sha-256\n\
+         host all all ::/0 scram-sha-256\n"
+    )
+}
+
+pub fn config_map(cluster: &Cluster) -> ConfigMap {
+    ConfigMap {
+        metadata: cluster.component_meta(cluster.names.config_map(), COMPONENT_DATABASE),
+        data: Some(BTreeMap::from([
+            (POSTGRESQL_CONF.to_owned(), postgresql_conf(cluster)),
+            (PG_HBA_CONF.to_owned(), pg_hba_conf()),
+        ])),
+        ..ConfigMap::default()
+    }
+}
+
+/// Hash of the configuration files, for the pod template annotation.
+pub fn config_hash(cluster: &Cluster) -> String {
+    content_hash(&[
+        postgresql_conf(cluster).as_bytes(),
+        pg_hba_conf().as_bytes(),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::fixtures::cluster;
+    use serde_json::json;
+
+    #[test]
+    fn user_parameters_override_defaults_not_managed_settings() {
+        let c = cluster(json!({"storage": {"size": "1Gi"},
+            "postgresql": {"parameters": {"work_mem": "64MB", "max_connections": "300"}}}));
+        let conf = postgresql_conf(&c);
+        assert!(conf.contains("work_mem = '64MB'"));
+        assert!(conf.contains("max_connections = '300'"));
+        assert!(!conf.contains("max_connections = '100'"));
+        assert!(conf.contains("password_encryption = 'scram-sha-256'"));
+        assert_eq!(
+            effective_setting(&c, "max_connections").as_deref(),
+            Some("300")
+        );
+    }
+
+    #[test]
+    fn config_change_changes_hash() {
+        let a = cluster(json!({"storage": {"size": "1Gi"}}));
+        let b = cluster(json!({"storage": {"size": "1Gi"},
+            "postgresql": {"parameters": {"work_mem": "8MB"}}}));
+        assert_ne!(config_hash(&a), config_hash(&b));
+        assert_eq!(config_hash(&a), config_hash(&a.clone()));
+    }
+
+    #[test]
+    fn hba_uses_scram_only() {
+        let hba = pg_hba_conf();
+        assert!(!hba.contains("trust"));
+        assert!(!hba.contains(" md5"));
+    }
+}

@@ -1,0 +1,379 @@
+//! One StatefulSet per instance (replicas: 1). The pod's role is a label the operator
+//! sets on the pod, never part of the template, so a failover changes no StatefulSet and
+//! rolls no pod.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, SeccompProfile, SecretProjection, SecurityContext, Volume, VolumeMount,
+    VolumeProjection, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use super::config::{config_hash, CONFIG_DIR, SOCKET_DIR};
+use super::Cluster;
+use crate::api::DeletionPolicy;
+use crate::names::{
+    instance_labels, ANNOTATION_CONFIG_HASH, LABEL_CLUSTER, LABEL_INSTANCE, PGDATA_VOLUME,
+    POSTGRES_PORT,
+};
+
+/// UID/GID of the `postgres` user in the geodb PostGIS image.
+pub const POSTGRES_UID: i64 = 999;
+pub const DATA_DIR: &str = "/var/lib/postgresql/data";
+pub const SECRETS_DIR: &str = "/etc/geodb/secrets";
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    }
+}
+
+fn empty_dir(name: &str, memory: bool) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: memory.then(|| "Memory".to_owned()),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn pg_isready_probe(period: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                "pg_isready".into(),
+                "-q".into(),
+                "-h".into(),
+                SOCKET_DIR.into(),
+                "-p".into(),
+                POSTGRES_PORT.to_string(),
+            ]),
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    }
+}
+
+/// Non-root, no privilege escalation, no capabilities, RuntimeDefault seccomp.
+pub fn restricted_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+pub fn restricted_pod_security(uid: i64) -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        fs_group: Some(uid),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn secrets_volume(cluster: &Cluster) -> Volume {
+    let n = &cluster.names;
+    let project = |secret: String, dir: &str| VolumeProjection {
+        secret: Some(SecretProjection {
+            name: secret,
+            items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                key: "password".into(),
+                path: format!("{dir}/password"),
+                mode: Some(0o400),
+            }]),
+            ..SecretProjection::default()
+        }),
+        ..VolumeProjection::default()
+    };
+    Volume {
+        name: "secrets".into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![
+                project(n.superuser_secret(), "superuser"),
+                project(n.replication_secret(), "replication"),
+                project(n.app_secret(), "app"),
+            ]),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// The data volume claim template of an instance.
+pub fn data_claim(cluster: &Cluster, instance: &str) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(PGDATA_VOLUME.into()),
+            labels: Some(instance_labels(&cluster.names.cluster, instance)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: cluster.spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(cluster.spec.storage.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+pub fn statefulset(cluster: &Cluster, instance: &str) -> StatefulSet {
+    let labels = instance_labels(&cluster.names.cluster, instance);
+    let selector = BTreeMap::from([
+        (LABEL_CLUSTER.to_owned(), cluster.names.cluster.clone()),
+        (LABEL_INSTANCE.to_owned(), instance.to_owned()),
+    ]);
+    let pvc_policy = match cluster.spec.deletion_policy {
+        DeletionPolicy::Retain => "Retain",
+        DeletionPolicy::Delete => "Delete",
+    };
+    let container = Container {
+        name: "postgres".into(),
+        image: Some(cluster.spec.image().to_owned()),
+        image_pull_policy: Some(cluster.spec.image_pull_policy.as_str().to_owned()),
+        command: Some(vec!["geodb".into(), "instance".into()]),
+        env: Some(vec![
+            env("GEODB_CLUSTER", cluster.names.cluster.clone()),
+            env("GEODB_INSTANCE", instance),
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            env("GEODB_RW_HOST", cluster.names.rw_service()),
+            env("GEODB_DATABASE", cluster.spec.database.name.clone()),
+            env("GEODB_DATABASE_OWNER", cluster.spec.database.owner.clone()),
+            env("GEODB_CONFIG_DIR", CONFIG_DIR),
+            env("GEODB_SECRETS_DIR", SECRETS_DIR),
+            env("PGDATA", format!("{DATA_DIR}/pgdata")),
+            env("PGHOST", SOCKET_DIR),
+            env("PGPORT", POSTGRES_PORT.to_string()),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("postgres".into()),
+            container_port: POSTGRES_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        resources: cluster.spec.resources.clone(),
+        // initdb or a base backup can take long; the startup probe covers up to an hour.
+        startup_probe: Some(pg_isready_probe(5, 720)),
+        readiness_probe: Some(pg_isready_probe(5, 3)),
+        liveness_probe: Some(pg_isready_probe(10, 6)),
+        security_context: Some(restricted_container_security()),
+        volume_mounts: Some(vec![
+            mount(PGDATA_VOLUME, DATA_DIR, false),
+            mount("config", CONFIG_DIR, true),
+            mount("secrets", SECRETS_DIR, true),
+            mount("run", SOCKET_DIR, false),
+            mount("tmp", "/tmp", false),
+            mount("shm", "/dev/shm", false),
+        ]),
+        ..Container::default()
+    };
+    let pod_spec = PodSpec {
+        containers: vec![container],
+        security_context: Some(restricted_pod_security(POSTGRES_UID)),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(30),
+        volumes: Some(vec![
+            Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: cluster.names.config_map(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            secrets_volume(cluster),
+            empty_dir("run", false),
+            empty_dir("tmp", false),
+            empty_dir("shm", true),
+        ]),
+        ..PodSpec::default()
+    };
+    StatefulSet {
+        metadata: cluster.meta(instance.to_owned(), labels.clone()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(instance.to_owned()),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                ..StatefulSetUpdateStrategy::default()
+            }),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(pvc_policy.into()),
+                    when_scaled: Some("Retain".into()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([(
+                        ANNOTATION_CONFIG_HASH.to_owned(),
+                        config_hash(cluster),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            volume_claim_templates: Some(vec![data_claim(cluster, instance)]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+/// Storage size requested by a StatefulSet's data claim template.
+pub fn claimed_size(sts: &StatefulSet) -> Option<&str> {
+    sts.spec
+        .as_ref()?
+        .volume_claim_templates
+        .as_ref()?
+        .first()?
+        .spec
+        .as_ref()?
+        .resources
+        .as_ref()?
+        .requests
+        .as_ref()?
+        .get("storage")
+        .map(|q| q.0.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::fixtures::cluster;
+    use serde_json::json;
+
+    #[test]
+    fn statefulset_is_one_non_root_pod_without_role_label() {
+        let c = cluster(
+            json!({"instances": 2, "storage": {"size": "5Gi", "storageClassName": "fast"}}),
+        );
+        let sts = statefulset(&c, "geo-2");
+        let spec = sts.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.service_name.as_deref(), Some("geo-2"));
+        let tpl = spec.template.metadata.as_ref().unwrap();
+        assert!(!tpl.labels.as_ref().unwrap().contains_key("geodb.io/role"));
+        assert!(tpl
+            .annotations
+            .as_ref()
+            .unwrap()
+            .contains_key(ANNOTATION_CONFIG_HASH));
+        let pod = spec.template.spec.as_ref().unwrap();
+        let psc = pod.security_context.as_ref().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(
+            psc.seccomp_profile.as_ref().unwrap().type_,
+            "RuntimeDefault"
+        );
+        assert_eq!(claimed_size(&sts), Some("5Gi"));
+        let claim = &spec.volume_claim_templates.as_ref().unwrap()[0];
+        assert_eq!(
+            claim.spec.as_ref().unwrap().storage_class_name.as_deref(),
+            Some("fast")
+        );
+        assert_eq!(
+            sts.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "uid-1"
+        );
+    }
+
+    #[test]
+    fn deletion_policy_maps_to_pvc_retention() {
+        let retain = cluster(json!({"storage": {"size": "1Gi"}}));
+        let delete = cluster(json!({"storage": {"size": "1Gi"}, "deletionPolicy": "Delete"}));
+        let policy = |c: &Cluster| {
+            statefulset(c, "geo-1")
+                .spec
+                .unwrap()
+                .persistent_volume_claim_retention_policy
+                .unwrap()
+                .when_deleted
+        };
+        assert_eq!(policy(&retain).as_deref(), Some("Retain"));
+        assert_eq!(policy(&delete).as_deref(), Some("Delete"));
+    }
+
+    #[test]
+    fn parameters_change_rolls_pods() {
+        let a = cluster(json!({"storage": {"size": "1Gi"}}));
+        let b = cluster(
+            json!({"storage": {"size": "1Gi"}, "postgresql": {"parameters": {"work_mem": "16MB"}}}),
+        );
+        let hash = |c: &Cluster| {
+            statefulset(c, "geo-1")
+                .spec
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[ANNOTATION_CONFIG_HASH]
+                .clone()
+        };
+        assert_ne!(hash(&a), hash(&b));
+    }
+}

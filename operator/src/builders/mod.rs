@@ -1,0 +1,150 @@
+//! Pure builders: from a validated GeoDatabase and what was read from the API, the
+//! objects the cluster should have. Nothing here talks to the API server.
+
+pub mod config;
+pub mod instance;
+pub mod pooler;
+pub mod secrets;
+pub mod services;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use crate::api::{GeoDatabase, GeoDatabaseSpec};
+use crate::names::{cluster_labels, Names};
+
+/// Passwords of the three roles; generated once, then always read back from their Secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub superuser: String,
+    pub replication: String,
+    pub app: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    // Passwords never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { .. }")
+    }
+}
+
+/// Everything the builders need: the GeoDatabase plus decisions made in the read and
+/// validate steps.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub names: Names,
+    pub namespace: String,
+    pub owner: OwnerReference,
+    pub spec: GeoDatabaseSpec,
+    /// Instances that should exist, in ordinal order.
+    pub instances: Vec<String>,
+    /// The instance that is (or will bootstrap as) the primary.
+    pub primary: String,
+    pub credentials: Credentials,
+}
+
+impl Cluster {
+    /// `None` when the object has no namespace or uid (not yet stored by the API server).
+    pub fn new(
+        db: &GeoDatabase,
+        instances: Vec<String>,
+        primary: String,
+        credentials: Credentials,
+    ) -> Option<Self> {
+        Some(Self {
+            names: Names::new(db),
+            namespace: db.namespace()?,
+            owner: db.controller_owner_ref(&())?,
+            spec: db.spec.clone(),
+            instances,
+            primary,
+            credentials,
+        })
+    }
+
+    /// Metadata of an owned object: namespace, labels, controller owner reference.
+    pub fn meta(&self, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    pub fn component_meta(&self, name: String, component: &str) -> ObjectMeta {
+        self.meta(name, cluster_labels(&self.names.cluster, component))
+    }
+
+    /// In-cluster DNS name of a Service of this cluster.
+    pub fn service_host(&self, service: &str) -> String {
+        format!("{service}.{}.svc", self.namespace)
+    }
+}
+
+/// Stable short hash of some content, for annotations and change detection.
+pub fn content_hash(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .take(10)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use crate::api::GeoDatabase;
+
+    pub fn geodatabase(spec: serde_json::Value) -> GeoDatabase {
+        let mut db: GeoDatabase = serde_json::from_value(serde_json::json!({
+            "apiVersion": "geodb.io/v1alpha1",
+            "kind": "GeoDatabase",
+            "metadata": {"name": "geo", "namespace": "maps", "uid": "uid-1", "generation": 1},
+            "spec": spec,
+        }))
+        .unwrap();
+        db.status = None;
+        db
+    }
+
+    pub fn cluster(spec: serde_json::Value) -> Cluster {
+        let db = geodatabase(spec);
+        let instances: Vec<String> = (1..=db.spec.instances as u32)
+            .map(|i| format!("geo-{i}"))
+            .collect();
+        Cluster::new(
+            &db,
+            instances,
+            "geo-1".into(),
+            Credentials {
+                superuser: "su-pw".into(),
+                replication: "repl-pw".into(),
+                app: "app-pw".into(),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn hash_separates_parts() {
+        assert_ne!(content_hash(&[b"ab", b"c"]), content_hash(&[b"a", b"bc"]));
+        assert_eq!(content_hash(&[b"x"]).len(), 20);
+    }
+
+    #[test]
+    fn credentials_debug_hides_passwords() {
+        let c = cluster(serde_json::json!({"storage": {"size": "1Gi"}}));
+        assert!(!format!("{:?}", c).contains("app-pw"));
+    }
+}

@@ -1,0 +1,144 @@
+//! Secrets: role credentials (created once, never rewritten) and connection details
+//! for applications (derived from the credentials, kept converged).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+
+use super::Cluster;
+use crate::names::{COMPONENT_DATABASE, POOLER_PORT, POSTGRES_PORT, REPLICATION_USER, SUPERUSER};
+
+pub const KEY_USERNAME: &str = "username";
+pub const KEY_PASSWORD: &str = "password";
+
+fn basic_auth(cluster: &Cluster, name: String, user: &str, password: &str) -> Secret {
+    Secret {
+        metadata: cluster.component_meta(name, COMPONENT_DATABASE),
+        type_: Some("kubernetes.io/basic-auth".into()),
+        string_data: Some(BTreeMap::from([
+            (KEY_USERNAME.to_owned(), user.to_owned()),
+            (KEY_PASSWORD.to_owned(), password.to_owned()),
+        ])),
+        ..Secret::default()
+    }
+}
+
+/// The three credential Secrets: superuser, replication and application role.
+pub fn credential_secrets(cluster: &Cluster) -> Vec<Secret> {
+    let n = &cluster.names;
+    let c = &cluster.credentials;
+    vec![
+        basic_auth(cluster, n.superuser_secret(), SUPERUSER, &c.superuser),
+        basic_auth(
+            cluster,
+            n.replication_secret(),
+            REPLICATION_USER,
+            &c.replication,
+        ),
+        basic_auth(
+            cluster,
+            n.app_secret(),
+            &cluster.spec.database.owner,
+            &c.app,
+        ),
+    ]
+}
+
+fn connection(cluster: &Cluster, name: String, host: String, port: i32) -> Secret {
+    let user = &cluster.spec.database.owner;
+    let dbname = &cluster.spec.database.name;
+    let password = &cluster.credentials.app;
+    // Generated passwords are alphanumeric, so the URI needs no escaping.
+    let uri = format!("postgresql://{user}:{password}@{host}:{port}/{dbname}");
+    Secret {
+        metadata: cluster.component_meta(name, COMPONENT_DATABASE),
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([
+            ("uri".to_owned(), uri),
+            ("host".to_owned(), host),
+            ("port".to_owned(), port.to_string()),
+            ("user".to_owned(), user.clone()),
+            ("password".to_owned(), password.clone()),
+            ("dbname".to_owned(), dbname.clone()),
+        ])),
+        ..Secret::default()
+    }
+}
+
+/// Connection Secrets for the application: read-write, read-only and (when the pooler is
+/// enabled) through PgBouncer.
+pub fn connection_secrets(cluster: &Cluster) -> Vec<Secret> {
+    let n = &cluster.names;
+    let mut out = vec![
+        connection(
+            cluster,
+            n.app_rw_secret(),
+            cluster.service_host(&n.rw_service()),
+            POSTGRES_PORT,
+        ),
+        connection(
+            cluster,
+            n.app_ro_secret(),
+            cluster.service_host(&n.ro_service()),
+            POSTGRES_PORT,
+        ),
+    ];
+    if cluster.spec.pooler.enabled {
+        out.push(connection(
+            cluster,
+            n.app_pooler_secret(),
+            cluster.service_host(&n.pooler()),
+            POOLER_PORT,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::fixtures::cluster;
+    use serde_json::json;
+
+    fn data(s: &Secret) -> &BTreeMap<String, String> {
+        s.string_data.as_ref().unwrap()
+    }
+
+    #[test]
+    fn credentials_use_the_roles() {
+        let c = cluster(
+            json!({"storage": {"size": "1Gi"}, "database": {"name": "maps", "owner": "mapper"}}),
+        );
+        let secrets = credential_secrets(&c);
+        let names: Vec<_> = secrets
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["geo-superuser", "geo-replication", "geo-app"]);
+        assert_eq!(data(&secrets[0])["username"], "postgres");
+        assert_eq!(data(&secrets[1])["username"], "streaming_replica");
+        assert_eq!(data(&secrets[2])["username"], "mapper");
+        assert_eq!(data(&secrets[2])["password"], "app-pw");
+    }
+
+    #[test]
+    fn connection_secrets_point_at_services() {
+        let c = cluster(json!({"storage": {"size": "1Gi"}}));
+        let secrets = connection_secrets(&c);
+        assert_eq!(secrets.len(), 3);
+        let rw = data(&secrets[0]);
+        assert_eq!(rw["host"], "geo-rw.maps.svc");
+        assert_eq!(
+            rw["uri"],
+            "postgresql://app:app-pw@geo-rw.maps.svc:5432/app"
+        );
+        assert_eq!(data(&secrets[1])["host"], "geo-ro.maps.svc");
+        assert_eq!(data(&secrets[2])["port"], "6432");
+    }
+
+    #[test]
+    fn no_pooler_secret_without_pooler() {
+        let c = cluster(json!({"storage": {"size": "1Gi"}, "pooler": {"enabled": false}}));
+        assert_eq!(connection_secrets(&c).len(), 2);
+    }
+}

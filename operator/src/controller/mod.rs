@@ -1,0 +1,308 @@
+//! The GeoDatabase reconciler: read -> validate -> build -> apply -> status.
+
+pub mod apply;
+pub mod instances;
+pub mod read;
+pub mod status;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{info, warn};
+
+use crate::api::GeoDatabase;
+use crate::builders::Cluster;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::names::{Names, FINALIZER, LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY};
+use apply::AppliedCache;
+
+/// Periodic resync of a converged GeoDatabase.
+const RESYNC: Duration = Duration::from_secs(300);
+/// Recheck of a GeoDatabase whose spec is invalid (a missing StorageClass may appear).
+const INVALID_RECHECK: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub applied: AppliedCache,
+    /// Consecutive failures per GeoDatabase, for exponential backoff.
+    failures: Mutex<HashMap<ObjectRef<GeoDatabase>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, instance: Option<String>) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: "geodb-operator".into(),
+            instance,
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            applied: AppliedCache::default(),
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Publish an Event on the GeoDatabase. A failure to publish is logged, not fatal.
+    pub async fn event(&self, db: &GeoDatabase, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: reason.to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &db.object_ref(&())).await {
+            warn!(%error, reason, "could not publish event");
+        }
+    }
+
+    fn backoff(&self, key: ObjectRef<GeoDatabase>) -> Duration {
+        let failures = match self.failures.lock() {
+            Ok(mut map) => {
+                let n = map.entry(key).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            }
+            Err(_) => 1,
+        };
+        // 1 s, 2 s, 4 s, ... capped.
+        Duration::from_secs(1u64 << failures.saturating_sub(1).min(9)).min(MAX_BACKOFF)
+    }
+
+    fn reset_backoff(&self, key: &ObjectRef<GeoDatabase>) {
+        if let Ok(mut map) = self.failures.lock() {
+            map.remove(key);
+        }
+    }
+}
+
+/// One reconciliation of a GeoDatabase, wrapped in the finalizer that honours its
+/// deletion policy.
+pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.metrics.reconciliations.inc();
+    let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
+    let api: Api<GeoDatabase> = Api::namespaced(ctx.client.clone(), &namespace);
+    let key = ObjectRef::from_obj(db.as_ref());
+    let result = finalizer(&api, FINALIZER, db, |event| async {
+        match event {
+            FinalizerEvent::Apply(db) => converge(&db, &ctx).await,
+            FinalizerEvent::Cleanup(db) => cleanup(&db, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.reset_backoff(&key);
+    }
+    result
+}
+
+/// read -> validate -> build -> apply -> status
+async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
+    let observed = read::observe(&ctx.client, db).await?;
+
+    let problems = validate::validate(&db.spec, observed.storage_class_exists);
+    if !problems.is_empty() {
+        let status = status::invalid_status(db, &problems, &status::now());
+        let was_message = degraded_message(db);
+        status::write(&ctx.client, db, &status).await?;
+        let message = degraded_message_of(&status);
+        if message != was_message {
+            warn!(name = %db.name_any(), namespace = db.namespace().unwrap_or_default(), problems = ?problems, "spec not applied");
+            ctx.metrics.record_action("invalid_spec");
+            ctx.event(
+                db,
+                EventType::Warning,
+                "InvalidSpec",
+                message.unwrap_or_default(),
+            )
+            .await;
+        }
+        return Ok(Action::requeue(INVALID_RECHECK));
+    }
+
+    let names = Names::new(db);
+    let (credentials, generated) = read::credentials(&names, &observed)?;
+    let current_primary = db
+        .status
+        .as_ref()
+        .and_then(|s| s.current_primary.as_deref());
+    let (instances, primary) = instances::plan(
+        &names,
+        usize::try_from(db.spec.instances).unwrap_or(1),
+        &observed.instance_names(),
+        current_primary,
+    );
+    let cluster =
+        Cluster::new(db, instances, primary, credentials).ok_or(Error::MissingObjectKey)?;
+
+    let changes = apply::converge(&ctx.client, &ctx.applied, &cluster, &observed).await?;
+    report_changes(db, ctx, &changes, generated).await;
+
+    let status = status::converged_status(db, &cluster, &observed, &status::now());
+    status::write(&ctx.client, db, &status).await?;
+    Ok(if changes.requeue_soon {
+        Action::requeue(Duration::from_secs(2))
+    } else {
+        Action::requeue(RESYNC)
+    })
+}
+
+fn degraded_message_of(status: &crate::api::GeoDatabaseStatus) -> Option<String> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::DEGRADED && c.status == "True")
+        .map(|c| c.message.clone())
+}
+
+fn degraded_message(db: &GeoDatabase) -> Option<String> {
+    db.status.as_ref().and_then(degraded_message_of)
+}
+
+async fn report_changes(
+    db: &GeoDatabase,
+    ctx: &Context,
+    changes: &apply::Changes,
+    generated: bool,
+) {
+    if changes.is_empty() {
+        return;
+    }
+    let name = db.name_any();
+    let namespace = db.namespace().unwrap_or_default();
+    info!(%name, %namespace, created = ?changes.created, updated = ?changes.updated,
+        deleted = ?changes.deleted, resized = ?changes.resized, relabelled = ?changes.relabelled,
+        "applied changes");
+    if generated {
+        ctx.metrics.record_action("credentials_generated");
+        ctx.event(
+            db,
+            EventType::Normal,
+            "CredentialsCreated",
+            "generated passwords for the superuser, replication and application roles".into(),
+        )
+        .await;
+    }
+    let groups: [(&str, &str, &Vec<String>); 5] = [
+        ("Created", "created", &changes.created),
+        ("Updated", "updated", &changes.updated),
+        (
+            "Deleted",
+            "deleted objects no longer wanted",
+            &changes.deleted,
+        ),
+        ("VolumeResized", "growing data volumes", &changes.resized),
+        ("RoleLabelled", "labelled pods", &changes.relabelled),
+    ];
+    for (reason, verb, items) in groups {
+        if items.is_empty() {
+            continue;
+        }
+        ctx.metrics.record_action(&reason.to_lowercase());
+        let mut note = format!("{verb}: {}", items.join(", "));
+        note.truncate(1000);
+        ctx.event(db, EventType::Normal, reason, note).await;
+    }
+}
+
+/// The GeoDatabase is being deleted: keep or delete data volumes per the deletion policy.
+/// Owned objects are removed by the garbage collector through their owner references.
+async fn cleanup(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
+    let observed = read::observe(&ctx.client, db).await?;
+    status::write(&ctx.client, db, &status::deleting_status(db)).await?;
+    let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
+    let policy = db.spec.deletion_policy;
+    let touched = apply::release_volumes(&ctx.client, &namespace, policy, &observed.pvcs).await?;
+    let note = match policy {
+        crate::api::DeletionPolicy::Delete => {
+            format!(
+                "deletionPolicy Delete: deleted data volumes [{}]",
+                touched.join(", ")
+            )
+        }
+        crate::api::DeletionPolicy::Retain => format!(
+            "deletionPolicy Retain: kept data volumes [{}]",
+            observed
+                .pvcs
+                .iter()
+                .map(|p| p.name_any())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    info!(name = %db.name_any(), %namespace, %note, "GeoDatabase deleted");
+    ctx.metrics.record_action("deleted");
+    ctx.event(db, EventType::Normal, "Deleted", note).await;
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(db: Arc<GeoDatabase>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.record_error(error.metric_label());
+    let delay = ctx.backoff(ObjectRef::from_obj(db.as_ref()));
+    warn!(name = %db.name_any(), namespace = db.namespace().unwrap_or_default(),
+        error = %error, label = error.metric_label(), retry_in_ms = delay.as_millis() as u64,
+        "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Watch GeoDatabases (in `namespace`, or all) and everything they own until `shutdown`.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    Controller::new(
+        api::<GeoDatabase>(&client, &namespace),
+        watcher::Config::default(),
+    )
+    .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
+    .owns(api::<Deployment>(&client, &namespace), owned.clone())
+    .owns(api::<Service>(&client, &namespace), owned.clone())
+    .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
+    .owns(api::<Secret>(&client, &namespace), owned.clone())
+    .watches(api::<Pod>(&client, &namespace), owned, |pod: Pod| {
+        let cluster = pod.labels().get(LABEL_CLUSTER)?.clone();
+        Some(ObjectRef::<GeoDatabase>::new(&cluster).within(&pod.namespace()?))
+    })
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            tracing::debug!(%error, "reconcile ended with an error");
+        }
+    })
+    .await;
+}

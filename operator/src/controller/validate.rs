@@ -1,0 +1,171 @@
+//! Validate step: what the schema accepts but the operator cannot run. Each problem is a
+//! sentence a user can act on; any problem stops the reconcile before anything is applied.
+
+use crate::api::GeoDatabaseSpec;
+use crate::quantity::{parse_pg_memory, parse_quantity};
+
+/// Connections PostgreSQL keeps for superusers and replication, beyond the pooler's.
+const RESERVED_CONNECTIONS: i64 = 10;
+
+/// Integer settings checked before they reach `postgresql.conf`.
+const INTEGER_PARAMETERS: &[&str] = &[
+    "max_connections",
+    "max_wal_senders",
+    "max_replication_slots",
+    "max_worker_processes",
+    "max_parallel_workers",
+    "max_parallel_workers_per_gather",
+    "superuser_reserved_connections",
+];
+
+/// Memory settings and the unit of a bare number, in bytes.
+const MEMORY_PARAMETERS: &[(&str, u64)] = &[
+    ("shared_buffers", 8192),
+    ("effective_cache_size", 8192),
+    ("work_mem", 1024),
+    ("maintenance_work_mem", 1024),
+    ("temp_buffers", 8192),
+    ("wal_buffers", 8192),
+];
+
+pub fn validate(spec: &GeoDatabaseSpec, storage_class_exists: Option<bool>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let params = &spec.postgresql.parameters;
+
+    for name in INTEGER_PARAMETERS {
+        if let Some(value) = params.get(*name) {
+            if value.trim().parse::<i64>().map(|v| v < 0).unwrap_or(true) {
+                problems.push(format!(
+                    "postgresql.parameters.{name} is {value:?}; it must be a non-negative integer"
+                ));
+            }
+        }
+    }
+    for (name, unit) in MEMORY_PARAMETERS {
+        if let Some(value) = params.get(*name) {
+            if parse_pg_memory(value, *unit).is_none() {
+                problems.push(format!(
+                    "postgresql.parameters.{name} is {value:?}; use a size such as 64MB (units: B, kB, MB, GB, TB)"
+                ));
+            }
+        }
+    }
+
+    let max_connections: i64 = params
+        .get("max_connections")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(100);
+    if spec.pooler.enabled {
+        let pooled = i64::from(spec.pooler.instances) * i64::from(spec.pooler.default_pool_size);
+        if pooled > max_connections - RESERVED_CONNECTIONS {
+            problems.push(format!(
+                "the pooler may open {pooled} server connections (pooler.instances {} x pooler.defaultPoolSize {}), \
+                 but max_connections is {max_connections} with {RESERVED_CONNECTIONS} kept for superusers and replication; \
+                 lower pooler.defaultPoolSize or raise postgresql.parameters.max_connections",
+                spec.pooler.instances, spec.pooler.default_pool_size
+            ));
+        }
+    }
+
+    if let Some(resources) = &spec.resources {
+        if let (Some(requests), Some(limits)) = (&resources.requests, &resources.limits) {
+            for (resource, request) in requests {
+                let Some(limit) = limits.get(resource) else {
+                    continue;
+                };
+                match (parse_quantity(&request.0), parse_quantity(&limit.0)) {
+                    (Some(r), Some(l)) if r > l => problems.push(format!(
+                        "resources.requests.{resource} ({}) exceeds resources.limits.{resource} ({})",
+                        request.0, limit.0
+                    )),
+                    (None, _) | (_, None) => problems.push(format!(
+                        "resources.{resource} has a malformed quantity ({} / {})",
+                        request.0, limit.0
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        let memory_limit = resources
+            .limits
+            .as_ref()
+            .and_then(|l| l.get("memory"))
+            .and_then(|q| parse_quantity(&q.0));
+        let shared_buffers = params
+            .get("shared_buffers")
+            .and_then(|v| parse_pg_memory(v, 8192));
+        if let (Some(limit), Some(buffers)) = (memory_limit, shared_buffers) {
+            if buffers as f64 >= limit {
+                problems.push(format!(
+                    "postgresql.parameters.shared_buffers ({}) does not fit in resources.limits.memory; \
+                     keep it well below the limit (a quarter is usual)",
+                    params.get("shared_buffers").map(String::as_str).unwrap_or_default()
+                ));
+            }
+        }
+    }
+
+    if storage_class_exists == Some(false) {
+        problems.push(format!(
+            "storage.storageClassName {:?} does not exist; create it or name an existing StorageClass",
+            spec.storage.storage_class_name.as_deref().unwrap_or_default()
+        ));
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(v: serde_json::Value) -> GeoDatabaseSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn default_spec_is_valid() {
+        assert!(validate(&spec(json!({"storage": {"size": "1Gi"}})), None).is_empty());
+    }
+
+    #[test]
+    fn pooler_must_fit_max_connections() {
+        let s = spec(json!({"storage": {"size": "1Gi"},
+            "pooler": {"instances": 3, "defaultPoolSize": 40},
+            "postgresql": {"parameters": {"max_connections": "100"}}}));
+        let problems = validate(&s, None);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("120 server connections"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let s = spec(json!({"storage": {"size": "1Gi"},
+            "postgresql": {"parameters": {"max_connections": "many", "work_mem": "64mb"}}}));
+        let problems = validate(&s, None);
+        assert!(problems.iter().any(|p| p.contains("max_connections")));
+        assert!(problems.iter().any(|p| p.contains("work_mem")));
+    }
+
+    #[test]
+    fn requests_above_limits() {
+        let s = spec(json!({"storage": {"size": "1Gi"},
+            "resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}}));
+        assert!(validate(&s, None)[0].contains("exceeds"));
+    }
+
+    #[test]
+    fn shared_buffers_over_memory_limit() {
+        let s = spec(json!({"storage": {"size": "1Gi"},
+            "resources": {"limits": {"memory": "512Mi"}},
+            "postgresql": {"parameters": {"shared_buffers": "1GB"}}}));
+        assert!(validate(&s, None)[0].contains("shared_buffers"));
+    }
+
+    #[test]
+    fn missing_storage_class() {
+        let s = spec(json!({"storage": {"size": "1Gi", "storageClassName": "gold"}}));
+        assert!(validate(&s, Some(false))[0].contains("\"gold\" does not exist"));
+        assert!(validate(&s, Some(true)).is_empty());
+    }
+}

@@ -1,0 +1,53 @@
+//! Typed errors of the reconciler. Each has a stable label for metrics.
+
+use kube::runtime::finalizer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed while {action}: {source}")]
+    Kube {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("finalizer step failed: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+
+    #[error("GeoDatabase has no namespace or uid yet")]
+    MissingObjectKey,
+
+    #[error("Secret {name} exists but has no usable {key}")]
+    MalformedSecret { name: String, key: &'static str },
+
+    #[error("could not serialize {what}: {source}")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    pub fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { action, source }
+    }
+
+    /// Stable label for the `geodb_reconcile_errors_total` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube_api",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
+                    e.metric_label()
+                }
+                _ => "finalizer",
+            },
+            Error::MissingObjectKey => "missing_object_key",
+            Error::MalformedSecret { .. } => "malformed_secret",
+            Error::Serialize { .. } => "serialize",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

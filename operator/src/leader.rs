@@ -1,0 +1,144 @@
+//! Leader election on a coordination.k8s.io Lease, so that two operator replicas never
+//! reconcile at once. The holder renews every `renew_every`; a standby takes over once the
+//! lease has not been renewed for `lease_duration`.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use tracing::{info, warn};
+
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_every: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error("Lease request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("lost the leader Lease {0}")]
+    Lost(String),
+}
+
+fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
+    let Some(renewed) = spec.renew_time.as_ref().map(|t| t.0) else {
+        return true;
+    };
+    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
+    renewed + duration < now
+}
+
+impl LeaderElection {
+    fn api(&self, client: &Client) -> Api<Lease> {
+        Api::namespaced(client.clone(), &self.namespace)
+    }
+
+    fn spec(&self, transitions: i32, acquired: Option<MicroTime>) -> LeaseSpec {
+        let now = MicroTime(Timestamp::now());
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.lease_duration.as_secs() as i32),
+            acquire_time: Some(acquired.unwrap_or_else(|| now.clone())),
+            renew_time: Some(now),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    /// One attempt to become or stay the leader. Conflicts mean someone else won.
+    pub async fn try_acquire(&self, client: &Client) -> Result<bool, LeaderError> {
+        let api = self.api(client);
+        let Some(mut lease) = api.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    namespace: Some(self.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(self.spec(0, None)),
+            };
+            return match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(e) => Err(e.into()),
+            };
+        };
+        let current = lease.spec.clone().unwrap_or_default();
+        let ours = current.holder_identity.as_deref() == Some(self.identity.as_str());
+        if !ours && !expired(&current, Timestamp::now()) {
+            return Ok(false);
+        }
+        let transitions = current.lease_transitions.unwrap_or(0) + i32::from(!ours);
+        let acquired = if ours { current.acquire_time } else { None };
+        lease.spec = Some(self.spec(transitions, acquired));
+        // `replace` carries the resourceVersion we read: a concurrent writer makes it fail.
+        match api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Wait until this process holds the Lease.
+    pub async fn acquire(&self, client: &Client) {
+        loop {
+            match self.try_acquire(client).await {
+                Ok(true) => {
+                    info!(lease = %self.name, identity = %self.identity, "became leader");
+                    return;
+                }
+                Ok(false) => {}
+                Err(error) => warn!(%error, "leader election attempt failed"),
+            }
+            tokio::time::sleep(self.renew_every).await;
+        }
+    }
+
+    /// Renew until renewal fails for longer than the lease duration (or someone else holds
+    /// the Lease); then return the error, and the caller stops reconciling.
+    pub async fn keep(&self, client: &Client) -> LeaderError {
+        let mut last_renewed = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(self.renew_every).await;
+            match self.try_acquire(client).await {
+                Ok(true) => last_renewed = tokio::time::Instant::now(),
+                Ok(false) => return LeaderError::Lost(self.name.clone()),
+                Err(error) => {
+                    warn!(%error, "could not renew the leader Lease");
+                    if last_renewed.elapsed() >= self.lease_duration {
+                        return error;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_expiry() {
+        let renewed = Timestamp::from_second(1000).unwrap();
+        let spec = LeaseSpec {
+            renew_time: Some(MicroTime(renewed)),
+            lease_duration_seconds: Some(15),
+            ..LeaseSpec::default()
+        };
+        assert!(!expired(&spec, Timestamp::from_second(1010).unwrap()));
+        assert!(expired(&spec, Timestamp::from_second(1016).unwrap()));
+        assert!(expired(&LeaseSpec::default(), renewed));
+    }
+}

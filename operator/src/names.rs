@@ -1,0 +1,149 @@
+//! Names and labels of everything a GeoDatabase owns. One place, so builders, the
+//! reconciler and the tests agree.
+
+use std::collections::BTreeMap;
+
+use crate::api::{GeoDatabase, Role};
+use kube::ResourceExt;
+
+/// Field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "geodb-operator";
+/// Finalizer that lets the operator honour the deletion policy.
+pub const FINALIZER: &str = "geodb.io/finalizer";
+
+pub const LABEL_CLUSTER: &str = "geodb.io/cluster";
+pub const LABEL_INSTANCE: &str = "geodb.io/instance";
+/// Set on instance pods by the operator (never by the pod template) so that it stays
+/// true after a failover: Services select on it.
+pub const LABEL_ROLE: &str = "geodb.io/role";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "geodb-operator";
+/// Pod template annotation: hash of the configuration the pod runs with, so that a
+/// configuration change rolls the pods.
+pub const ANNOTATION_CONFIG_HASH: &str = "geodb.io/config-hash";
+
+pub const COMPONENT_DATABASE: &str = "database";
+pub const COMPONENT_POOLER: &str = "pooler";
+
+pub const POSTGRES_PORT: i32 = 5432;
+pub const POOLER_PORT: i32 = 6432;
+pub const SUPERUSER: &str = "postgres";
+pub const REPLICATION_USER: &str = "streaming_replica";
+pub const PGDATA_VOLUME: &str = "pgdata";
+
+/// Names derived from the GeoDatabase name. The schema caps that name at 40 characters so
+/// every derived name stays a valid DNS label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    pub cluster: String,
+}
+
+impl Names {
+    pub fn new(db: &GeoDatabase) -> Self {
+        Self {
+            cluster: db.name_any(),
+        }
+    }
+    pub fn instance(&self, ordinal: u32) -> String {
+        format!("{}-{ordinal}", self.cluster)
+    }
+    /// Ordinal of an instance name of this cluster (`pg-3` -> 3).
+    pub fn ordinal(&self, instance: &str) -> Option<u32> {
+        instance
+            .strip_prefix(&self.cluster)?
+            .strip_prefix('-')?
+            .parse()
+            .ok()
+    }
+    pub fn config_map(&self) -> String {
+        format!("{}-config", self.cluster)
+    }
+    pub fn rw_service(&self) -> String {
+        format!("{}-rw", self.cluster)
+    }
+    pub fn ro_service(&self) -> String {
+        format!("{}-ro", self.cluster)
+    }
+    pub fn pooler(&self) -> String {
+        format!("{}-pooler", self.cluster)
+    }
+    pub fn pooler_auth_secret(&self) -> String {
+        format!("{}-pooler-auth", self.cluster)
+    }
+    pub fn superuser_secret(&self) -> String {
+        format!("{}-superuser", self.cluster)
+    }
+    pub fn replication_secret(&self) -> String {
+        format!("{}-replication", self.cluster)
+    }
+    pub fn app_secret(&self) -> String {
+        format!("{}-app", self.cluster)
+    }
+    pub fn app_rw_secret(&self) -> String {
+        format!("{}-app-rw", self.cluster)
+    }
+    pub fn app_ro_secret(&self) -> String {
+        format!("{}-app-ro", self.cluster)
+    }
+    pub fn app_pooler_secret(&self) -> String {
+        format!("{}-app-pooler", self.cluster)
+    }
+    /// Pod of an instance: each instance is a one-pod StatefulSet.
+    pub fn pod(instance: &str) -> String {
+        format!("{instance}-0")
+    }
+    /// PVC created from the instance StatefulSet's volume claim template.
+    pub fn pvc(instance: &str) -> String {
+        format!("{PGDATA_VOLUME}-{instance}-0")
+    }
+}
+
+/// Labels on every object of a cluster.
+pub fn cluster_labels(cluster: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "geodb".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), cluster.to_owned()),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        (LABEL_COMPONENT.to_owned(), component.to_owned()),
+        (LABEL_CLUSTER.to_owned(), cluster.to_owned()),
+    ])
+}
+
+/// Labels of one instance's objects (StatefulSet, pod, PVC, headless Service).
+pub fn instance_labels(cluster: &str, instance: &str) -> BTreeMap<String, String> {
+    let mut labels = cluster_labels(cluster, COMPONENT_DATABASE);
+    labels.insert(LABEL_INSTANCE.to_owned(), instance.to_owned());
+    labels
+}
+
+/// Selector of the pods that have a role.
+pub fn role_selector(cluster: &str, role: Role) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_CLUSTER.to_owned(), cluster.to_owned()),
+        (LABEL_COMPONENT.to_owned(), COMPONENT_DATABASE.to_owned()),
+        (LABEL_ROLE.to_owned(), role.as_str().to_owned()),
+    ])
+}
+
+/// Label selector string matching everything of a cluster.
+pub fn cluster_selector(cluster: &str) -> String {
+    format!("{LABEL_CLUSTER}={cluster},{LABEL_MANAGED_BY}={MANAGED_BY}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinals_round_trip() {
+        let names = Names {
+            cluster: "geo".into(),
+        };
+        assert_eq!(names.instance(2), "geo-2");
+        assert_eq!(names.ordinal("geo-2"), Some(2));
+        assert_eq!(names.ordinal("geo-rw"), None);
+        assert_eq!(names.ordinal("geox-2"), None);
+        assert_eq!(Names::pvc("geo-2"), "pgdata-geo-2-0");
+    }
+}
