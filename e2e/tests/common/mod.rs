@@ -3,9 +3,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use geodb::api::GeoDatabase;
 use geodb::controller::{self, Context};
@@ -14,128 +13,36 @@ use geodb_e2e::controlplane::ControlPlane;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::{ApiCapabilities, ApiResource, Scope};
-use kube::{Api, Client, Discovery, ResourceExt};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+pub use geodb_e2e::kube_util::repo_root;
 
-/// Poll `probe` until it yields `Some`, or fail after `timeout` with `describe`'s output.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+/// Poll `probe` until it yields `Some`; panic after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Apply every document of a YAML file as the admin (server-side apply).
-pub async fn apply_yaml(client: &Client, text: &str, namespace: Option<&str>) {
-    let discovery = Discovery::new(client.clone()).run().await.unwrap();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let value = serde_yaml::Value::deserialize(doc).unwrap();
-        if value.is_null() {
-            continue;
-        }
-        let obj: DynamicObject = serde_yaml::from_value(value).unwrap();
-        let types = obj.types.clone().unwrap();
-        let gvk = GroupVersionKind::try_from(&types).unwrap();
-        let (ar, caps): (ApiResource, ApiCapabilities) = discovery.resolve_gvk(&gvk).unwrap();
-        let api: Api<DynamicObject> = match caps.scope {
-            Scope::Namespaced => Api::namespaced_with(
-                client.clone(),
-                obj.namespace()
-                    .as_deref()
-                    .or(namespace)
-                    .unwrap_or("default"),
-                &ar,
-            ),
-            Scope::Cluster => Api::all_with(client.clone(), &ar),
-        };
-        api.patch(
-            &obj.name_any(),
-            &PatchParams::apply("geodb-tests").force(),
-            &Patch::Apply(&obj),
-        )
+    geodb_e2e::kube_util::wait_for(what, timeout, probe)
         .await
-        .unwrap_or_else(|e| panic!("applying {} {}: {e}", gvk.kind, obj.name_any()));
-    }
+        .unwrap_or_else(|e| panic!("{e}"))
 }
-
-use serde::Deserialize;
 
 pub async fn install_crds(client: &Client) {
-    let dir = repo_root().join("crds");
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        apply_yaml(client, &std::fs::read_to_string(&path).unwrap(), None).await;
-    }
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    wait_for(
-        "the GeoDatabase CRD to be established",
-        Duration::from_secs(30),
-        || {
-            let crds = crds.clone();
-            async move {
-                let crd = crds.get("geodatabases.geodb.io").await.ok()?;
-                crd.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    geodb_e2e::kube_util::install_crds(client).await.unwrap();
 }
 
-/// Install the operator's RBAC from config/rbac and bind it to the harness user
-/// `geodb-operator`, so the in-process operator has exactly the rights it ships with.
 pub async fn install_operator_rbac(client: &Client) {
-    apply_yaml(
+    geodb_e2e::kube_util::install_operator_rbac_for_user(
         client,
-        &std::fs::read_to_string(repo_root().join("config/manager/namespace.yaml")).unwrap(),
-        None,
+        geodb_e2e::controlplane::OPERATOR_USER,
     )
-    .await;
-    let rbac = std::fs::read_to_string(repo_root().join("config/rbac/role.yaml")).unwrap();
-    apply_yaml(client, &rbac, None).await;
-    let bindings = r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: geodb-operator-test-user
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: geodb-operator}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: geodb-operator}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata:
-  name: geodb-operator-test-user
-  namespace: geodb-system
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: geodb-operator-leader}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: geodb-operator}]
-"#;
-    apply_yaml(client, bindings, None).await;
+    .await
+    .unwrap();
 }
 
 /// The operator, running in this process as the `geodb-operator` user.

@@ -1,0 +1,334 @@
+//! `make bench-reconcile`: the operator (release build, its own process, its own RBAC)
+//! against a local kube-apiserver; GeoDatabases are created at a steady rate and each is
+//! timed from its create request to the moment its status says every object was applied.
+//! Then every GeoDatabase is reconciled once more without a spec change and the API
+//! writes of those reconciles are counted. Prints a table and writes
+//! `target/bench/reconcile.json`.
+//!
+//! Environment: `BENCH_COUNT` (200), `BENCH_RATE_PER_S` (10), `BENCH_INSTANCES` (3).
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use futures::TryStreamExt;
+use geodb::api::GeoDatabase;
+use geodb_e2e::controlplane::{ControlPlane, OPERATOR_USER};
+use geodb_e2e::kube_util::{install_crds, install_operator_rbac_for_user, repo_root, wait_for};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+const NAMESPACE: &str = "bench";
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Sum of a metric's samples in Prometheus text, optionally only those whose labels
+/// contain `label_filter`.
+fn metric_sum(text: &str, name: &str, label_filter: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| label_filter.is_empty() || label_filter.iter().any(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn scrape(port: u16) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
+fn writes(metrics: &str) -> f64 {
+    metric_sum(
+        metrics,
+        "geodb_kube_api_requests_total",
+        &[
+            "method=\"POST\"",
+            "method=\"PUT\"",
+            "method=\"PATCH\"",
+            "method=\"DELETE\"",
+        ],
+    )
+}
+
+fn memory_kib(pid: u32, field: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .with_context(|| format!("{field} missing in /proc/{pid}/status"))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let count = env_number("BENCH_COUNT", 200) as usize;
+    let rate = env_number("BENCH_RATE_PER_S", 10).max(1);
+    let instances = env_number("BENCH_INSTANCES", 3) as i32;
+
+    let cp = ControlPlane::start().await?;
+    let admin = cp.client()?;
+    install_crds(&admin).await?;
+    install_operator_rbac_for_user(&admin, OPERATOR_USER).await?;
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?;
+    Api::<Namespace>::all(admin.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
+
+    // The operator as users run it: its own process, release build, its own identity.
+    let binary = repo_root().join("target/release/geodb");
+    if !binary.exists() {
+        bail!(
+            "{} missing: run `cargo build --release -p geodb`",
+            binary.display()
+        );
+    }
+    let port = free_port()?;
+    let log_path = cp.temp_dir().join("operator.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut operator = tokio::process::Command::new(&binary)
+        .args(["operator", "--leader-elect=false"])
+        .arg(format!("--http-addr=127.0.0.1:{port}"))
+        .env("KUBECONFIG", cp.operator_kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the operator")?;
+    let pid = operator.id().context("operator pid")?;
+    wait_for("operator /metrics", Duration::from_secs(30), || async {
+        scrape(port).await.ok().filter(|m| m.contains("200 OK"))
+    })
+    .await?;
+
+    // Converged = status written for the current generation (the last pipeline step).
+    let converged: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let api: Api<GeoDatabase> = Api::namespaced(admin.clone(), NAMESPACE);
+    let seen = converged.clone();
+    let watch = tokio::spawn(
+        watcher(api.clone(), watcher::Config::default())
+            .applied_objects()
+            .try_for_each(move |db: GeoDatabase| {
+                let seen = seen.clone();
+                async move {
+                    let done = db.status.as_ref().is_some_and(|s| {
+                        s.observed_generation.is_some()
+                            && s.observed_generation == db.metadata.generation
+                            && s.current_primary.is_some()
+                    });
+                    if done {
+                        if let Ok(mut map) = seen.lock() {
+                            map.entry(db.name_any()).or_insert_with(Instant::now);
+                        }
+                    }
+                    Ok(())
+                }
+            }),
+    );
+
+    let template: GeoDatabase = serde_yaml::from_str(&std::fs::read_to_string(
+        repo_root().join("config/samples/geodatabase.yaml"),
+    )?)?;
+    let mut sent: HashMap<String, Instant> = HashMap::new();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(interval);
+    for i in 0..count {
+        ticker.tick().await;
+        let mut db = template.clone();
+        let name = format!("bench-{i:03}");
+        db.metadata.name = Some(name.clone());
+        db.spec.instances = instances;
+        sent.insert(name, Instant::now());
+        api.create(&PostParams::default(), &db).await?;
+    }
+    wait_for(
+        &format!("{count} GeoDatabases converged"),
+        Duration::from_secs(600),
+        || async { (converged.lock().ok()?.len() >= count).then_some(()) },
+    )
+    .await?;
+    let create_phase = started.elapsed();
+
+    let mut latencies: Vec<f64> = {
+        let done = converged.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        sent.iter()
+            .filter_map(|(name, at)| Some(done.get(name)?.duration_since(*at).as_secs_f64() * 1e3))
+            .collect()
+    };
+    latencies.sort_by(f64::total_cmp);
+
+    // Every object exists.
+    let sts = Api::<StatefulSet>::namespaced(admin.clone(), NAMESPACE)
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=geodb-operator"))
+        .await?
+        .items
+        .len();
+    let deployments = Api::<Deployment>::namespaced(admin.clone(), NAMESPACE)
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=geodb-operator"))
+        .await?
+        .items
+        .len();
+    if sts != count * instances as usize || deployments != count {
+        bail!(
+            "expected {} StatefulSets and {count} Deployments, found {sts} and {deployments}",
+            count * instances as usize
+        );
+    }
+
+    // Settle: kube-controller-manager creates pods and PVCs, the operator labels pods.
+    // Wait until a few seconds pass without a single operator write.
+    let mut last_writes = writes(&scrape(port).await?);
+    let mut quiet_since = Instant::now();
+    let settle_deadline = Instant::now() + Duration::from_secs(300);
+    while quiet_since.elapsed() < Duration::from_secs(5) {
+        if Instant::now() > settle_deadline {
+            bail!("the operator kept writing for 5 minutes after convergence");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = writes(&scrape(port).await?);
+        if now != last_writes {
+            last_writes = now;
+            quiet_since = Instant::now();
+        }
+    }
+
+    // Steady state: one more reconcile of every GeoDatabase, spec unchanged.
+    let before = scrape(port).await?;
+    let (writes_before, reconciles_before) = (
+        writes(&before),
+        metric_sum(&before, "geodb_reconciliations_total", &[]),
+    );
+    for i in 0..count {
+        let name = format!("bench-{i:03}");
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"bench.geodb.io/touch": "1"}}})),
+        )
+        .await?;
+    }
+    let reconciles_after = wait_for(
+        "a reconcile of every touched GeoDatabase",
+        Duration::from_secs(120),
+        || async {
+            let m = scrape(port).await.ok()?;
+            let r = metric_sum(&m, "geodb_reconciliations_total", &[]);
+            (r >= reconciles_before + count as f64).then_some(r)
+        },
+    )
+    .await?;
+    let after = scrape(port).await?;
+    let steady_writes = writes(&after) - writes_before;
+    let steady_reconciles = reconciles_after - reconciles_before;
+    let peak_rss_mib = memory_kib(pid, "VmHWM:")? / 1024.0;
+    let rss_mib = memory_kib(pid, "VmRSS:")? / 1024.0;
+    let reconcile_errors = metric_sum(&after, "geodb_reconcile_errors_total", &[]);
+    watch.abort();
+    let _ = operator.kill().await;
+
+    let figures = json!({
+        "create_to_applied_p50_ms": percentile(&latencies, 50.0),
+        "create_to_applied_p99_ms": percentile(&latencies, 99.0),
+        "create_to_applied_max_ms": percentile(&latencies, 100.0),
+        "steady_state_writes_per_reconcile_count": steady_writes / steady_reconciles.max(1.0),
+        "steady_state_reconciles_count": steady_reconciles,
+        "operator_peak_rss_mib": peak_rss_mib,
+        "operator_rss_after_mib": rss_mib,
+        "reconcile_errors_count": reconcile_errors,
+        "create_phase_s": create_phase.as_secs_f64(),
+    });
+    let report = json!({
+        "figures": figures,
+        "targets": {
+            "create_to_applied_p99_ms": {"max": 300},
+            "steady_state_writes_per_reconcile_count": {"max": 0},
+            "operator_peak_rss_mib": {"max": 100},
+        },
+        "context": {
+            "geodatabases": count,
+            "create_rate_per_s": rate,
+            "instances_per_geodatabase": instances,
+            "objects_per_geodatabase": "StatefulSet per instance, Service per instance + rw/ro/pooler, 2 ConfigMaps, 7 Secrets, pooler Deployment",
+            "kube_apiserver": geodb_e2e::controlplane::K8S_VERSION,
+            "etcd": geodb_e2e::controlplane::ETCD_VERSION,
+            "controllers": "kube-controller-manager runs (StatefulSet pods and PVCs are created; no scheduler, no kubelet)",
+            "operator_build": "release",
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        },
+    });
+    let dir = repo_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("reconcile.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+
+    println!("{:<44} {:>12} {:>10}", "figure", "value", "target");
+    for (name, value) in figures.as_object().into_iter().flatten() {
+        let target = report["targets"][name]
+            .as_object()
+            .and_then(|t| t.iter().next().map(|(k, v)| format!("{k} {v}")))
+            .unwrap_or_default();
+        println!(
+            "{name:<44} {:>12.1} {target:>10}",
+            value.as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    println!("written: {}", dir.join("reconcile.json").display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+    }
+
+    #[test]
+    fn metric_sums() {
+        let text = "# HELP x\ngeodb_kube_api_requests_total{method=\"PATCH\"} 3\n\
+                    geodb_kube_api_requests_total{method=\"GET\"} 10\n\
+                    geodb_kube_api_requests_total{method=\"POST\"} 2\n";
+        assert_eq!(writes(text), 5.0);
+        assert_eq!(metric_sum(text, "geodb_kube_api_requests_total", &[]), 15.0);
+    }
+}

@@ -1,0 +1,141 @@
+//! Small helpers over the Kubernetes API for tests and benchmarks: apply YAML files,
+//! install the CRDs and the operator's RBAC, wait on conditions with a deadline.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use kube::{Api, Client, Discovery, ResourceExt};
+use serde::Deserialize;
+
+/// The repository root (this crate lives in `e2e/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Poll `probe` every 100 ms until it yields `Some`, or fail after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("timed out after {timeout:?} waiting for: {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Server-side apply every document of a YAML text.
+pub async fn apply_yaml(
+    client: &Client,
+    text: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<()> {
+    let discovery = Discovery::new(client.clone()).run().await?;
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(doc)?;
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_yaml::from_value(value)?;
+        let types = obj
+            .types
+            .clone()
+            .context("document without apiVersion/kind")?;
+        let gvk = GroupVersionKind::try_from(&types)?;
+        let (ar, caps) = discovery
+            .resolve_gvk(&gvk)
+            .with_context(|| format!("unknown kind {gvk:?}"))?;
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Namespaced => Api::namespaced_with(
+                client.clone(),
+                obj.namespace()
+                    .as_deref()
+                    .or(namespace)
+                    .unwrap_or("default"),
+                &ar,
+            ),
+            Scope::Cluster => Api::all_with(client.clone(), &ar),
+        };
+        api.patch(
+            &obj.name_any(),
+            &PatchParams::apply("geodb-tests").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .with_context(|| format!("applying {} {}", gvk.kind, obj.name_any()))?;
+    }
+    Ok(())
+}
+
+pub async fn apply_file(client: &Client, relative: &str) -> anyhow::Result<()> {
+    let path = repo_root().join(relative);
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    apply_yaml(client, &text, None).await
+}
+
+/// Apply `crds/` and wait until the GeoDatabase CRD is established.
+pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let dir = repo_root().join("crds");
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        apply_yaml(client, &std::fs::read_to_string(&path)?, None).await?;
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    wait_for(
+        "the GeoDatabase CRD to be established",
+        Duration::from_secs(30),
+        || {
+            let crds = crds.clone();
+            async move {
+                let crd = crds.get("geodatabases.geodb.io").await.ok()?;
+                crd.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+                    .then_some(())
+            }
+        },
+    )
+    .await
+}
+
+/// Install the operator's RBAC from `config/` and bind it to the user `user`, so that an
+/// operator authenticated as that user has exactly the rights it ships with.
+pub async fn install_operator_rbac_for_user(client: &Client, user: &str) -> anyhow::Result<()> {
+    apply_file(client, "config/manager/namespace.yaml").await?;
+    apply_file(client, "config/rbac/role.yaml").await?;
+    let bindings = format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: geodb-operator-user-{user}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: geodb-operator}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: geodb-operator-user-{user}
+  namespace: geodb-system
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: geodb-operator-leader}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]
+"#
+    );
+    apply_yaml(client, &bindings, None).await
+}
