@@ -15,3 +15,4 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod quantity;
+pub mod instance;

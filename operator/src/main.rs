@@ -32,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the GeoDatabase controller.
     Operator(OperatorArgs),
+    /// Run inside a database pod: prepare the data directory, then run PostgreSQL.
+    Instance,
     /// Write one YAML file per CRD into a directory.
     Crdgen {
         #[arg(long)]
@@ -171,6 +173,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crdgen { out_dir } => crdgen(&out_dir),
+        Command::Instance => {
+            init_tracing("json");
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let settings =
+                            geodb::instance::Settings::from_env().map_err(|e| e.to_string())?;
+                        let status = geodb::instance::run_instance(settings)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if status.success() {
+                            Ok(())
+                        } else {
+                            Err(format!("PostgreSQL exited: {status}"))
+                        }
+                    })
+                })
+        }
         Command::Operator(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

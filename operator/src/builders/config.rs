@@ -9,6 +9,11 @@ use crate::names::{COMPONENT_DATABASE, POSTGRES_PORT, REPLICATION_USER};
 
 pub const POSTGRESQL_CONF: &str = "postgresql.conf";
 pub const PG_HBA_CONF: &str = "pg_hba.conf";
+pub const PG_IDENT_CONF: &str = "pg_ident.conf";
+/// ConfigMap key set to `true` once the cluster's first primary has run: from then on an
+/// instance with an empty volume clones the primary instead of running initdb. It is not
+/// part of the configuration hash, so setting it rolls no pod.
+pub const BOOTSTRAPPED_KEY: &str = "bootstrapped";
 /// Where the ConfigMap is mounted in instance pods.
 pub const CONFIG_DIR: &str = "/etc/geodb/config";
 /// Unix socket directory (an emptyDir: the root filesystem is read-only).
@@ -22,6 +27,7 @@ fn managed_settings() -> Vec<(&'static str, String)> {
         ("port", POSTGRES_PORT.to_string()),
         ("unix_socket_directories", SOCKET_DIR.into()),
         ("hba_file", format!("{CONFIG_DIR}/{PG_HBA_CONF}")),
+        ("ident_file", format!("{CONFIG_DIR}/{PG_IDENT_CONF}")),
         ("password_encryption", "scram-sha-256".into()),
         ("wal_level", "replica".into()),
         ("hot_standby", "on".into()),
@@ -95,6 +101,8 @@ pub fn config_map(cluster: &Cluster) -> ConfigMap {
         data: Some(BTreeMap::from([
             (POSTGRESQL_CONF.to_owned(), postgresql_conf(cluster)),
             (PG_HBA_CONF.to_owned(), pg_hba_conf()),
+            (PG_IDENT_CONF.to_owned(), "# No user name maps.\n".to_owned()),
+            (BOOTSTRAPPED_KEY.to_owned(), cluster.bootstrapped.to_string()),
         ])),
         ..ConfigMap::default()
     }

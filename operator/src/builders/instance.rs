@@ -192,6 +192,7 @@ pub fn statefulset(cluster: &Cluster, instance: &str) -> StatefulSet {
             env("GEODB_INSTANCE", instance),
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
+            env("GEODB_BOOTSTRAP_INSTANCE", cluster.names.instance(1)),
             env("GEODB_RW_HOST", cluster.names.rw_service()),
             env("GEODB_DATABASE", cluster.spec.database.name.clone()),
             env("GEODB_DATABASE_OWNER", cluster.spec.database.owner.clone()),

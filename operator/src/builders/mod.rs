@@ -44,6 +44,8 @@ pub struct Cluster {
     /// The instance that is (or will bootstrap as) the primary.
     pub primary: String,
     pub credentials: Credentials,
+    /// The first primary has run; empty instances clone instead of running initdb.
+    pub bootstrapped: bool,
 }
 
 impl Cluster {
@@ -62,6 +64,7 @@ impl Cluster {
             instances,
             primary,
             credentials,
+            bootstrapped: false,
         })
     }
 

@@ -153,8 +153,9 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         &observed.instance_names(),
         current_primary,
     );
-    let cluster =
+    let mut cluster =
         Cluster::new(db, instances, primary, credentials).ok_or(Error::MissingObjectKey)?;
+    cluster.bootstrapped = status::bootstrapped(&cluster, &observed);
 
     let changes = apply::converge(&ctx.client, &ctx.applied, &cluster, &observed).await?;
     report_changes(db, ctx, &changes, generated).await;

@@ -12,6 +12,7 @@ use super::read::Observed;
 use crate::api::{
     GeoDatabase, GeoDatabaseStatus, InstanceStatus, Phase, Role, SecretNames, ServiceNames,
 };
+use crate::builders::config::BOOTSTRAPPED_KEY;
 use crate::builders::Cluster;
 use crate::error::{Error, Result};
 use crate::names::{Names, FIELD_MANAGER};
@@ -64,6 +65,20 @@ fn condition(
         observed_generation: generation,
         last_transition_time: since,
     }
+}
+
+/// The first primary has run: recorded in the instance ConfigMap, or seen now.
+pub fn bootstrapped(cluster: &Cluster, observed: &Observed) -> bool {
+    let recorded = observed
+        .config_maps
+        .iter()
+        .find(|c| c.name_any() == cluster.names.config_map())
+        .and_then(|c| c.data.as_ref()?.get(BOOTSTRAPPED_KEY).cloned())
+        .is_some_and(|v| v == "true");
+    recorded
+        || observed
+            .pod(&Names::pod(&cluster.primary))
+            .is_some_and(pod_ready)
 }
 
 /// Status of a cluster whose spec was applied.
