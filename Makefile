@@ -26,7 +26,7 @@ fmt-check:
 	$(CARGO) fmt --all -- --check
 
 clippy:
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
 # etcd, kube-apiserver, kube-controller-manager built from pinned Go modules (cached).
 tools:

@@ -93,7 +93,11 @@ pub enum Bootstrap {
 /// Only the bootstrap instance of a cluster that never ran creates a new database; every
 /// other empty instance clones the primary, so a lost volume never becomes a second,
 /// empty primary.
-pub fn bootstrap_mode(has_data: bool, is_bootstrap_instance: bool, bootstrapped: bool) -> Bootstrap {
+pub fn bootstrap_mode(
+    has_data: bool,
+    is_bootstrap_instance: bool,
+    bootstrapped: bool,
+) -> Bootstrap {
     match (has_data, is_bootstrap_instance && !bootstrapped) {
         (true, _) => Bootstrap::Existing,
         (false, true) => Bootstrap::Initdb,
@@ -113,7 +117,12 @@ pub fn ident(value: &str) -> String {
 
 /// Statements run once on a new cluster. Statement logging is off in the session so the
 /// passwords never reach the server log.
-pub fn bootstrap_sql(owner: &str, database: &str, app_password: &str, replication_password: &str) -> String {
+pub fn bootstrap_sql(
+    owner: &str,
+    database: &str,
+    app_password: &str,
+    replication_password: &str,
+) -> String {
     format!(
         "SET log_statement = 'none';\n\
          SET log_min_duration_statement = -1;\n\
@@ -150,14 +159,24 @@ fn bin_dir() -> Result<PathBuf> {
     versions.pop().ok_or(InstanceError::NoBinaries)
 }
 
-fn run(bin: &Path, program: &str, args: &[&str], envs: &[(&str, &str)], stdin: Option<&str>) -> Result<()> {
+fn run(
+    bin: &Path,
+    program: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> Result<()> {
     let command = format!("{program} {}", args.first().copied().unwrap_or_default());
     let mut cmd = Command::new(bin.join(program));
     cmd.args(args)
         .envs(envs.iter().copied())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
     let mut child = cmd.spawn().map_err(|e| InstanceError::Command {
         command: command.clone(),
         detail: e.to_string(),
@@ -185,14 +204,19 @@ fn run(bin: &Path, program: &str, args: &[&str], envs: &[(&str, &str)], stdin: O
 }
 
 fn conf_arg(settings: &Settings) -> String {
-    format!("config_file={}", settings.config_dir.join(POSTGRESQL_CONF).display())
+    format!(
+        "config_file={}",
+        settings.config_dir.join(POSTGRESQL_CONF).display()
+    )
 }
 
 fn initdb(settings: &Settings, bin: &Path) -> Result<()> {
     let pwfile = std::env::temp_dir().join("geodb-superuser-password");
-    std::fs::write(&pwfile, settings.password("superuser")?).map_err(|source| InstanceError::Read {
-        path: pwfile.clone(),
-        source,
+    std::fs::write(&pwfile, settings.password("superuser")?).map_err(|source| {
+        InstanceError::Read {
+            path: pwfile.clone(),
+            source,
+        }
     })?;
     let pgdata = settings.pgdata.display().to_string();
     let result = run(
@@ -223,7 +247,13 @@ fn initdb(settings: &Settings, bin: &Path) -> Result<()> {
         "-c {} -c listen_addresses='' -c unix_socket_directories={socket}",
         conf_arg(settings)
     );
-    run(bin, "pg_ctl", &["-D", &pgdata, "-o", &options, "-w", "-t", "300", "start"], &[], None)?;
+    run(
+        bin,
+        "pg_ctl",
+        &["-D", &pgdata, "-o", &options, "-w", "-t", "300", "start"],
+        &[],
+        None,
+    )?;
     let sql = bootstrap_sql(
         &settings.owner,
         &settings.database,
@@ -234,19 +264,43 @@ fn initdb(settings: &Settings, bin: &Path) -> Result<()> {
         run(
             bin,
             "psql",
-            &["-v", "ON_ERROR_STOP=1", "-q", "-h", &socket, "-U", SUPERUSER, "-d", db],
+            &[
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-h",
+                &socket,
+                "-U",
+                SUPERUSER,
+                "-d",
+                db,
+            ],
             &[],
             Some(input),
         )
     };
     let outcome = psql("postgres", &sql).and_then(|()| psql(&settings.database, EXTENSIONS_SQL));
-    run(bin, "pg_ctl", &["-D", &pgdata, "-m", "fast", "-w", "stop"], &[], None)?;
+    run(
+        bin,
+        "pg_ctl",
+        &["-D", &pgdata, "-m", "fast", "-w", "stop"],
+        &[],
+        None,
+    )?;
     outcome
 }
 
 fn primary_reachable(bin: &Path, host: &str) -> bool {
     Command::new(bin.join("pg_isready"))
-        .args(["-q", "-h", host, "-p", &POSTGRES_PORT.to_string(), "-t", "3"])
+        .args([
+            "-q",
+            "-h",
+            host,
+            "-p",
+            &POSTGRES_PORT.to_string(),
+            "-t",
+            "3",
+        ])
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
@@ -257,7 +311,10 @@ fn clone_primary(settings: &Settings, bin: &Path) -> Result<()> {
     let started = Instant::now();
     while !primary_reachable(bin, &settings.rw_host) {
         if started.elapsed() > deadline {
-            return Err(InstanceError::PrimaryUnreachable(deadline, settings.rw_host.clone()));
+            return Err(InstanceError::PrimaryUnreachable(
+                deadline,
+                settings.rw_host.clone(),
+            ));
         }
         info!(host = %settings.rw_host, "waiting for the primary");
         std::thread::sleep(Duration::from_secs(2));
@@ -266,7 +323,10 @@ fn clone_primary(settings: &Settings, bin: &Path) -> Result<()> {
     let passfile = settings.pgdata.with_extension("pgpass");
     let line = format!(
         "*:{POSTGRES_PORT}:*:{REPLICATION_USER}:{}\n",
-        settings.password("replication")?.replace('\\', "\\\\").replace(':', "\\:")
+        settings
+            .password("replication")?
+            .replace('\\', "\\\\")
+            .replace(':', "\\:")
     );
     write_private(&passfile, &line)?;
     let pgdata = settings.pgdata.display().to_string();
@@ -288,7 +348,11 @@ fn clone_primary(settings: &Settings, bin: &Path) -> Result<()> {
             "-c",
             "fast",
             "-d",
-            &format!("passfile={} application_name={}", passfile.display(), settings.instance),
+            &format!(
+                "passfile={} application_name={}",
+                passfile.display(),
+                settings.instance
+            ),
         ],
         &[],
         None,
@@ -301,17 +365,23 @@ fn clone_primary(settings: &Settings, bin: &Path) -> Result<()> {
 }
 
 fn write_private(path: &Path, content: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| InstanceError::Read { path: path.to_owned(), source })?;
+        .map_err(|source| InstanceError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
     file.write_all(content.as_bytes())
-        .map_err(|source| InstanceError::Read { path: path.to_owned(), source })
+        .map_err(|source| InstanceError::Read {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Prepare the data directory, then run PostgreSQL until it exits.
@@ -393,7 +463,8 @@ mod tests {
     fn bootstrap_sql_creates_roles_and_database() {
         let sql = bootstrap_sql("app", "maps", "pw1", "pw2");
         assert!(sql.starts_with("SET log_statement = 'none';"));
-        assert!(sql.contains("CREATE ROLE \"streaming_replica\" WITH REPLICATION LOGIN PASSWORD 'pw2';"));
+        assert!(sql
+            .contains("CREATE ROLE \"streaming_replica\" WITH REPLICATION LOGIN PASSWORD 'pw2';"));
         assert!(sql.contains("CREATE DATABASE \"maps\" OWNER \"app\";"));
     }
 }

@@ -101,8 +101,14 @@ pub fn config_map(cluster: &Cluster) -> ConfigMap {
         data: Some(BTreeMap::from([
             (POSTGRESQL_CONF.to_owned(), postgresql_conf(cluster)),
             (PG_HBA_CONF.to_owned(), pg_hba_conf()),
-            (PG_IDENT_CONF.to_owned(), "# No user name maps.\n".to_owned()),
-            (BOOTSTRAPPED_KEY.to_owned(), cluster.bootstrapped.to_string()),
+            (
+                PG_IDENT_CONF.to_owned(),
+                "# No user name maps.\n".to_owned(),
+            ),
+            (
+                BOOTSTRAPPED_KEY.to_owned(),
+                cluster.bootstrapped.to_string(),
+            ),
         ])),
         ..ConfigMap::default()
     }

@@ -19,7 +19,7 @@ use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use crate::api::GeoDatabase;
 use crate::builders::Cluster;
@@ -100,12 +100,15 @@ pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action
     let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
     let api: Api<GeoDatabase> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = ObjectRef::from_obj(db.as_ref());
+    // Every log line of this reconcile carries the object's namespace and name.
+    let span = tracing::info_span!("reconcile", namespace = %namespace, name = %db.name_any());
     let result = finalizer(&api, FINALIZER, db, |event| async {
         match event {
             FinalizerEvent::Apply(db) => converge(&db, &ctx).await,
             FinalizerEvent::Cleanup(db) => cleanup(&db, &ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds the images, loads them into the local cluster (unless CLUSTER=current), installs the
+# CRDs and the operator, and waits until the operator is available. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${KUBECONFIG:?KUBECONFIG must point at the cluster}"
+export KUBECONFIG
+
+cargo build -p geodb
+GEODB_BINARY="$PWD/target/debug/geodb" bash images/build.sh
+if [ "${CLUSTER:-local}" != current ]; then
+	bash e2e/cluster/cluster.sh load-images
+fi
+
+kubectl apply --server-side -f crds/
+kubectl wait --for condition=Established crd/geodatabases.geodb.io --timeout=60s
+kubectl apply --server-side -f config/manager/namespace.yaml -f config/rbac/ -f config/manager/deployment.yaml
+# A new operator binary under the same tag: restart so the pods run it.
+kubectl -n geodb-system rollout restart deployment/geodb-operator >/dev/null
+kubectl -n geodb-system rollout status deployment/geodb-operator --timeout=300s
