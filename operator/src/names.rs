@@ -126,11 +126,6 @@ pub fn role_selector(cluster: &str, role: Role) -> BTreeMap<String, String> {
     ])
 }
 
-/// Label selector string matching everything of a cluster.
-pub fn cluster_selector(cluster: &str) -> String {
-    format!("{LABEL_CLUSTER}={cluster},{LABEL_MANAGED_BY}={MANAGED_BY}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,7 +49,7 @@ fn metric_sum(text: &str, name: &str, label_filter: &[&str]) -> f64 {
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter(|l| label_filter.is_empty() || label_filter.iter().any(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |sum, v| sum + v)
 }
 
 async fn scrape(port: u16) -> anyhow::Result<String> {

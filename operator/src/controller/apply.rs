@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::Mutex;
 
+use futures::future::try_join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::NamespaceResourceScope;
@@ -95,7 +96,8 @@ pub struct Applier<'a> {
     pub client: &'a Client,
     pub namespace: &'a str,
     pub cache: &'a AppliedCache,
-    pub changes: Changes,
+    /// Independent objects are applied concurrently, so changes are collected behind a lock.
+    changes: Mutex<Changes>,
 }
 
 impl<'a> Applier<'a> {
@@ -104,8 +106,18 @@ impl<'a> Applier<'a> {
             client,
             namespace,
             cache,
-            changes: Changes::default(),
+            changes: Mutex::new(Changes::default()),
         }
+    }
+
+    fn record(&self, update: impl FnOnce(&mut Changes)) {
+        if let Ok(mut changes) = self.changes.lock() {
+            update(&mut changes);
+        }
+    }
+
+    pub fn into_changes(self) -> Changes {
+        self.changes.into_inner().unwrap_or_default()
     }
 
     fn api<K>(&self) -> Api<K>
@@ -116,7 +128,7 @@ impl<'a> Applier<'a> {
     }
 
     /// Server-side apply `desired` unless it is already in place.
-    pub async fn apply<K>(&mut self, desired: &K, live: Option<&K>) -> Result<()>
+    pub async fn apply<K>(&self, desired: &K, live: Option<&K>) -> Result<()>
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -159,12 +171,12 @@ impl<'a> Applier<'a> {
         );
         let label = format!("{kind}/{name}");
         match live {
-            None => self.changes.created.push(label),
+            None => self.record(|c| c.created.push(label)),
             Some(live)
                 if live.meta().generation != applied.meta().generation
                     || live.resource_version() != applied.resource_version() =>
             {
-                self.changes.updated.push(label)
+                self.record(|c| c.updated.push(label))
             }
             Some(_) => {}
         }
@@ -172,7 +184,7 @@ impl<'a> Applier<'a> {
     }
 
     /// Create a Secret only if it does not exist: credentials are never rewritten.
-    pub async fn create_once(&mut self, desired: &Secret, exists: bool) -> Result<()> {
+    pub async fn create_once(&self, desired: &Secret, exists: bool) -> Result<()> {
         if exists {
             return Ok(());
         }
@@ -182,9 +194,7 @@ impl<'a> Applier<'a> {
             .await
         {
             Ok(_) => {
-                self.changes
-                    .created
-                    .push(format!("Secret/{}", desired.name_any()));
+                self.record(|c| c.created.push(format!("Secret/{}", desired.name_any())));
                 Ok(())
             }
             // Another writer was first; its password stands.
@@ -194,7 +204,7 @@ impl<'a> Applier<'a> {
     }
 
     /// Delete owned objects of kind `K` whose names are not wanted.
-    pub async fn delete_unwanted<K>(&mut self, live: &[K], wanted: &BTreeSet<String>) -> Result<()>
+    pub async fn delete_unwanted<K>(&self, live: &[K], wanted: &BTreeSet<String>) -> Result<()>
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -215,9 +225,7 @@ impl<'a> Applier<'a> {
                 namespace: self.namespace.to_owned(),
                 name: name.clone(),
             });
-            self.changes
-                .deleted
-                .push(format!("{}/{name}", K::kind(&())));
+            self.record(|c| c.deleted.push(format!("{}/{name}", K::kind(&()))));
         }
         Ok(())
     }
@@ -225,21 +233,23 @@ impl<'a> Applier<'a> {
     /// Volume claim templates are immutable: a StatefulSet whose template asks for another
     /// size is deleted with its pod orphaned, and the next reconcile recreates it (it
     /// adopts the running pod). The PVCs themselves are grown by [`Self::grow_volumes`].
-    pub async fn recreate_for_resize(&mut self, live: &StatefulSet, size: &str) -> Result<()> {
+    pub async fn recreate_for_resize(&self, live: &StatefulSet, size: &str) -> Result<()> {
         let name = live.name_any();
         self.api::<StatefulSet>()
             .delete(&name, &DeleteParams::orphan())
             .await
             .map_err(Error::kube("recreating a StatefulSet for a volume resize"))?;
-        self.changes.resized.push(format!("{name} to {size}"));
-        self.changes.requeue_soon = true;
+        self.record(|c| {
+            c.resized.push(format!("{name} to {size}"));
+            c.requeue_soon = true;
+        });
         Ok(())
     }
 
     /// Raise the request of bound data volumes smaller than the spec. An unbound claim
     /// cannot be resized; it is grown once bound.
     pub async fn grow_volumes(
-        &mut self,
+        &self,
         cluster: &Cluster,
         pvcs: &[PersistentVolumeClaim],
     ) -> Result<()> {
@@ -261,7 +271,7 @@ impl<'a> Applier<'a> {
                 .and_then(|q| parse_quantity(&q.0));
             if !bound || pvc.meta().deletion_timestamp.is_some() {
                 if requested.is_some_and(|r| r < wanted) {
-                    self.changes.requeue_soon = true;
+                    self.record(|c| c.requeue_soon = true);
                 }
                 continue;
             }
@@ -278,15 +288,13 @@ impl<'a> Applier<'a> {
                 .map_err(Error::kube(
                     "growing a data volume (does its StorageClass allow volume expansion?)",
                 ))?;
-            self.changes
-                .resized
-                .push(format!("{} to {size}", pvc.name_any()));
+            self.record(|c| c.resized.push(format!("{} to {size}", pvc.name_any())));
         }
         Ok(())
     }
 
     /// Label instance pods with their role; Services select on it.
-    pub async fn label_roles(&mut self, cluster: &Cluster, pods: &[Pod]) -> Result<()> {
+    pub async fn label_roles(&self, cluster: &Cluster, pods: &[Pod]) -> Result<()> {
         for instance in &cluster.instances {
             let Some(pod) = pods.iter().find(|p| p.name_any() == Names::pod(instance)) else {
                 continue;
@@ -307,9 +315,10 @@ impl<'a> Applier<'a> {
                 )
                 .await
                 .map_err(Error::kube("labelling an instance pod"))?;
-            self.changes
-                .relabelled
-                .push(format!("{} as {}", pod.name_any(), role.as_str()));
+            self.record(|c| {
+                c.relabelled
+                    .push(format!("{} as {}", pod.name_any(), role.as_str()))
+            });
         }
         Ok(())
     }
@@ -331,13 +340,15 @@ pub async fn converge(
     cluster: &Cluster,
     observed: &Observed,
 ) -> Result<Changes> {
-    let mut applier = Applier::new(client, &cluster.namespace, cache);
+    let applier = Applier::new(client, &cluster.namespace, cache);
 
     let credentials = builders::secrets::credential_secrets(cluster);
-    for secret in &credentials {
-        let exists = observed.secret(&secret.name_any()).is_some();
-        applier.create_once(secret, exists).await?;
-    }
+    try_join_all(
+        credentials.iter().map(|secret| {
+            applier.create_once(secret, observed.secret(&secret.name_any()).is_some())
+        }),
+    )
+    .await?;
 
     let mut config_maps = vec![builders::config::config_map(cluster)];
     let mut secrets = builders::secrets::connection_secrets(cluster);
@@ -355,47 +366,48 @@ pub async fn converge(
         .map(|instance| builders::instance::statefulset(cluster, instance))
         .collect();
 
-    for cm in &config_maps {
-        applier
-            .apply(cm, find(&observed.config_maps, &cm.name_any()))
-            .await?;
-    }
-    for secret in &secrets {
-        applier
-            .apply(secret, find(&observed.secrets, &secret.name_any()))
-            .await?;
-    }
-    for svc in &services {
-        applier
-            .apply(svc, find(&observed.services, &svc.name_any()))
-            .await?;
-    }
-    for deployment in &deployments {
-        applier
-            .apply(
-                deployment,
-                find(&observed.deployments, &deployment.name_any()),
-            )
-            .await?;
-    }
-    for sts in &statefulsets {
-        let name = sts.name_any();
-        let live = find(&observed.statefulsets, &name);
+    // Everything the StatefulSets mount or are reached through, concurrently.
+    tokio::try_join!(
+        try_join_all(
+            config_maps
+                .iter()
+                .map(|o| applier.apply(o, find(&observed.config_maps, &o.name_any())))
+        ),
+        try_join_all(
+            secrets
+                .iter()
+                .map(|o| applier.apply(o, find(&observed.secrets, &o.name_any())))
+        ),
+        try_join_all(
+            services
+                .iter()
+                .map(|o| applier.apply(o, find(&observed.services, &o.name_any())))
+        ),
+        try_join_all(
+            deployments
+                .iter()
+                .map(|o| applier.apply(o, find(&observed.deployments, &o.name_any())))
+        ),
+    )?;
+
+    // Then the StatefulSets.
+    try_join_all(statefulsets.iter().map(|sts| async {
+        let live = find(&observed.statefulsets, &sts.name_any());
         if let Some(live) = live {
+            if live.meta().deletion_timestamp.is_some() {
+                // Being recreated after a resize; applied once it is gone.
+                applier.record(|c| c.requeue_soon = true);
+                return Ok(());
+            }
             let size = &cluster.spec.storage.size;
             let claimed = builders::instance::claimed_size(live);
-            if live.meta().deletion_timestamp.is_some() {
-                // Being recreated after a resize; apply once it is gone.
-                applier.changes.requeue_soon = true;
-                continue;
-            }
             if claimed.is_some() && claimed != Some(size.as_str()) {
-                applier.recreate_for_resize(live, size).await?;
-                continue;
+                return applier.recreate_for_resize(live, size).await;
             }
         }
-        applier.apply(sts, live).await?;
-    }
+        applier.apply(sts, live).await
+    }))
+    .await?;
 
     let mut wanted_secrets = names_of(&secrets);
     wanted_secrets.extend(names_of(&credentials));
@@ -417,7 +429,7 @@ pub async fn converge(
 
     applier.grow_volumes(cluster, &observed.pvcs).await?;
     applier.label_roles(cluster, &observed.pods).await?;
-    Ok(applier.changes)
+    Ok(applier.into_changes())
 }
 
 /// Deletion of a GeoDatabase: PVCs go only when the deletion policy says so. With

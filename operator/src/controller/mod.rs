@@ -1,6 +1,7 @@
 //! The GeoDatabase reconciler: read -> validate -> build -> apply -> status.
 
 pub mod apply;
+pub mod cache;
 pub mod instances;
 pub mod read;
 pub mod status;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
@@ -25,7 +26,7 @@ use crate::api::GeoDatabase;
 use crate::builders::Cluster;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::names::{Names, FINALIZER, LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::names::{Names, FINALIZER, LABEL_CLUSTER};
 use apply::AppliedCache;
 
 /// Periodic resync of a converged GeoDatabase.
@@ -39,6 +40,9 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub applied: AppliedCache,
+    /// Watch caches the read step takes its view from.
+    pub caches: cache::Caches,
+    cache_writers: Mutex<Option<cache::Writers>>,
     /// Consecutive failures per GeoDatabase, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<GeoDatabase>, u32>>,
 }
@@ -49,11 +53,14 @@ impl Context {
             controller: "geodb-operator".into(),
             instance,
         };
+        let (caches, cache_writers) = cache::new();
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             applied: AppliedCache::default(),
+            caches,
+            cache_writers,
             failures: Mutex::new(HashMap::new()),
         })
     }
@@ -122,7 +129,7 @@ pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action
 
 /// read -> validate -> build -> apply -> status
 async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
-    let observed = read::observe(&ctx.client, db).await?;
+    let observed = read::observe(&ctx.client, &ctx.caches, db).await?;
 
     let problems = validate::validate(&db.spec, observed.storage_class_exists);
     if !problems.is_empty() {
@@ -145,7 +152,9 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     }
 
     let names = Names::new(db);
-    let (credentials, generated) = read::credentials(&names, &observed)?;
+    let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
+    let (credentials, generated) =
+        read::credentials(&ctx.client, &namespace, &names, &observed).await?;
     let current_primary = db
         .status
         .as_ref()
@@ -161,10 +170,9 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     cluster.bootstrapped = status::bootstrapped(&cluster, &observed);
 
     let changes = apply::converge(&ctx.client, &ctx.applied, &cluster, &observed).await?;
-    report_changes(db, ctx, &changes, generated).await;
-
     let status = status::converged_status(db, &cluster, &observed, &status::now());
     status::write(&ctx.client, db, &status).await?;
+    report_changes(db, ctx, &changes, generated).await;
     Ok(if changes.requeue_soon {
         Action::requeue(Duration::from_secs(2))
     } else {
@@ -233,7 +241,7 @@ async fn report_changes(
 /// The GeoDatabase is being deleted: keep or delete data volumes per the deletion policy.
 /// Owned objects are removed by the garbage collector through their owner references.
 async fn cleanup(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
-    let observed = read::observe(&ctx.client, db).await?;
+    let observed = read::observe(&ctx.client, &ctx.caches, db).await?;
     status::write(&ctx.client, db, &status::deleting_status(db)).await?;
     let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
     let policy = db.spec.deletion_policy;
@@ -271,42 +279,60 @@ pub fn error_policy(db: Arc<GeoDatabase>, error: &Error, ctx: Arc<Context>) -> A
 }
 
 /// Watch GeoDatabases (in `namespace`, or all) and everything they own until `shutdown`.
+/// Runs once per Context: it takes the writers of the Context's caches.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let Some(writers) = ctx.cache_writers.lock().ok().and_then(|mut w| w.take()) else {
+        warn!("controller already running for this context");
+        return;
+    };
     let client = ctx.client.clone();
-    fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
-    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    Controller::new(
-        api::<GeoDatabase>(&client, &namespace),
-        watcher::Config::default(),
-    )
-    .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
-    .owns(api::<Deployment>(&client, &namespace), owned.clone())
-    .owns(api::<Service>(&client, &namespace), owned.clone())
-    .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
-    .owns(api::<Secret>(&client, &namespace), owned.clone())
-    .watches(api::<Pod>(&client, &namespace), owned, |pod: Pod| {
-        let cluster = pod.labels().get(LABEL_CLUSTER)?.clone();
-        Some(ObjectRef::<GeoDatabase>::new(&cluster).within(&pod.namespace()?))
-    })
-    .graceful_shutdown_on(shutdown)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            tracing::debug!(%error, "reconcile ended with an error");
-        }
-    })
-    .await;
+    let geodatabases: Api<GeoDatabase> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let to_cluster = |labels: &std::collections::BTreeMap<String, String>, ns: Option<String>| {
+        Some(ObjectRef::<GeoDatabase>::new(labels.get(LABEL_CLUSTER)?).within(&ns?))
+    };
+    Controller::new(geodatabases, watcher::Config::default())
+        .owns_stream(cache::watch::<StatefulSet>(
+            &client,
+            &namespace,
+            writers.statefulsets,
+        ))
+        .owns_stream(cache::watch::<Deployment>(
+            &client,
+            &namespace,
+            writers.deployments,
+        ))
+        .owns_stream(cache::watch::<Service>(
+            &client,
+            &namespace,
+            writers.services,
+        ))
+        .owns_stream(cache::watch::<ConfigMap>(
+            &client,
+            &namespace,
+            writers.config_maps,
+        ))
+        .owns_stream(cache::watch::<Secret>(&client, &namespace, writers.secrets))
+        .watches_stream(
+            cache::watch::<Pod>(&client, &namespace, writers.pods),
+            move |pod| to_cluster(pod.labels(), pod.namespace()),
+        )
+        .watches_stream(
+            cache::watch::<PersistentVolumeClaim>(&client, &namespace, writers.pvcs),
+            move |pvc| to_cluster(pvc.labels(), pvc.namespace()),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile ended with an error");
+            }
+        })
+        .await;
 }

@@ -3,19 +3,18 @@
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::NamespaceResourceScope;
-use kube::api::ListParams;
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use serde::de::DeserializeOwned;
 
+use super::cache::Caches;
 use crate::api::GeoDatabase;
 use crate::builders::secrets::KEY_PASSWORD;
 use crate::builders::Credentials;
 use crate::error::{Error, Result};
-use crate::names::{cluster_selector, Names};
+use crate::names::{Names, LABEL_CLUSTER};
 
 /// What exists now for one GeoDatabase (objects carrying its labels and owned by it).
 #[derive(Clone, Debug, Default)]
@@ -31,19 +30,20 @@ pub struct Observed {
     pub storage_class_exists: Option<bool>,
 }
 
-async fn list<K>(client: &Client, namespace: &str, selector: &str) -> Result<Vec<K>>
+/// Objects of `store` in `namespace` carrying the cluster's label.
+fn cached<K>(store: &Store<K>, namespace: &str, cluster: &str) -> Vec<K>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + 'static,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    Ok(api
-        .list(&ListParams::default().labels(selector))
-        .await
-        .map_err(Error::kube("listing owned objects"))?
-        .items)
+    store
+        .state()
+        .into_iter()
+        .filter(|o| {
+            o.meta().namespace.as_deref() == Some(namespace)
+                && o.labels().get(LABEL_CLUSTER).map(String::as_str) == Some(cluster)
+        })
+        .map(|o| o.as_ref().clone())
+        .collect()
 }
 
 /// Keep objects controlled by this GeoDatabase (same name, same uid), so that leftovers
@@ -59,19 +59,12 @@ fn owned<K: Resource>(items: Vec<K>, uid: &str) -> Vec<K> {
         .collect()
 }
 
-pub async fn observe(client: &Client, db: &GeoDatabase) -> Result<Observed> {
+/// The cluster's objects, from the watch caches.
+pub async fn observe(client: &Client, caches: &Caches, db: &GeoDatabase) -> Result<Observed> {
     let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
     let uid = db.uid().ok_or(Error::MissingObjectKey)?;
-    let selector = cluster_selector(&Names::new(db).cluster);
-    let (statefulsets, deployments, services, config_maps, secrets, pods, pvcs) = tokio::try_join!(
-        list::<StatefulSet>(client, &namespace, &selector),
-        list::<Deployment>(client, &namespace, &selector),
-        list::<Service>(client, &namespace, &selector),
-        list::<ConfigMap>(client, &namespace, &selector),
-        list::<Secret>(client, &namespace, &selector),
-        list::<Pod>(client, &namespace, &selector),
-        list::<PersistentVolumeClaim>(client, &namespace, &selector),
-    )?;
+    let cluster = Names::new(db).cluster;
+    caches.ready().await;
     let storage_class_exists = match &db.spec.storage.storage_class_name {
         Some(class) => Some(
             Api::<StorageClass>::all(client.clone())
@@ -83,14 +76,14 @@ pub async fn observe(client: &Client, db: &GeoDatabase) -> Result<Observed> {
         None => None,
     };
     Ok(Observed {
-        statefulsets: owned(statefulsets, &uid),
-        deployments: owned(deployments, &uid),
-        services: owned(services, &uid),
-        config_maps: owned(config_maps, &uid),
-        secrets: owned(secrets, &uid),
+        statefulsets: owned(cached(&caches.statefulsets, &namespace, &cluster), &uid),
+        deployments: owned(cached(&caches.deployments, &namespace, &cluster), &uid),
+        services: owned(cached(&caches.services, &namespace, &cluster), &uid),
+        config_maps: owned(cached(&caches.config_maps, &namespace, &cluster), &uid),
+        secrets: owned(cached(&caches.secrets, &namespace, &cluster), &uid),
         // Pods are owned by the StatefulSets, PVCs by nobody (or their StatefulSet).
-        pods,
-        pvcs,
+        pods: cached(&caches.pods, &namespace, &cluster),
+        pvcs: cached(&caches.pvcs, &namespace, &cluster),
         storage_class_exists,
     })
 }
@@ -115,10 +108,7 @@ pub fn generate_password() -> String {
     Alphanumeric.sample_string(&mut StdRng::from_os_rng(), 32)
 }
 
-fn stored_password(observed: &Observed, name: &str) -> Result<Option<String>> {
-    let Some(secret) = observed.secret(name) else {
-        return Ok(None);
-    };
+fn stored_password(secret: &Secret, name: &str) -> Result<Option<String>> {
     let bytes = secret
         .data
         .as_ref()
@@ -138,16 +128,44 @@ fn stored_password(observed: &Observed, name: &str) -> Result<Option<String>> {
 }
 
 /// Passwords from the existing Secrets; a new one only for a Secret that does not exist.
-pub fn credentials(names: &Names, observed: &Observed) -> Result<(Credentials, bool)> {
-    let superuser = stored_password(observed, &names.superuser_secret())?;
-    let replication = stored_password(observed, &names.replication_secret())?;
-    let app = stored_password(observed, &names.app_secret())?;
-    let generated = superuser.is_none() || replication.is_none() || app.is_none();
+/// A Secret missing from the cache is read from the API server before a password is
+/// generated: a cache that lags must never lead to a new password.
+pub async fn credentials(
+    client: &Client,
+    namespace: &str,
+    names: &Names,
+    observed: &Observed,
+) -> Result<(Credentials, bool)> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut passwords = Vec::new();
+    for name in [
+        names.superuser_secret(),
+        names.replication_secret(),
+        names.app_secret(),
+    ] {
+        let password = match observed.secret(&name) {
+            Some(secret) => stored_password(secret, &name)?,
+            None => match api
+                .get_opt(&name)
+                .await
+                .map_err(Error::kube("reading a credentials Secret"))?
+            {
+                Some(secret) => stored_password(&secret, &name)?,
+                None => None,
+            },
+        };
+        passwords.push(password);
+    }
+    let generated = passwords.iter().any(Option::is_none);
+    let mut take = passwords
+        .into_iter()
+        .map(|p| p.unwrap_or_else(generate_password));
+    let mut next = || take.next().unwrap_or_else(generate_password);
     Ok((
         Credentials {
-            superuser: superuser.unwrap_or_else(generate_password),
-            replication: replication.unwrap_or_else(generate_password),
-            app: app.unwrap_or_else(generate_password),
+            superuser: next(),
+            replication: next(),
+            app: next(),
         },
         generated,
     ))
@@ -174,33 +192,25 @@ mod tests {
     }
 
     #[test]
-    fn existing_passwords_are_kept() {
-        let names = Names {
-            cluster: "geo".into(),
-        };
-        let observed = Observed {
-            secrets: vec![secret("geo-app", "kept")],
-            ..Observed::default()
-        };
-        let (creds, generated) = credentials(&names, &observed).unwrap();
-        assert_eq!(creds.app, "kept");
-        assert!(generated);
-        assert_eq!(creds.superuser.len(), 32);
-        assert_ne!(creds.superuser, creds.replication);
+    fn stored_passwords_are_read() {
+        assert_eq!(
+            stored_password(&secret("geo-app", "kept"), "geo-app").unwrap(),
+            Some("kept".to_owned())
+        );
     }
 
     #[test]
     fn empty_password_is_an_error_not_a_rotation() {
-        let names = Names {
-            cluster: "geo".into(),
-        };
-        let observed = Observed {
-            secrets: vec![secret("geo-app", "")],
-            ..Observed::default()
-        };
         assert!(matches!(
-            credentials(&names, &observed),
+            stored_password(&secret("geo-app", ""), "geo-app"),
             Err(Error::MalformedSecret { .. })
         ));
+    }
+
+    #[test]
+    fn generated_passwords_differ() {
+        let (a, b) = (generate_password(), generate_password());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
     }
 }
