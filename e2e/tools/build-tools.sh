@@ -5,16 +5,22 @@
 #
 # Usage: e2e/tools/build-tools.sh [COMPONENT...]
 #   COMPONENT is one of: etcd kube-apiserver kube-controller-manager
-#                        kube-scheduler kubelet kube-proxy, or `all`.
+#                        kube-scheduler kubelet kube-proxy kubectl coredns
+#                        provisioner, or `all` (everything but kubectl).
 #   Default: etcd kube-apiserver kube-controller-manager.
 #
 # Idempotent: a binary is rebuilt only when it is missing or its stamp
-# (sha256 of the pinning go.mod + go.sum + ldflags) differs.
+# (sha256 of the pinning go.mod + go.sum + ldflags + the module's own *.go
+# files other than tools.go) differs.
 # Also makes sure `openssl` (used by the harness to make keys) is installed.
 set -euo pipefail
 
 K8S_VERSION=v1.34.4
 ETCD_VERSION=v3.6.16
+# CoreDNS, the volume provisioner and kubectl (only built when asked for) are
+# used by e2e/cluster/cluster.sh; their versions are pinned in
+# e2e/tools/{coredns,provisioner,kubectl}/go.mod.
+COREDNS_VERSION=v1.15.0
 K8S_COMPONENTS_ALL=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 DEFAULT_COMPONENTS=(etcd kube-apiserver kube-controller-manager)
 
@@ -22,6 +28,9 @@ TOOLS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${GEODB_CACHE:-$HOME/.cache/geodb}"
 K8S_OUT="$CACHE/k8s-$K8S_VERSION"
 ETCD_OUT="$CACHE/etcd-$ETCD_VERSION"
+COREDNS_OUT="$CACHE/coredns-$COREDNS_VERSION"
+PROVISIONER_OUT="$CACHE/provisioner"
+KUBECTL_OUT="$CACHE/kubectl-$K8S_VERSION"
 
 log() { echo "build-tools: $*" >&2; }
 die() { echo "build-tools: ERROR: $*" >&2; exit 1; }
@@ -30,9 +39,13 @@ K8S_MINOR="${K8S_VERSION#v1.}"
 K8S_MINOR="${K8S_MINOR%%.*}"
 K8S_LDFLAGS="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$K8S_MINOR -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/component-base/version.buildDate=2026-01-01T00:00:00Z"
 ETCD_LDFLAGS="-s -w"
+GO_LDFLAGS="-s -w"
 
 # ---- arguments ---------------------------------------------------------------
 want_etcd=0
+want_coredns=0
+want_provisioner=0
+want_kubectl=0
 want_k8s=()
 if [ "$#" -eq 0 ]; then
 	set -- "${DEFAULT_COMPONENTS[@]}"
@@ -40,18 +53,23 @@ fi
 for c in "$@"; do
 	case "$c" in
 	-h | --help)
-		sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+		sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	all)
 		want_etcd=1
-		want_k8s=("${K8S_COMPONENTS_ALL[@]}")
+		want_coredns=1
+		want_provisioner=1
+		want_k8s+=("${K8S_COMPONENTS_ALL[@]}")
 		;;
 	etcd) want_etcd=1 ;;
+	coredns) want_coredns=1 ;;
+	provisioner) want_provisioner=1 ;;
+	kubectl) want_kubectl=1 ;;
 	kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy)
 		want_k8s+=("$c")
 		;;
-	*) die "unknown component '$c' (expected: etcd ${K8S_COMPONENTS_ALL[*]} all)" ;;
+	*) die "unknown component '$c' (expected: etcd ${K8S_COMPONENTS_ALL[*]} kubectl coredns provisioner all)" ;;
 	esac
 done
 
@@ -75,14 +93,26 @@ ensure_openssl() {
 }
 ensure_openssl
 
-if [ "$want_etcd" -eq 0 ] && [ "${#want_k8s[@]}" -eq 0 ]; then
+if [ "$want_etcd" -eq 0 ] && [ "$want_coredns" -eq 0 ] && [ "$want_provisioner" -eq 0 ] && [ "$want_kubectl" -eq 0 ] &&
+	[ "${#want_k8s[@]}" -eq 0 ]; then
 	exit 0
 fi
 command -v go >/dev/null 2>&1 || die "'go' is not on PATH. Install Go >= 1.26 (https://go.dev/dl/) and re-run $0"
 
 sha256() { sha256sum | cut -d' ' -f1; }
-# stamp MODULE_DIR LDFLAGS
-stamp_of() { { cat "$1/go.mod" "$1/go.sum"; printf '%s' "$2"; } | sha256; }
+# stamp MODULE_DIR LDFLAGS: go.mod, go.sum, the ldflags and the module's own
+# sources (tools.go, which only pins dependencies, is left out so that the
+# stamps of the etcd and Kubernetes builds depend on go.mod/go.sum alone).
+stamp_of() {
+	{
+		cat "$1/go.mod" "$1/go.sum"
+		printf '%s' "$2"
+		find "$1" -maxdepth 1 -name '*.go' ! -name tools.go -print | LC_ALL=C sort | while IFS= read -r f; do
+			printf '%s\n' "${f##*/}"
+			cat "$f"
+		done
+	} | sha256
+}
 
 mkdir -p "$CACHE"
 # Serialise concurrent runs (e.g. parallel CI jobs sharing a cache).
@@ -144,9 +174,24 @@ build_set() {
 if [ "$want_etcd" -eq 1 ]; then
 	build_set "$TOOLS_DIR/etcd" "$ETCD_OUT" "$ETCD_LDFLAGS" "etcd=go.etcd.io/etcd/server/v3"
 fi
+if [ "$want_coredns" -eq 1 ]; then
+	build_set "$TOOLS_DIR/coredns" "$COREDNS_OUT" "$GO_LDFLAGS" "coredns=."
+fi
+if [ "$want_provisioner" -eq 1 ]; then
+	build_set "$TOOLS_DIR/provisioner" "$PROVISIONER_OUT" "$GO_LDFLAGS" "provisioner=."
+fi
+if [ "$want_kubectl" -eq 1 ]; then
+	# Its own module: k8s.io/kubernetes/cmd/kubectl needs modules that the
+	# e2e/tools/k8s go.sum does not pin.
+	build_set "$TOOLS_DIR/kubectl" "$KUBECTL_OUT" "$K8S_LDFLAGS -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$K8S_MINOR" "kubectl=."
+fi
 if [ "${#want_k8s[@]}" -gt 0 ]; then
 	pairs=()
+	# De-duplicate (e.g. `all kubelet`), keeping the order.
+	declare -A seen=()
 	for c in "${want_k8s[@]}"; do
+		[ -z "${seen[$c]:-}" ] || continue
+		seen[$c]=1
 		pairs+=("$c=k8s.io/kubernetes/cmd/$c")
 	done
 	build_set "$TOOLS_DIR/k8s" "$K8S_OUT" "$K8S_LDFLAGS" "${pairs[@]}"
