@@ -4,12 +4,13 @@ CARGO ?= cargo
 GEODB_CACHE ?= $(HOME)/.cache/geodb
 export GEODB_CACHE
 
-.PHONY: help build crds fmt fmt-check clippy tools unit-test apiserver-test test up down bench-reconcile
+.PHONY: help build crds fmt fmt-check clippy tools unit-test apiserver-test test up up-apiserver down e2e bench-reconcile
 
 help:
 	@echo "make up               run geodb on a local cluster and apply config/samples/geodatabase.yaml"
 	@echo "make down             stop it and remove its state"
-	@echo "make test             fmt check, clippy, unit tests, API-server tests"
+	@echo "make test             fmt check, clippy, unit tests, API-server tests, e2e on the local cluster"
+	@echo "make e2e              only the end-to-end suite"
 	@echo "make bench-reconcile  200 GeoDatabases against a local API server"
 	@echo "make crds             regenerate crds/ from the Rust API types"
 
@@ -38,14 +39,28 @@ unit-test:
 apiserver-test: tools
 	$(CARGO) test --workspace
 
+# Everything: static checks, unit and API-server tests, then the end-to-end suite on the
+# local cluster (brought up and torn down here unless it was already up).
 test: fmt-check clippy tools
 	$(CARGO) test --workspace
+	bash e2e/run-e2e.sh
 
-up: tools build
-	bash e2e/dev/up.sh
+# A local single-node cluster (or CLUSTER=current with KUBECONFIG), geodb installed, the
+# sample GeoDatabase applied and Ready.
+up:
+	bash e2e/up.sh
 
 down:
 	bash e2e/dev/down.sh
+	bash e2e/cluster/cluster.sh down
+
+# The operator against a local API server only (no kubelet), for quick API work.
+up-apiserver: tools build
+	bash e2e/dev/up.sh
+
+# The end-to-end suite on the local cluster (brought up and torn down if it was not up).
+e2e:
+	bash e2e/run-e2e.sh
 
 bench-reconcile: tools
 	$(CARGO) build --release -p geodb -p geodb-e2e

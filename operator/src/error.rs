@@ -20,6 +20,9 @@ pub enum Error {
     #[error("Secret {name} exists but has no usable {key}")]
     MalformedSecret { name: String, key: &'static str },
 
+    #[error("reconcile did not finish within {0:?}")]
+    Timeout(std::time::Duration),
+
     #[error("could not serialize {what}: {source}")]
     Serialize {
         what: &'static str,
@@ -46,6 +49,7 @@ impl Error {
             Error::MissingObjectKey => "missing_object_key",
             Error::MalformedSecret { .. } => "malformed_secret",
             Error::Serialize { .. } => "serialize",
+            Error::Timeout(_) => "timeout",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! them also trigger reconciles.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use futures::Stream;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -12,6 +13,7 @@ use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
+use tracing::warn;
 
 use crate::names::{LABEL_MANAGED_BY, MANAGED_BY};
 
@@ -68,28 +70,57 @@ pub fn new() -> (Caches, Mutex<Option<Writers>>) {
     )
 }
 
+/// Keep nothing extra.
+pub fn keep_all<K>(_: &mut K) {}
+
+/// Only the labels and the readiness of pods are read.
+pub fn pod_status_only(pod: &mut Pod) {
+    pod.spec = None;
+}
+
 impl Caches {
-    /// Wait until every cache holds its initial list.
+    /// Wait until every cache holds its initial list; say which one when it takes long.
     pub async fn ready(&self) {
-        // A dropped writer means the controller stopped; reads then see what was cached.
-        let _ = futures::join!(
-            self.statefulsets.wait_until_ready(),
-            self.deployments.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.config_maps.wait_until_ready(),
-            self.secrets.wait_until_ready(),
-            self.pods.wait_until_ready(),
-            self.pvcs.wait_until_ready(),
+        self.wait_all().await
+    }
+
+    async fn wait_all(&self) {
+        async fn wait<K>(name: &str, store: &Store<K>)
+        where
+            K: Resource + Clone + 'static,
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            let ready = store.wait_until_ready();
+            tokio::pin!(ready);
+            if tokio::time::timeout(Duration::from_secs(10), &mut ready)
+                .await
+                .is_err()
+            {
+                warn!(cache = name, "watch cache still not filled after 10 s");
+                // A dropped writer means the controller stopped; reads then see the cache as is.
+                let _ = ready.await;
+            }
+        }
+        futures::join!(
+            wait("statefulsets", &self.statefulsets),
+            wait("deployments", &self.deployments),
+            wait("services", &self.services),
+            wait("configmaps", &self.config_maps),
+            wait("secrets", &self.secrets),
+            wait("pods", &self.pods),
+            wait("persistentvolumeclaims", &self.pvcs),
         );
     }
 }
 
 /// A watch of operator-managed objects of kind `K` that fills `writer` and yields every
-/// changed object (the controller maps it to its GeoDatabase).
+/// changed object (the controller maps it to its GeoDatabase). `prune` drops parts of
+/// each object the operator never reads, before it is cached.
 pub fn watch<K>(
     client: &Client,
     namespace: &Option<String>,
     writer: Writer<K>,
+    prune: fn(&mut K),
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
@@ -105,5 +136,12 @@ where
         None => Api::all(client.clone()),
     };
     let config = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    reflector::reflector(writer, watcher(api, config).default_backoff()).touched_objects()
+    // Managed fields are never read and are often the largest part of an object.
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(move |obj: &mut K| {
+            obj.meta_mut().managed_fields = None;
+            prune(obj);
+        });
+    reflector::reflector(writer, stream).touched_objects()
 }

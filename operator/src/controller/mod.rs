@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
@@ -34,6 +34,7 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// Recheck of a GeoDatabase whose spec is invalid (a missing StorageClass may appear).
 const INVALID_RECHECK: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Context {
     pub client: Client,
@@ -109,15 +110,19 @@ pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action
     let key = ObjectRef::from_obj(db.as_ref());
     // Every log line of this reconcile carries the object's namespace and name.
     let span = tracing::info_span!("reconcile", namespace = %namespace, name = %db.name_any());
-    let result = finalizer(&api, FINALIZER, db, |event| async {
+    let pipeline = finalizer(&api, FINALIZER, db, |event| async {
         match event {
             FinalizerEvent::Apply(db) => converge(&db, &ctx).await,
             FinalizerEvent::Cleanup(db) => cleanup(&db, &ctx).await,
         }
     })
-    .instrument(span)
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .instrument(span);
+    // A reconcile that hangs (an API call that never answers) must not hold its object
+    // forever: it fails, and the object is retried with backoff.
+    let result = match tokio::time::timeout(RECONCILE_TIMEOUT, pipeline).await {
+        Ok(result) => result.map_err(|e| Error::Finalizer(Box::new(e))),
+        Err(_) => Err(Error::Timeout(RECONCILE_TIMEOUT)),
+    };
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -302,29 +307,43 @@ pub async fn run(
             &client,
             &namespace,
             writers.statefulsets,
+            cache::keep_all,
         ))
         .owns_stream(cache::watch::<Deployment>(
             &client,
             &namespace,
             writers.deployments,
+            cache::keep_all,
         ))
         .owns_stream(cache::watch::<Service>(
             &client,
             &namespace,
             writers.services,
+            cache::keep_all,
         ))
         .owns_stream(cache::watch::<ConfigMap>(
             &client,
             &namespace,
             writers.config_maps,
+            cache::keep_all,
         ))
-        .owns_stream(cache::watch::<Secret>(&client, &namespace, writers.secrets))
+        .owns_stream(cache::watch::<Secret>(
+            &client,
+            &namespace,
+            writers.secrets,
+            cache::keep_all,
+        ))
         .watches_stream(
-            cache::watch::<Pod>(&client, &namespace, writers.pods),
+            cache::watch(&client, &namespace, writers.pods, cache::pod_status_only),
             move |pod| to_cluster(pod.labels(), pod.namespace()),
         )
         .watches_stream(
-            cache::watch::<PersistentVolumeClaim>(&client, &namespace, writers.pvcs),
+            cache::watch::<PersistentVolumeClaim>(
+                &client,
+                &namespace,
+                writers.pvcs,
+                cache::keep_all,
+            ),
             move |pvc| to_cluster(pvc.labels(), pvc.namespace()),
         )
         .graceful_shutdown_on(shutdown)
