@@ -3,6 +3,8 @@
 # CRDs and the operator, and waits until the operator is available. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# kubectl from PATH, or the one e2e/cluster/cluster.sh builds when there is none.
+export PATH="$PATH:${GEODB_CACHE:-$HOME/.cache/geodb}/kubectl-v1.34.4"
 : "${KUBECONFIG:?KUBECONFIG must point at the cluster}"
 export KUBECONFIG
 

@@ -3,6 +3,8 @@
 # KUBECONFIG with CLUSTER=current. A cluster this script started is stopped afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# kubectl from PATH, or the one e2e/cluster/cluster.sh builds when there is none.
+export PATH="$PATH:${GEODB_CACHE:-$HOME/.cache/geodb}/kubectl-v1.34.4"
 started_here=0
 if [ "${CLUSTER:-local}" != current ]; then
 	if ! bash e2e/cluster/cluster.sh status >/dev/null 2>&1; then

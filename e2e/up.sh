@@ -3,6 +3,8 @@
 # geodb installed in it, and config/samples/geodatabase.yaml applied and Ready.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# kubectl from PATH, or the one e2e/cluster/cluster.sh builds when there is none.
+export PATH="$PATH:${GEODB_CACHE:-$HOME/.cache/geodb}/kubectl-v1.34.4"
 started=$(date +%s)
 
 if [ "${CLUSTER:-local}" = current ]; then
