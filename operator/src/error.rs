@@ -1,7 +1,5 @@
 //! Typed errors of the reconciler. Each has a stable label for metrics.
 
-use kube::runtime::finalizer;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API request failed while {action}: {source}")]
@@ -10,9 +8,6 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-
-    #[error("finalizer step failed: {0}")]
-    Finalizer(#[source] Box<finalizer::Error<Error>>),
 
     #[error("GeoDatabase has no namespace or uid yet")]
     MissingObjectKey,
@@ -40,12 +35,6 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "kube_api",
-            Error::Finalizer(inner) => match inner.as_ref() {
-                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => {
-                    e.metric_label()
-                }
-                _ => "finalizer",
-            },
             Error::MissingObjectKey => "missing_object_key",
             Error::MalformedSecret { .. } => "malformed_secret",
             Error::Serialize { .. } => "serialize",

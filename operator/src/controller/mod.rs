@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -110,17 +110,26 @@ pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action
     let key = ObjectRef::from_obj(db.as_ref());
     // Every log line of this reconcile carries the object's namespace and name.
     let span = tracing::info_span!("reconcile", namespace = %namespace, name = %db.name_any());
-    let pipeline = finalizer(&api, FINALIZER, db, |event| async {
-        match event {
-            FinalizerEvent::Apply(db) => converge(&db, &ctx).await,
-            FinalizerEvent::Cleanup(db) => cleanup(&db, &ctx).await,
+    let pipeline = async {
+        if db.meta().deletion_timestamp.is_some() {
+            if has_finalizer(&db) {
+                cleanup(&db, &ctx).await?;
+                set_finalizer(&api, &db, false).await?;
+            }
+            return Ok(Action::await_change());
         }
-    })
+        if !has_finalizer(&db) {
+            // Added before anything is created, so nothing can be left behind untracked;
+            // the reconcile goes on at once instead of waiting for the update to come back.
+            set_finalizer(&api, &db, true).await?;
+        }
+        converge(&db, &ctx).await
+    }
     .instrument(span);
     // A reconcile that hangs (an API call that never answers) must not hold its object
     // forever: it fails, and the object is retried with backoff.
     let result = match tokio::time::timeout(RECONCILE_TIMEOUT, pipeline).await {
-        Ok(result) => result.map_err(|e| Error::Finalizer(Box::new(e))),
+        Ok(result) => result,
         Err(_) => Err(Error::Timeout(RECONCILE_TIMEOUT)),
     };
     ctx.metrics
@@ -130,6 +139,39 @@ pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action
         ctx.reset_backoff(&key);
     }
     result
+}
+
+fn has_finalizer(db: &GeoDatabase) -> bool {
+    db.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Add or remove our finalizer. The resourceVersion in the patch makes it fail on a
+/// concurrent change instead of overwriting someone else's finalizers.
+async fn set_finalizer(api: &Api<GeoDatabase>, db: &GeoDatabase, present: bool) -> Result<()> {
+    let mut finalizers: Vec<String> = db
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(FINALIZER.to_owned());
+    }
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": db.resource_version()}
+    });
+    api.patch(
+        &db.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(Error::kube(if present {
+        "adding the finalizer"
+    } else {
+        "removing the finalizer"
+    }))?;
+    Ok(())
 }
 
 /// read -> validate -> build -> apply -> status
