@@ -4,13 +4,14 @@ CARGO ?= cargo
 GEODB_CACHE ?= $(HOME)/.cache/geodb
 export GEODB_CACHE
 
-.PHONY: help build crds fmt fmt-check clippy tools unit-test apiserver-test test up up-apiserver down e2e bench-reconcile
+.PHONY: help build crds fmt fmt-check clippy tools unit-test apiserver-test test up up-apiserver down e2e kind-up bench-reconcile
 
 help:
 	@echo "make up               run geodb on a local cluster and apply config/samples/geodatabase.yaml"
 	@echo "make down             stop it and remove its state"
 	@echo "make test             fmt check, clippy, unit tests, API-server tests, e2e on the local cluster"
-	@echo "make e2e              only the end-to-end suite"
+	@echo "make e2e              only the end-to-end suite (CLUSTER=current for the KUBECONFIG cluster)"
+	@echo "make kind-up          a kind cluster with geodb (needs Docker and the internet)"
 	@echo "make bench-reconcile  200 GeoDatabases against a local API server"
 	@echo "make crds             regenerate crds/ from the Rust API types"
 
@@ -57,6 +58,11 @@ down:
 # The operator against a local API server only (no kubelet), for quick API work.
 up-apiserver: tools build
 	bash e2e/dev/up.sh
+
+# For machines with Docker and the internet: a kind cluster with geodb (then
+# `make e2e CLUSTER=current KUBECONFIG=$$HOME/.kube/geodb-kind`).
+kind-up:
+	bash e2e/kind/up.sh
 
 # The end-to-end suite on the local cluster (brought up and torn down if it was not up).
 e2e:

@@ -8,9 +8,11 @@ export PATH="$PATH:${GEODB_CACHE:-$HOME/.cache/geodb}/kubectl-v1.34.4"
 : "${KUBECONFIG:?KUBECONFIG must point at the cluster}"
 export KUBECONFIG
 
-cargo build -p geodb
-GEODB_BINARY="$PWD/target/debug/geodb" bash images/build.sh
+# On the local cluster the images are built here and imported into its containerd; a
+# current cluster (CLUSTER=current, e.g. kind) must already have them (make kind-up loads them).
 if [ "${CLUSTER:-local}" != current ]; then
+	cargo build -p geodb
+	GEODB_BINARY="$PWD/target/debug/geodb" bash images/build.sh
 	bash e2e/cluster/cluster.sh load-images
 fi
 
