@@ -85,6 +85,30 @@ fn memory_kib(pid: u32, field: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("{field} missing in /proc/{pid}/status"))
 }
 
+/// Quantile from a Prometheus histogram's cumulative buckets (upper bound of the bucket).
+fn histogram_quantile(text: &str, name: &str, q: f64) -> f64 {
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((bound, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= q * total)
+        .map(|(bound, _)| *bound)
+        .unwrap_or(f64::NAN)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -121,7 +145,10 @@ async fn main() -> anyhow::Result<()> {
         .args(["operator", "--leader-elect=false"])
         .arg(format!("--http-addr=127.0.0.1:{port}"))
         .env("KUBECONFIG", cp.operator_kubeconfig_path())
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
@@ -189,6 +216,16 @@ async fn main() -> anyhow::Result<()> {
             .collect()
     };
     latencies.sort_by(f64::total_cmp);
+    // The same, without the GeoDatabases created in the operator's first 5 s (its cold
+    // start: connections, caches), to tell the start-up burst from the steady state.
+    let mut warm_latencies: Vec<f64> = {
+        let done = converged.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        sent.iter()
+            .filter(|(_, at)| at.duration_since(started) >= Duration::from_secs(5))
+            .filter_map(|(name, at)| Some(done.get(name)?.duration_since(*at).as_secs_f64() * 1e3))
+            .collect()
+    };
+    warm_latencies.sort_by(f64::total_cmp);
 
     // Every object exists.
     let sts = Api::<StatefulSet>::namespaced(admin.clone(), NAMESPACE)
@@ -231,8 +268,7 @@ async fn main() -> anyhow::Result<()> {
         writes(&before),
         metric_sum(&before, "geodb_reconciliations_total", &[]),
     );
-    for i in 0..count {
-        let name = format!("bench-{i:03}");
+    for name in (0..count).map(|i| format!("bench-{i:03}")) {
         api.patch(
             &name,
             &PatchParams::default(),
@@ -258,11 +294,21 @@ async fn main() -> anyhow::Result<()> {
     let reconcile_errors = metric_sum(&after, "geodb_reconcile_errors_total", &[]);
     watch.abort();
     let _ = operator.kill().await;
+    if let Ok(keep) = std::env::var("BENCH_OPERATOR_LOG_COPY") {
+        std::fs::copy(&log_path, keep)?;
+    }
 
     let figures = json!({
         "create_to_applied_p50_ms": percentile(&latencies, 50.0),
         "create_to_applied_p99_ms": percentile(&latencies, 99.0),
+        "create_to_applied_p90_ms": percentile(&latencies, 90.0),
+        "create_to_applied_p95_ms": percentile(&latencies, 95.0),
         "create_to_applied_max_ms": percentile(&latencies, 100.0),
+        "create_to_applied_over_300ms_count": latencies.iter().filter(|l| **l > 300.0).count(),
+        "after_first_5s_create_to_applied_p50_ms": percentile(&warm_latencies, 50.0),
+        "after_first_5s_create_to_applied_p99_ms": percentile(&warm_latencies, 99.0),
+        "reconcile_duration_p50_ms": histogram_quantile(&after, "geodb_reconcile_duration_seconds", 0.5) * 1e3,
+        "reconcile_duration_p99_ms": histogram_quantile(&after, "geodb_reconcile_duration_seconds", 0.99) * 1e3,
         "steady_state_writes_per_reconcile_count": steady_writes / steady_reconciles.max(1.0),
         "steady_state_reconciles_count": steady_reconciles,
         "operator_peak_rss_mib": peak_rss_mib,

@@ -35,6 +35,8 @@ const RESYNC: Duration = Duration::from_secs(300);
 const INVALID_RECHECK: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Reconciles slower than this log where their time went.
+const SLOW_RECONCILE: Duration = Duration::from_millis(500);
 
 pub struct Context {
     pub client: Client,
@@ -216,10 +218,21 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         Cluster::new(db, instances, primary, credentials).ok_or(Error::MissingObjectKey)?;
     cluster.bootstrapped = status::bootstrapped(&cluster, &observed);
 
+    let applying = Instant::now();
     let changes = apply::converge(&ctx.client, &ctx.applied, &cluster, &observed).await?;
+    let applied_in = applying.elapsed();
     let status = status::converged_status(db, &cluster, &observed, &status::now());
     status::write(&ctx.client, db, &status).await?;
+    let status_in = applying.elapsed() - applied_in;
     report_changes(db, ctx, &changes, generated).await;
+    if applying.elapsed() > SLOW_RECONCILE {
+        info!(
+            apply_ms = applied_in.as_millis() as u64,
+            status_ms = status_in.as_millis() as u64,
+            events_ms = (applying.elapsed() - applied_in - status_in).as_millis() as u64,
+            "slow reconcile"
+        );
+    }
     Ok(if changes.requeue_soon {
         Action::requeue(Duration::from_secs(2))
     } else {
