@@ -160,6 +160,15 @@ async fn operator(args: OperatorArgs) -> Result<(), String> {
         shutdown_signal().await;
         let _ = stop_tx.send(());
     });
+    // Serving again only once the watch caches hold their first lists: a standby is ready
+    // while it waits for the Lease, the leader once it can reconcile from a full view.
+    ready.store(false, Ordering::Relaxed);
+    let caches = ctx.caches.clone();
+    tokio::spawn(async move {
+        caches.ready().await;
+        ready.store(true, Ordering::Relaxed);
+        info!("watch caches synced");
+    });
     info!(namespace = ?args.namespace, "starting controller");
     controller::run(ctx, args.namespace, async move {
         let _ = stop_rx.await;
