@@ -4,7 +4,8 @@ CARGO ?= cargo
 GEODB_CACHE ?= $(HOME)/.cache/geodb
 export GEODB_CACHE
 
-.PHONY: help build crds fmt fmt-check clippy tools unit-test apiserver-test test up up-apiserver down e2e kind-up bench-reconcile
+.PHONY: help build crds fmt fmt-check clippy tools unit-test apiserver-test test up up-apiserver down e2e kind-up bench-reconcile bench-failover \
+	chart-crds chart-rbac chart-test
 
 help:
 	@echo "make up               run geodb on a local cluster and apply config/samples/geodatabase.yaml"
@@ -13,13 +14,18 @@ help:
 	@echo "make e2e              only the end-to-end suite (CLUSTER=current for the KUBECONFIG cluster)"
 	@echo "make kind-up          a kind cluster with geodb (needs Docker and the internet)"
 	@echo "make bench-reconcile  200 GeoDatabases against a local API server"
+	@echo "make bench-failover   every failover drill 5 times on the local cluster"
 	@echo "make crds             regenerate crds/ from the Rust API types"
+	@echo "make chart-test       lint, render and validate the Helm chart charts/geodb"
+	@echo "make chart-crds       copy crds/ into charts/geodb/crds/"
+	@echo "make chart-rbac       copy config/rbac/role.yaml into charts/geodb/files/"
 
 build:
 	$(CARGO) build --workspace
 
 crds: build
 	./target/debug/geodb crdgen --out-dir crds
+	$(MAKE) chart-crds chart-rbac
 
 fmt:
 	$(CARGO) fmt --all
@@ -42,9 +48,23 @@ apiserver-test: tools
 
 # Everything: static checks, unit and API-server tests, then the end-to-end suite on the
 # local cluster (brought up and torn down here unless it was already up).
-test: fmt-check clippy tools
+test: fmt-check clippy tools chart-test
 	$(CARGO) test --workspace
 	bash e2e/run-e2e.sh
+
+# The Helm chart: its crds/ is a copy of crds/, its RBAC rules come from a copy of
+# config/rbac/role.yaml; chart-test fails when either copy is stale.
+chart-crds:
+	rm -f charts/geodb/crds/*.yaml
+	cp crds/*.yaml charts/geodb/crds/
+
+chart-rbac:
+	cp config/rbac/role.yaml charts/geodb/files/rbac-role.yaml
+
+# helm lint, helm template + kubeconform (offline schemas), values.schema.json rejects bad
+# values, drift of the CRD and RBAC copies (helm and kubeconform built by build-tools.sh).
+chart-test:
+	bash charts/test-chart.sh
 
 # A local single-node cluster (or CLUSTER=current with KUBECONFIG), geodb installed, the
 # sample GeoDatabase applied and Ready.
@@ -67,6 +87,10 @@ kind-up:
 # The end-to-end suite on the local cluster (brought up and torn down if it was not up).
 e2e:
 	bash e2e/run-e2e.sh
+
+# Every failover drill 5 times on the local cluster (brought up if needed).
+bench-failover:
+	bash e2e/bench-failover.sh
 
 bench-reconcile: tools
 	$(CARGO) build --release -p geodb -p geodb-e2e

@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
+use geodb::api::GeoDatabase;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::api::{ListParams, LogParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::Scope;
 use kube::{Api, Client, Discovery, ResourceExt};
@@ -138,4 +142,77 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: {user}}}]
 "#
     );
     apply_yaml(client, &bindings, None).await
+}
+
+/// Print what a failed scenario leaves behind: GeoDatabases, pods with their logs,
+/// Events, and the operator's log.
+pub async fn dump_namespace(client: &Client, ns: &str) {
+    eprintln!("==== diagnostics for namespace {ns} ====");
+    for db in Api::<GeoDatabase>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        eprintln!(
+            "GeoDatabase {} status={}",
+            db.name_any(),
+            serde_json::to_string(&db.status).unwrap_or_default()
+        );
+    }
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    for pod in pods
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let status = pod.status.clone().unwrap_or_default();
+        eprintln!(
+            "Pod {} phase={:?} containers={}",
+            pod.name_any(),
+            status.phase,
+            serde_json::to_string(&status.container_statuses).unwrap_or_default()
+        );
+        for previous in [false, true] {
+            let params = LogParams {
+                tail_lines: Some(40),
+                previous,
+                ..LogParams::default()
+            };
+            if let Ok(log) = pods.logs(&pod.name_any(), &params).await {
+                eprintln!(
+                    "---- logs of {}{} ----\n{log}",
+                    pod.name_any(),
+                    if previous { " (previous)" } else { "" }
+                );
+            }
+        }
+    }
+    for e in Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        eprintln!(
+            "Event {} {} {}: {}",
+            e.type_.unwrap_or_default(),
+            e.reason.unwrap_or_default(),
+            e.regarding.and_then(|r| r.name).unwrap_or_default(),
+            e.note.unwrap_or_default()
+        );
+    }
+    let operators = Api::<Pod>::namespaced(client.clone(), "geodb-system");
+    if let Ok(list) = operators.list(&ListParams::default()).await {
+        for pod in list {
+            let params = LogParams {
+                tail_lines: Some(80),
+                ..LogParams::default()
+            };
+            if let Ok(log) = operators.logs(&pod.name_any(), &params).await {
+                eprintln!("---- operator log {} ----\n{log}", pod.name_any());
+            }
+        }
+    }
 }

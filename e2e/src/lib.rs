@@ -1,4 +1,5 @@
 //! Test harness and end-to-end tests for geodb.
 
 pub mod controlplane;
+pub mod drill;
 pub mod kube_util;

@@ -90,17 +90,26 @@ async fn scenario_creates_every_object(client: &Client, op: &Operator, ns: &str)
     );
     assert_eq!(
         names::<Service>(client, ns, cluster).await,
-        ["geo-1", "geo-2", "geo-3", "geo-pooler", "geo-ro", "geo-rw"]
+        [
+            "geo-1",
+            "geo-2",
+            "geo-3",
+            "geo-pooler",
+            "geo-pooler-ro",
+            "geo-ro",
+            "geo-rw"
+        ]
     );
     assert_eq!(
         names::<ConfigMap>(client, ns, cluster).await,
-        ["geo-config", "geo-pooler"]
+        ["geo-config", "geo-pooler", "geo-pooler-ro"]
     );
     assert_eq!(
         names::<Secret>(client, ns, cluster).await,
         [
             "geo-app",
             "geo-app-pooler",
+            "geo-app-pooler-ro",
             "geo-app-ro",
             "geo-app-rw",
             "geo-pooler-auth",
@@ -110,7 +119,22 @@ async fn scenario_creates_every_object(client: &Client, op: &Operator, ns: &str)
     );
     assert_eq!(
         names::<Deployment>(client, ns, cluster).await,
-        ["geo-pooler"]
+        ["geo-pooler", "geo-pooler-ro"]
+    );
+    // The instance pods' identity: it may read this GeoDatabase and nothing else.
+    let role = get::<k8s_openapi::api::rbac::v1::Role>(client, ns, "geo-instance")
+        .await
+        .unwrap();
+    let rule = &role.rules.as_ref().unwrap()[0];
+    assert_eq!(rule.verbs, ["get"]);
+    assert_eq!(
+        rule.resource_names.as_deref(),
+        Some(&["geo".to_owned()][..])
+    );
+    assert!(
+        get::<k8s_openapi::api::rbac::v1::RoleBinding>(client, ns, "geo-instance")
+            .await
+            .is_some()
     );
 
     // Owner references and server-side apply under one field manager.
@@ -316,7 +340,14 @@ async fn scenario_spec_changes_converge(client: &Client, ns: &str) {
             && get::<Service>(client, ns, "geo-pooler").await.is_none()
             && get::<ConfigMap>(client, ns, "geo-pooler").await.is_none()
             && get::<Secret>(client, ns, "geo-pooler-auth").await.is_none()
-            && get::<Secret>(client, ns, "geo-app-pooler").await.is_none();
+            && get::<Secret>(client, ns, "geo-app-pooler").await.is_none()
+            && get::<Deployment>(client, ns, "geo-pooler-ro")
+                .await
+                .is_none()
+            && get::<Service>(client, ns, "geo-pooler-ro").await.is_none()
+            && get::<Secret>(client, ns, "geo-app-pooler-ro")
+                .await
+                .is_none();
         gone.then_some(())
     })
     .await;

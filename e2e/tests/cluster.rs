@@ -9,8 +9,7 @@ use std::time::Duration;
 use geodb::api::{GeoDatabase, Phase};
 use geodb_e2e::kube_util::{repo_root, wait_for};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use tokio_postgres::NoTls;
 
@@ -61,58 +60,6 @@ async fn connection_for(client: &Client, ns: &str, secret: &str, service: &str) 
     }
 }
 
-async fn dump(client: &Client, ns: &str) {
-    eprintln!("==== diagnostics for namespace {ns} ====");
-    for db in Api::<GeoDatabase>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-    {
-        eprintln!(
-            "GeoDatabase {} status={}",
-            db.name_any(),
-            serde_json::to_string(&db.status).unwrap_or_default()
-        );
-    }
-    let pods = Api::<Pod>::namespaced(client.clone(), ns);
-    for pod in pods.list(&ListParams::default()).await.unwrap() {
-        let status = pod.status.clone().unwrap_or_default();
-        eprintln!(
-            "Pod {} phase={:?} containers={}",
-            pod.name_any(),
-            status.phase,
-            serde_json::to_string(&status.container_statuses).unwrap_or_default()
-        );
-        for previous in [false, true] {
-            let params = LogParams {
-                tail_lines: Some(40),
-                previous,
-                ..LogParams::default()
-            };
-            if let Ok(log) = pods.logs(&pod.name_any(), &params).await {
-                eprintln!(
-                    "---- logs of {}{} ----\n{log}",
-                    pod.name_any(),
-                    if previous { " (previous)" } else { "" }
-                );
-            }
-        }
-    }
-    for e in Api::<Event>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-    {
-        eprintln!(
-            "Event {} {} {}: {}",
-            e.type_.unwrap_or_default(),
-            e.reason.unwrap_or_default(),
-            e.regarding.and_then(|r| r.name).unwrap_or_default(),
-            e.note.unwrap_or_default()
-        );
-    }
-}
-
 async fn scenario_postgis_cluster(client: &Client, ns: &str) {
     let text =
         std::fs::read_to_string(repo_root().join("config/samples/geodatabase.yaml")).unwrap();
@@ -136,7 +83,11 @@ async fn scenario_postgis_cluster(client: &Client, ns: &str) {
         .list(&ListParams::default().labels("geodb.io/cluster=geo"))
         .await
         .unwrap();
-    assert_eq!(pods.items.len(), 4, "3 instances and 1 pooler");
+    assert_eq!(
+        pods.items.len(),
+        5,
+        "3 instances, a read-write and a read-only pooler"
+    );
     for pod in &pods {
         let sc = pod.spec.as_ref().unwrap().security_context.clone().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true), "{}", pod.name_any());
@@ -201,6 +152,42 @@ async fn scenario_postgis_cluster(client: &Client, ns: &str) {
         _ => None,
     });
     assert_eq!(count.as_deref(), Some("2"));
+
+    // The read-only pooler reaches a replica, which has the rows once it replays them.
+    let readonly =
+        connect(&connection_for(client, ns, "geo-app-pooler-ro", "geo-pooler-ro").await).await;
+    let answer = |messages: Vec<tokio_postgres::SimpleQueryMessage>| {
+        messages.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+    };
+    let in_recovery = answer(
+        readonly
+            .simple_query("SELECT pg_is_in_recovery()")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        in_recovery.as_deref(),
+        Some("t"),
+        "the read-only pooler must reach a replica"
+    );
+    wait_for(
+        "the rows on the replica behind the read-only pooler",
+        Duration::from_secs(30),
+        || async {
+            let rows = answer(
+                readonly
+                    .simple_query("SELECT count(*) FROM places")
+                    .await
+                    .ok()?,
+            );
+            (rows.as_deref() == Some("3")).then_some(())
+        },
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,7 +208,7 @@ async fn cluster_suite() {
     ))
     .await;
     if outcome.is_err() {
-        dump(&client, &ns).await;
+        geodb_e2e::kube_util::dump_namespace(&client, &ns).await;
         panic!("scenario postgis_cluster failed (diagnostics above)");
     }
     namespaces

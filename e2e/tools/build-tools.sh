@@ -6,7 +6,8 @@
 # Usage: e2e/tools/build-tools.sh [COMPONENT...]
 #   COMPONENT is one of: etcd kube-apiserver kube-controller-manager
 #                        kube-scheduler kubelet kube-proxy kubectl coredns
-#                        provisioner, or `all` (everything but kubectl).
+#                        provisioner helm kubeconform, or `all` (everything
+#                        but kubectl, helm and kubeconform).
 #   Default: etcd kube-apiserver kube-controller-manager.
 #
 # Idempotent: a binary is rebuilt only when it is missing or its stamp
@@ -21,6 +22,10 @@ ETCD_VERSION=v3.6.16
 # used by e2e/cluster/cluster.sh; their versions are pinned in
 # e2e/tools/{coredns,provisioner,kubectl}/go.mod.
 COREDNS_VERSION=v1.15.0
+# helm and kubeconform (only built when asked for) are used by
+# charts/test-chart.sh; pinned in e2e/tools/{helm,kubeconform}/go.mod.
+HELM_VERSION=v3.19.5
+KUBECONFORM_VERSION=v0.8.0
 K8S_COMPONENTS_ALL=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 DEFAULT_COMPONENTS=(etcd kube-apiserver kube-controller-manager)
 
@@ -31,6 +36,8 @@ ETCD_OUT="$CACHE/etcd-$ETCD_VERSION"
 COREDNS_OUT="$CACHE/coredns-$COREDNS_VERSION"
 PROVISIONER_OUT="$CACHE/provisioner"
 KUBECTL_OUT="$CACHE/kubectl-$K8S_VERSION"
+HELM_OUT="$CACHE/helm-$HELM_VERSION"
+KUBECONFORM_OUT="$CACHE/kubeconform-$KUBECONFORM_VERSION"
 
 log() { echo "build-tools: $*" >&2; }
 die() { echo "build-tools: ERROR: $*" >&2; exit 1; }
@@ -40,12 +47,29 @@ K8S_MINOR="${K8S_MINOR%%.*}"
 K8S_LDFLAGS="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$K8S_MINOR -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/component-base/version.buildDate=2026-01-01T00:00:00Z"
 ETCD_LDFLAGS="-s -w"
 GO_LDFLAGS="-s -w"
+# helm_ldflags: as helm's own Makefile sets them: the version, and the Kubernetes
+# version that `helm template`/`helm lint` assume (that of the pinned k8s.io/client-go).
+helm_ldflags() {
+	local client_go minor flags p
+	client_go="$(awk '$1 == "k8s.io/client-go" { print $2 }' "$TOOLS_DIR/helm/go.mod")"
+	minor="${client_go#v0.}"
+	minor="${minor%%.*}"
+	[ -n "$minor" ] || die "no k8s.io/client-go version in $TOOLS_DIR/helm/go.mod"
+	flags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+	for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+		flags+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$minor"
+	done
+	printf '%s' "$flags"
+}
+KUBECONFORM_LDFLAGS="-s -w -X main.version=$KUBECONFORM_VERSION"
 
 # ---- arguments ---------------------------------------------------------------
 want_etcd=0
 want_coredns=0
 want_provisioner=0
 want_kubectl=0
+want_helm=0
+want_kubeconform=0
 want_k8s=()
 if [ "$#" -eq 0 ]; then
 	set -- "${DEFAULT_COMPONENTS[@]}"
@@ -66,10 +90,12 @@ for c in "$@"; do
 	coredns) want_coredns=1 ;;
 	provisioner) want_provisioner=1 ;;
 	kubectl) want_kubectl=1 ;;
+	helm) want_helm=1 ;;
+	kubeconform) want_kubeconform=1 ;;
 	kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy)
 		want_k8s+=("$c")
 		;;
-	*) die "unknown component '$c' (expected: etcd ${K8S_COMPONENTS_ALL[*]} kubectl coredns provisioner all)" ;;
+	*) die "unknown component '$c' (expected: etcd ${K8S_COMPONENTS_ALL[*]} kubectl coredns provisioner helm kubeconform all)" ;;
 	esac
 done
 
@@ -94,7 +120,7 @@ ensure_openssl() {
 ensure_openssl
 
 if [ "$want_etcd" -eq 0 ] && [ "$want_coredns" -eq 0 ] && [ "$want_provisioner" -eq 0 ] && [ "$want_kubectl" -eq 0 ] &&
-	[ "${#want_k8s[@]}" -eq 0 ]; then
+	[ "$want_helm" -eq 0 ] && [ "$want_kubeconform" -eq 0 ] && [ "${#want_k8s[@]}" -eq 0 ]; then
 	exit 0
 fi
 command -v go >/dev/null 2>&1 || die "'go' is not on PATH. Install Go >= 1.26 (https://go.dev/dl/) and re-run $0"
@@ -184,6 +210,13 @@ if [ "$want_kubectl" -eq 1 ]; then
 	# Its own module: k8s.io/kubernetes/cmd/kubectl needs modules that the
 	# e2e/tools/k8s go.sum does not pin.
 	build_set "$TOOLS_DIR/kubectl" "$KUBECTL_OUT" "$K8S_LDFLAGS -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$K8S_MINOR" "kubectl=."
+fi
+if [ "$want_helm" -eq 1 ]; then
+	HELM_LDFLAGS="$(helm_ldflags)"
+	build_set "$TOOLS_DIR/helm" "$HELM_OUT" "$HELM_LDFLAGS" "helm=helm.sh/helm/v3/cmd/helm"
+fi
+if [ "$want_kubeconform" -eq 1 ]; then
+	build_set "$TOOLS_DIR/kubeconform" "$KUBECONFORM_OUT" "$KUBECONFORM_LDFLAGS" "kubeconform=github.com/yannh/kubeconform/cmd/kubeconform"
 fi
 if [ "${#want_k8s[@]}" -gt 0 ]; then
 	pairs=()

@@ -71,6 +71,7 @@ const RESERVED_PARAMETERS_RULE: &str = "self.all(k, !(k in ['listen_addresses', 
     status = "GeoDatabaseStatus",
     derive = "PartialEq",
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 40").message("metadata.name must start with a letter, contain only lowercase letters, digits and '-', and be at most 40 characters (object names are derived from it)"),
+    validation = Rule::new("!has(self.spec.primary) || (self.spec.primary.startsWith(self.metadata.name + '-') && self.spec.primary.substring(size(self.metadata.name) + 1).matches('^[1-9][0-9]*$'))").message("spec.primary must name an instance of this GeoDatabase, such as <name>-2"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Primary", type_ = "string", json_path = ".status.currentPrimary"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyInstances"),
@@ -116,6 +117,65 @@ pub struct GeoDatabaseSpec {
     /// What happens to the data volumes when the GeoDatabase is deleted or scaled down.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// The instance that should be the primary. Setting it to another instance performs a
+    /// planned switchover; a target that is missing, not streaming or lagging is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 3, max = 43),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?-[1-9][0-9]*$")
+    )]
+    pub primary: Option<String>,
+
+    /// Streaming replication and failover.
+    #[serde(default)]
+    pub replication: ReplicationSpec,
+}
+
+/// Streaming replication and failover.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationSpec {
+    /// Every commit waits until at least one replica has flushed it to disk, so a
+    /// failover loses no acknowledged commit. Writes stop while no replica is connected.
+    #[serde(default)]
+    pub synchronous: bool,
+
+    /// A replica further behind the primary than this many bytes of WAL leaves the `-ro`
+    /// Service, and is not promoted by a failover.
+    #[serde(default = "default_max_lag_bytes")]
+    #[schemars(range(min = 0, max = 1_099_511_627_776_i64))]
+    pub max_lag_bytes: i64,
+
+    /// How long the primary must be unreachable before the operator fails over.
+    #[serde(default = "default_failover_delay_seconds")]
+    #[schemars(range(min = 3, max = 300))]
+    pub failover_delay_seconds: i32,
+
+    /// Allow a failover to promote the most advanced replica even when it is more than
+    /// `maxLagBytes` behind the last position seen on the primary; the commits it never
+    /// received are lost. For a human to set when the operator refuses to promote.
+    #[serde(default)]
+    pub force_failover: bool,
+}
+
+impl Default for ReplicationSpec {
+    fn default() -> Self {
+        Self {
+            synchronous: false,
+            max_lag_bytes: default_max_lag_bytes(),
+            failover_delay_seconds: default_failover_delay_seconds(),
+            force_failover: false,
+        }
+    }
+}
+
+fn default_max_lag_bytes() -> i64 {
+    16 * 1024 * 1024
+}
+
+fn default_failover_delay_seconds() -> i32 {
+    5
 }
 
 fn default_instances() -> i32 {
@@ -314,6 +374,24 @@ pub struct GeoDatabaseStatus {
     /// The instance that is the primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_primary: Option<String>,
+    /// The instance chosen to be the primary. It differs from `currentPrimary` only while
+    /// a failover or switchover is under way; instances follow it, so it is written before
+    /// anything is promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_primary: Option<String>,
+    /// Timeline of the primary; every promotion starts a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<i64>,
+    /// The last failover or switchover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<FailoverRecord>,
+    /// Failovers and switchovers since the GeoDatabase was created.
+    #[serde(default)]
+    pub failovers: i32,
+    /// The last `spec.primary` the operator acted on (switched over to, or refused), so
+    /// a value left in the spec does not undo a later automatic failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_primary_request: Option<String>,
     /// Instances whose PostgreSQL container is ready.
     #[serde(default)]
     pub ready_instances: i32,
@@ -363,6 +441,62 @@ pub struct InstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
     pub ready: bool,
+    /// PostgreSQL answered the operator's last probe.
+    #[serde(default)]
+    pub reachable: bool,
+    /// Replica only: its WAL receiver is streaming from the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<bool>,
+    /// Replica only: it is in the `-ro` Service (streaming and within `maxLagBytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_reads: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<i64>,
+    /// Primary: current WAL position. Replica: last position received and flushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_lsn: Option<String>,
+    /// Replica only: last position replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_lsn: Option<String>,
+    /// Replica only: WAL bytes between the primary's position and the replayed position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<i64>,
+    /// Replica only: age of the last replayed transaction while WAL is waiting for replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+}
+
+/// One failover or switchover.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverRecord {
+    /// Failover (the primary failed) or Switchover (asked for in `spec.primary`).
+    pub kind: FailoverKind,
+    pub from: String,
+    pub to: String,
+    /// Why it started.
+    pub reason: String,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    /// WAL position last seen on the old primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_primary_lsn: Option<String>,
+    /// Position the promoted replica had received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_lsn: Option<String>,
+    /// Bytes of WAL between the two: what an asynchronous failover may have lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_bytes: Option<i64>,
+    /// Timeline the new primary runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum FailoverKind {
+    Failover,
+    Switchover,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -379,6 +513,9 @@ pub struct SecretNames {
     /// Connection details through PgBouncer, when enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_pooler: Option<String>,
+    /// Connection details through the read-only PgBouncer (to the replicas), when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_pooler_ro: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -388,6 +525,8 @@ pub struct ServiceNames {
     pub ro: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pooler: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooler_ro: Option<String>,
 }
 
 impl GeoDatabaseSpec {

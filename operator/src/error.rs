@@ -15,6 +15,13 @@ pub enum Error {
     #[error("Secret {name} exists but has no usable {key}")]
     MalformedSecret { name: String, key: &'static str },
 
+    #[error("PostgreSQL on {instance} failed while {action}: {detail}")]
+    Postgres {
+        instance: String,
+        action: &'static str,
+        detail: String,
+    },
+
     #[error("reconcile did not finish within {0:?}")]
     Timeout(std::time::Duration),
 
@@ -39,6 +46,7 @@ impl Error {
             Error::MalformedSecret { .. } => "malformed_secret",
             Error::Serialize { .. } => "serialize",
             Error::Timeout(_) => "timeout",
+            Error::Postgres { .. } => "postgres",
         }
     }
 }

@@ -7,8 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use kube::Api;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
+
+use crate::api::GeoDatabase;
 
 use crate::builders::config::{BOOTSTRAPPED_KEY, POSTGRESQL_CONF};
 use crate::names::{POSTGRES_PORT, REPLICATION_USER, SUPERUSER};
@@ -35,6 +38,9 @@ type Result<T> = std::result::Result<T, InstanceError>;
 /// Everything the pod's environment tells the instance.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    pub cluster: String,
+    pub namespace: String,
+    pub slot: String,
     pub instance: String,
     pub bootstrap_instance: String,
     pub rw_host: String,
@@ -53,6 +59,9 @@ fn env(name: &'static str) -> Result<String> {
 impl Settings {
     pub fn from_env() -> Result<Self> {
         Ok(Self {
+            cluster: env("GEODB_CLUSTER")?,
+            namespace: env("POD_NAMESPACE")?,
+            slot: env("GEODB_SLOT")?,
             instance: env("GEODB_INSTANCE")?,
             bootstrap_instance: env("GEODB_BOOTSTRAP_INSTANCE")?,
             rw_host: env("GEODB_RW_HOST")?,
@@ -70,6 +79,11 @@ impl Settings {
         std::fs::read_to_string(&path)
             .map(|p| p.trim_end().to_owned())
             .map_err(|source| InstanceError::Read { path, source })
+    }
+
+    /// Passfile of the replication role, outside the data directory.
+    fn replication_passfile(&self) -> PathBuf {
+        self.pgdata.with_extension("pgpass")
     }
 
     fn bootstrapped(&self) -> bool {
@@ -243,8 +257,9 @@ fn initdb(settings: &Settings, bin: &Path) -> Result<()> {
 
     // Roles, database and extensions, on a server that listens on the socket only.
     let socket = settings.socket_dir.display().to_string();
+    // No replica exists yet: commits must not wait for one (synchronous mode).
     let options = format!(
-        "-c {} -c listen_addresses='' -c unix_socket_directories={socket}",
+        "-c {} -c listen_addresses='' -c unix_socket_directories={socket} -c synchronous_standby_names=''",
         conf_arg(settings)
     );
     run(
@@ -320,13 +335,10 @@ fn clone_primary(settings: &Settings, bin: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_secs(2));
     }
     // A passfile keeps the password out of the process list and of primary_conninfo.
-    let passfile = settings.pgdata.with_extension("pgpass");
+    let passfile = settings.replication_passfile();
     let line = format!(
         "*:{POSTGRES_PORT}:*:{REPLICATION_USER}:{}\n",
-        settings
-            .password("replication")?
-            .replace('\\', "\\\\")
-            .replace(':', "\\:")
+        pgpass_escape(&settings.password("replication")?)
     );
     write_private(&passfile, &line)?;
     let pgdata = settings.pgdata.display().to_string();
@@ -381,64 +393,468 @@ fn write_private(path: &Path, content: &str) -> Result<()> {
         .map_err(|source| InstanceError::Read {
             path: path.to_owned(),
             source,
-        })
+        })?;
+    // The mode above applies to new files only; the kubelet's fsGroup handling may have
+    // widened an existing one.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        InstanceError::Read {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
-/// Prepare the data directory, then run PostgreSQL until it exits.
-pub async fn run_instance(settings: Settings) -> Result<ExitStatus> {
-    let bin = bin_dir()?;
-    let has_data = settings.pgdata.join("PG_VERSION").exists();
-    let mode = bootstrap_mode(
-        has_data,
-        settings.instance == settings.bootstrap_instance,
-        settings.bootstrapped(),
-    );
-    info!(instance = %settings.instance, ?mode, bin = %bin.display(), "preparing data directory");
-    let prepare = settings.clone();
-    let prepare_bin = bin.clone();
-    tokio::task::spawn_blocking(move || match mode {
-        Bootstrap::Existing => Ok(()),
-        Bootstrap::Initdb => initdb(&prepare, &prepare_bin),
-        Bootstrap::Clone => clone_primary(&prepare, &prepare_bin),
-    })
-    .await
-    .map_err(|e| InstanceError::Command {
-        command: "prepare".into(),
-        detail: e.to_string(),
-    })??;
+/// The PostgreSQL child and how it was started.
+struct Postgres {
+    child: tokio::process::Child,
+}
 
-    let mut child = tokio::process::Command::new(bin.join("postgres"))
-        .arg("-D")
-        .arg(&settings.pgdata)
-        .arg("-c")
-        .arg(conf_arg(&settings))
-        .spawn()
-        .map_err(|e| InstanceError::Command {
+impl Postgres {
+    fn start(settings: &Settings, bin: &Path) -> Result<Self> {
+        let conninfo = format!(
+            "primary_conninfo=host={} port={POSTGRES_PORT} user={REPLICATION_USER} passfile={} application_name={} connect_timeout=5",
+            settings.rw_host,
+            settings.replication_passfile().display(),
+            settings.instance
+        );
+        let child = tokio::process::Command::new(bin.join("postgres"))
+            .arg("-D")
+            .arg(&settings.pgdata)
+            .arg("-c")
+            .arg(conf_arg(settings))
+            // Replicas stream through the -rw Service, so they follow every promotion.
+            .arg("-c")
+            .arg(conninfo)
+            .arg("-c")
+            .arg(format!("primary_slot_name={}", settings.slot))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| InstanceError::Command {
+                command: "postgres".into(),
+                detail: e.to_string(),
+            })?;
+        Ok(Self { child })
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
+
+    /// Fast shutdown (SIGINT): clients are disconnected, and replicas receive all WAL
+    /// up to the shutdown checkpoint before the server exits.
+    async fn stop_fast(mut self) -> Result<ExitStatus> {
+        self.signal(libc::SIGINT);
+        self.child.wait().await.map_err(|e| InstanceError::Command {
             command: "postgres".into(),
             detail: e.to_string(),
-        })?;
-    let pid = child.id();
+        })
+    }
+
+    /// Immediate shutdown (SIGQUIT): used to fence, when waiting is not safe.
+    async fn stop_immediate(mut self) -> Result<ExitStatus> {
+        self.signal(libc::SIGQUIT);
+        self.child.wait().await.map_err(|e| InstanceError::Command {
+            command: "postgres".into(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+/// What the GeoDatabase says, as read by the instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    /// The instance that must be the primary (`status.targetPrimary`, else
+    /// `status.currentPrimary`, else the bootstrap instance).
+    pub primary: String,
+    pub instances: i32,
+    pub failover_delay: Duration,
+}
+
+impl Desired {
+    pub fn of(db: &GeoDatabase, bootstrap_instance: &str) -> Self {
+        let status = db.status.as_ref();
+        let primary = status
+            .and_then(|s| {
+                s.target_primary
+                    .clone()
+                    .or_else(|| s.current_primary.clone())
+            })
+            .unwrap_or_else(|| bootstrap_instance.to_owned());
+        Self {
+            primary,
+            instances: db.spec.instances,
+            failover_delay: Duration::from_secs(
+                u64::try_from(db.spec.replication.failover_delay_seconds).unwrap_or(5),
+            ),
+        }
+    }
+
+    /// A primary that can confirm neither its role (API) nor a replica for this long
+    /// stops accepting writes. It is well under the operator's failover delay, so the
+    /// isolated primary is down before anything else is promoted.
+    pub fn fence_after(&self) -> Duration {
+        (self.failover_delay / 2).max(Duration::from_secs(1))
+    }
+}
+
+/// What the supervisor does next, from the data directory and the desired primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Start PostgreSQL as it is (a primary, or a replica that the operator promotes).
+    Start,
+    /// The data directory was a primary's and another instance is the primary now:
+    /// rewind it (or clone afresh) and start as a replica.
+    Rejoin,
+    /// This instance crashed while primary: give the operator the chance to fail over.
+    Wait,
+}
+
+pub fn next_step(
+    me: &str,
+    desired: &Desired,
+    is_standby: bool,
+    crashed_primary_for: Option<Duration>,
+) -> Next {
+    if desired.primary != me {
+        return if is_standby {
+            Next::Start
+        } else {
+            Next::Rejoin
+        };
+    }
+    match crashed_primary_for {
+        Some(waited) if desired.instances > 1 && waited < desired.failover_delay * 2 => Next::Wait,
+        _ => Next::Start,
+    }
+}
+
+async fn kube_api(settings: &Settings) -> Option<Api<GeoDatabase>> {
+    let client = kube::Client::try_default().await.ok()?;
+    Some(Api::namespaced(client, &settings.namespace))
+}
+
+/// The GeoDatabase's view, or `None` when the API does not answer within `API_TIMEOUT`.
+async fn fetch_desired(api: Option<&Api<GeoDatabase>>, settings: &Settings) -> Option<Desired> {
+    let api = api?;
+    match tokio::time::timeout(API_TIMEOUT, api.get(&settings.cluster)).await {
+        Ok(Ok(db)) => Some(Desired::of(&db, &settings.bootstrap_instance)),
+        Ok(Err(error)) => {
+            warn!(%error, "cannot read the GeoDatabase");
+            None
+        }
+        Err(_) => {
+            warn!("the API server did not answer in time");
+            None
+        }
+    }
+}
+
+/// Some replica reported to this primary within `within`.
+async fn replica_replied(settings: &Settings, within: Duration) -> bool {
+    let query = async {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&settings.socket_dir)
+            .port(POSTGRES_PORT as u16)
+            .user(SUPERUSER)
+            .dbname("postgres")
+            .application_name("geodb-instance");
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication \
+                 WHERE reply_time > now() - make_interval(secs => $1)",
+                &[&within.as_secs_f64()],
+            )
+            .await?;
+        Ok::<i64, tokio_postgres::Error>(row.get(0))
+    };
+    matches!(tokio::time::timeout(API_TIMEOUT, query).await, Ok(Ok(n)) if n > 0)
+}
+
+const API_TIMEOUT: Duration = Duration::from_millis(800);
+const TICK: Duration = Duration::from_millis(500);
+
+/// PostgreSQL refuses a data directory others can read; the kubelet's fsGroup handling
+/// adds group bits when it mounts the volume.
+fn restrict_data_directory(settings: &Settings) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&settings.pgdata, std::fs::Permissions::from_mode(0o700)).map_err(
+        |source| InstanceError::Read {
+            path: settings.pgdata.clone(),
+            source,
+        },
+    )
+}
+
+fn is_standby(settings: &Settings) -> bool {
+    settings.pgdata.join("standby.signal").exists()
+}
+
+/// Turn the data directory of a former primary into a replica of the current one:
+/// pg_rewind from the primary, or a fresh clone when rewinding is impossible.
+fn rejoin(settings: &Settings, bin: &Path) -> Result<()> {
+    let started = Instant::now();
+    while !primary_reachable(bin, &settings.rw_host) {
+        if started.elapsed() > Duration::from_secs(3600) {
+            return Err(InstanceError::PrimaryUnreachable(
+                started.elapsed(),
+                settings.rw_host.clone(),
+            ));
+        }
+        info!(host = %settings.rw_host, "waiting for the new primary before rewinding");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let passfile = std::env::temp_dir().join("geodb-superuser.pgpass");
+    write_private(
+        &passfile,
+        &format!(
+            "*:{POSTGRES_PORT}:*:{SUPERUSER}:{}\n",
+            pgpass_escape(&settings.password("superuser")?)
+        ),
+    )?;
+    let source = format!(
+        "host={} port={POSTGRES_PORT} user={SUPERUSER} dbname=postgres passfile={} connect_timeout=5",
+        settings.rw_host,
+        passfile.display()
+    );
+    let pgdata = settings.pgdata.display().to_string();
+    let rewound = run(
+        bin,
+        "pg_rewind",
+        &["--target-pgdata", &pgdata, "--source-server", &source],
+        &[],
+        None,
+    );
+    let _ = std::fs::remove_file(&passfile);
+    match rewound {
+        Ok(()) => info!("pg_rewind done; starting as a replica"),
+        Err(error) => {
+            // The volume's WAL cannot be matched to the new primary's history; its data
+            // is on the new primary already, so a fresh copy is taken.
+            warn!(%error, "pg_rewind failed; cloning the primary afresh");
+            std::fs::remove_dir_all(&settings.pgdata).map_err(|source| InstanceError::Read {
+                path: settings.pgdata.clone(),
+                source,
+            })?;
+            return clone_primary(settings, bin);
+        }
+    }
+    write_private(&settings.pgdata.join("standby.signal"), "")
+}
+
+fn pgpass_escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace(':', "\\:")
+}
+
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| InstanceError::Command {
+            command: what.to_owned(),
+            detail: e.to_string(),
+        })?
+}
+
+/// How one run of PostgreSQL ended.
+enum Ended {
+    /// SIGTERM from the kubelet: the container stops.
+    Terminated(ExitStatus),
+    /// Another instance is the primary now; this one stopped to rejoin.
+    Demoted,
+    /// Fenced: no confirmation of the primary role for too long.
+    Fenced,
+    /// PostgreSQL exited on its own.
+    Exited { was_primary: bool },
+}
+
+/// Supervise one run of PostgreSQL: follow the desired primary, fence when isolated.
+async fn supervise(
+    settings: &Settings,
+    api: Option<&Api<GeoDatabase>>,
+    mut postgres: Postgres,
+    term: &mut tokio::signal::unix::Signal,
+    mut desired: Desired,
+) -> Result<Ended> {
+    let mut confirmed = Instant::now();
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            // A stop from the kubelet comes before anything else.
+            biased;
+            _ = term.recv() => {
+                info!("SIGTERM: fast shutdown of PostgreSQL");
+                return postgres.stop_fast().await.map(Ended::Terminated);
+            }
+            status = postgres.child.wait() => {
+                let status = status.map_err(|e| InstanceError::Command { command: "postgres".into(), detail: e.to_string() })?;
+                let was_primary = !is_standby(settings);
+                warn!(%status, was_primary, "PostgreSQL exited");
+                return Ok(Ended::Exited { was_primary });
+            }
+            _ = tick.tick() => {
+                let primary_now = !is_standby(settings);
+                match fetch_desired(api, settings).await {
+                    Some(now) => {
+                        desired = now;
+                        confirmed = Instant::now();
+                        if primary_now && desired.primary != settings.instance {
+                            info!(new_primary = %desired.primary, "another instance is the primary: stopping to rejoin as a replica");
+                            postgres.stop_fast().await?;
+                            return Ok(Ended::Demoted);
+                        }
+                    }
+                    None if primary_now && confirmed.elapsed() > desired.fence_after() => {
+                        if replica_replied(settings, desired.fence_after()).await {
+                            // Replicas still stream from us: we are not the one cut off.
+                            confirmed = Instant::now();
+                        } else {
+                            warn!(after_ms = confirmed.elapsed().as_millis() as u64, "cannot confirm the primary role with the API server or any replica: fencing (immediate shutdown)");
+                            postgres.stop_immediate().await?;
+                            return Ok(Ended::Fenced);
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+/// Prepare the data directory, then run PostgreSQL in the role the GeoDatabase gives
+/// this instance, until the kubelet stops the container.
+pub async fn run_instance(settings: Settings) -> Result<ExitStatus> {
+    let bin = bin_dir()?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| InstanceError::Command {
         command: "signal".into(),
         detail: e.to_string(),
     })?;
+    let api = kube_api(&settings).await;
+    if api.is_none() {
+        warn!("no Kubernetes API access: running in the role the data directory has");
+    }
+    // Nothing starts before the GeoDatabase says who the primary is.
+    let mut desired = loop {
+        if api.is_none() {
+            break Desired {
+                primary: settings.bootstrap_instance.clone(),
+                instances: 1,
+                failover_delay: Duration::from_secs(5),
+            };
+        }
+        if let Some(desired) = fetch_desired(api.as_ref(), &settings).await {
+            break desired;
+        }
+        tokio::select! {
+            _ = term.recv() => return Ok(ExitStatus::default()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+
+    let has_data = settings.pgdata.join("PG_VERSION").exists();
+    let mode = bootstrap_mode(
+        has_data,
+        settings.instance == desired.primary && settings.instance == settings.bootstrap_instance,
+        settings.bootstrapped(),
+    );
+    info!(instance = %settings.instance, ?mode, primary = %desired.primary, bin = %bin.display(), "preparing data directory");
+    let (prepare, prepare_bin) = (settings.clone(), bin.clone());
+    let preparing = blocking("prepare", move || match mode {
+        Bootstrap::Existing => Ok(()),
+        Bootstrap::Initdb => initdb(&prepare, &prepare_bin),
+        Bootstrap::Clone => clone_primary(&prepare, &prepare_bin),
+    });
     tokio::select! {
-        status = child.wait() => status.map_err(|e| InstanceError::Command { command: "postgres".into(), detail: e.to_string() }),
-        _ = term.recv() => {
-            // Smart shutdown would wait for every client; the pod is going away.
-            if let Some(pid) = pid {
-                info!("SIGTERM: fast shutdown of PostgreSQL");
-                // SAFETY: kill(2) with a pid we spawned and a valid signal number.
-                unsafe { libc::kill(pid as i32, libc::SIGINT) };
+        biased;
+        _ = term.recv() => return Ok(ExitStatus::default()),
+        prepared = preparing => prepared?,
+    }
+    write_private(
+        &settings.replication_passfile(),
+        &format!(
+            "*:{POSTGRES_PORT}:*:{REPLICATION_USER}:{}\n",
+            pgpass_escape(&settings.password("replication")?)
+        ),
+    )?;
+
+    let mut crashed_at: Option<Instant> = None;
+    loop {
+        if let Some(now) = fetch_desired(api.as_ref(), &settings).await {
+            desired = now;
+        } else if api.is_some() {
+            // Without the API this instance cannot know its role: wait for it.
+            tokio::select! {
+                _ = term.recv() => return Ok(ExitStatus::default()),
+                _ = tokio::time::sleep(TICK) => continue,
             }
-            child.wait().await.map_err(|e| InstanceError::Command { command: "postgres".into(), detail: e.to_string() })
+        }
+        match next_step(
+            &settings.instance,
+            &desired,
+            is_standby(&settings),
+            crashed_at.map(|t| t.elapsed()),
+        ) {
+            Next::Wait => {
+                tokio::select! {
+                    _ = term.recv() => return Ok(ExitStatus::default()),
+                    _ = tokio::time::sleep(TICK) => continue,
+                }
+            }
+            Next::Rejoin => {
+                info!(primary = %desired.primary, "rejoining as a replica");
+                let (s, b) = (settings.clone(), bin.clone());
+                tokio::select! {
+                    biased;
+                    _ = term.recv() => return Ok(ExitStatus::default()),
+                    rejoined = blocking("rejoin", move || rejoin(&s, &b)) => rejoined?,
+                }
+            }
+            Next::Start => {}
+        }
+        crashed_at = None;
+        restrict_data_directory(&settings)?;
+        info!(standby = is_standby(&settings), primary = %desired.primary, "starting PostgreSQL");
+        let started = Instant::now();
+        let postgres = Postgres::start(&settings, &bin)?;
+        match supervise(
+            &settings,
+            api.as_ref(),
+            postgres,
+            &mut term,
+            desired.clone(),
+        )
+        .await?
+        {
+            Ended::Terminated(status) => return Ok(status),
+            Ended::Demoted | Ended::Fenced => {}
+            Ended::Exited { was_primary } => {
+                if was_primary {
+                    crashed_at = Some(Instant::now());
+                }
+                // A server that cannot start is not restarted in a tight loop.
+                if started.elapsed() < Duration::from_secs(1) {
+                    tokio::select! {
+                        _ = term.recv() => return Ok(ExitStatus::default()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                if api.is_none() {
+                    return Err(InstanceError::Command {
+                        command: "postgres".into(),
+                        detail: "exited".into(),
+                    });
+                }
+            }
         }
     }
-    .inspect(|status| {
-        if !status.success() {
-            warn!(%status, "PostgreSQL exited");
-        }
-    })
 }
 
 #[cfg(test)]
@@ -451,6 +867,57 @@ mod tests {
         assert_eq!(bootstrap_mode(false, true, true), Bootstrap::Clone);
         assert_eq!(bootstrap_mode(false, false, false), Bootstrap::Clone);
         assert_eq!(bootstrap_mode(true, true, false), Bootstrap::Existing);
+    }
+
+    fn desired(primary: &str) -> Desired {
+        Desired {
+            primary: primary.into(),
+            instances: 3,
+            failover_delay: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn a_former_primary_rejoins_and_a_replica_just_starts() {
+        assert_eq!(
+            next_step("geo-1", &desired("geo-2"), false, None),
+            Next::Rejoin
+        );
+        assert_eq!(
+            next_step("geo-1", &desired("geo-2"), true, None),
+            Next::Start
+        );
+        assert_eq!(
+            next_step("geo-2", &desired("geo-2"), true, None),
+            Next::Start
+        );
+        assert_eq!(
+            next_step("geo-1", &desired("geo-1"), false, None),
+            Next::Start
+        );
+    }
+
+    #[test]
+    fn a_crashed_primary_waits_for_a_failover_unless_alone() {
+        let d = desired("geo-1");
+        let waited = Some(Duration::from_secs(1));
+        assert_eq!(next_step("geo-1", &d, false, waited), Next::Wait);
+        assert_eq!(
+            next_step("geo-1", &d, false, Some(Duration::from_secs(11))),
+            Next::Start
+        );
+        let alone = Desired { instances: 1, ..d };
+        assert_eq!(next_step("geo-1", &alone, false, waited), Next::Start);
+    }
+
+    #[test]
+    fn fencing_comes_well_before_the_failover_delay() {
+        assert_eq!(desired("x").fence_after(), Duration::from_millis(2500));
+        let short = Desired {
+            failover_delay: Duration::from_secs(1),
+            ..desired("x")
+        };
+        assert_eq!(short.fence_after(), Duration::from_secs(1));
     }
 
     #[test]

@@ -90,6 +90,30 @@ impl LeaderElection {
         }
     }
 
+    /// Give the Lease up (on shutdown), so a standby takes over without waiting for it to
+    /// expire. Only a Lease this process holds is touched.
+    pub async fn release(&self, client: &Client) {
+        let api = self.api(client);
+        let Ok(Some(mut lease)) = api.get_opt(&self.name).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        match api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => info!(lease = %self.name, "released the leader Lease"),
+            Err(error) => warn!(%error, "could not release the leader Lease"),
+        }
+    }
+
     /// Wait until this process holds the Lease.
     pub async fn acquire(&self, client: &Client) {
         loop {
@@ -101,7 +125,8 @@ impl LeaderElection {
                 Ok(false) => {}
                 Err(error) => warn!(%error, "leader election attempt failed"),
             }
-            tokio::time::sleep(self.renew_every).await;
+            // Standbys look often: a released Lease is taken over within a second.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 

@@ -139,6 +139,7 @@ async fn operator(args: OperatorArgs) -> Result<(), String> {
         .unwrap_or_else(|| format!("geodb-{}", std::process::id()));
     let ctx = Context::new(client.clone(), metrics, Some(identity.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut held = None;
     if args.leader_elect {
         let election = LeaderElection {
             namespace: args.lease_namespace.clone(),
@@ -148,6 +149,7 @@ async fn operator(args: OperatorArgs) -> Result<(), String> {
             renew_every: Duration::from_secs(5),
         };
         election.acquire(&client).await;
+        held = Some(election.clone());
         let lease_client = client.clone();
         tokio::spawn(async move {
             let error = election.keep(&lease_client).await;
@@ -175,6 +177,9 @@ async fn operator(args: OperatorArgs) -> Result<(), String> {
     })
     .await;
     info!("controller stopped");
+    if let Some(election) = held {
+        election.release(&client).await;
+    }
     Ok(())
 }
 

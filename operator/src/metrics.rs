@@ -1,10 +1,12 @@
 //! Operator metrics (Prometheus, base units).
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -23,8 +25,31 @@ pub struct ActionLabels {
     pub action: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub namespace: String,
+    pub cluster: String,
+    pub instance: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub namespace: String,
+    pub cluster: String,
+    /// `failover` or `switchover`.
+    pub kind: String,
+}
+
 pub struct Metrics {
     pub reconciliations: Counter,
+    pub instance_up: Family<InstanceLabels, Gauge>,
+    pub instance_is_primary: Family<InstanceLabels, Gauge>,
+    pub instance_timeline: Family<InstanceLabels, Gauge>,
+    pub replica_lag_bytes: Family<InstanceLabels, Gauge>,
+    pub replica_lag_seconds: Family<InstanceLabels, Gauge<f64, AtomicU64>>,
+    pub transitions: Family<TransitionLabels, Counter>,
+    pub transition_duration: Histogram,
+    pub promotions_refused: Family<TransitionLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub kube_requests: Family<MethodLabels, Counter>,
@@ -39,7 +64,55 @@ impl Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             kube_requests: Family::default(),
             actions: Family::default(),
+            instance_up: Family::default(),
+            instance_is_primary: Family::default(),
+            instance_timeline: Family::default(),
+            replica_lag_bytes: Family::default(),
+            replica_lag_seconds: Family::default(),
+            transitions: Family::default(),
+            transition_duration: Histogram::new(exponential_buckets(0.25, 2.0, 10)),
+            promotions_refused: Family::default(),
         });
+        registry.register(
+            "geodb_instance_up",
+            "1 when the instance's PostgreSQL answered the operator's last probe",
+            metrics.instance_up.clone(),
+        );
+        registry.register(
+            "geodb_instance_is_primary",
+            "1 when the instance runs as a primary (not in recovery)",
+            metrics.instance_is_primary.clone(),
+        );
+        registry.register(
+            "geodb_instance_timeline",
+            "PostgreSQL timeline of the instance",
+            metrics.instance_timeline.clone(),
+        );
+        registry.register(
+            "geodb_replica_lag_bytes",
+            "WAL bytes between the primary's position and the replica's replayed position",
+            metrics.replica_lag_bytes.clone(),
+        );
+        registry.register(
+            "geodb_replica_lag_seconds",
+            "Age of the last replayed transaction while the replica has WAL to replay",
+            metrics.replica_lag_seconds.clone(),
+        );
+        registry.register(
+            "geodb_primary_transitions",
+            "Completed failovers and switchovers",
+            metrics.transitions.clone(),
+        );
+        registry.register(
+            "geodb_primary_transition_duration_seconds",
+            "Time from the start of a failover or switchover to the promoted primary",
+            metrics.transition_duration.clone(),
+        );
+        registry.register(
+            "geodb_promotions_refused",
+            "Failovers the operator refused to make (no replica qualified)",
+            metrics.promotions_refused.clone(),
+        );
         registry.register(
             "geodb_reconciliations",
             "GeoDatabase reconciliations started",
@@ -82,6 +155,15 @@ impl Metrics {
                 action: action.to_owned(),
             })
             .inc();
+    }
+
+    /// Drop the series of an instance that no longer exists.
+    pub fn forget_instance(&self, labels: &InstanceLabels) {
+        self.instance_up.remove(labels);
+        self.instance_is_primary.remove(labels);
+        self.instance_timeline.remove(labels);
+        self.replica_lag_bytes.remove(labels);
+        self.replica_lag_seconds.remove(labels);
     }
 
     /// Requests that change state (anything but GET), sent so far.

@@ -16,6 +16,9 @@ pub const LABEL_INSTANCE: &str = "geodb.io/instance";
 /// Set on instance pods by the operator (never by the pod template) so that it stays
 /// true after a failover: Services select on it.
 pub const LABEL_ROLE: &str = "geodb.io/role";
+/// Set by the operator on replica pods: `true` while the replica streams within
+/// `maxLagBytes`. The `-ro` Service selects on it.
+pub const LABEL_SERVING_READS: &str = "geodb.io/serving-reads";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "geodb-operator";
@@ -25,6 +28,7 @@ pub const ANNOTATION_CONFIG_HASH: &str = "geodb.io/config-hash";
 
 pub const COMPONENT_DATABASE: &str = "database";
 pub const COMPONENT_POOLER: &str = "pooler";
+pub const COMPONENT_POOLER_RO: &str = "pooler-ro";
 
 pub const POSTGRES_PORT: i32 = 5432;
 pub const POOLER_PORT: i32 = 6432;
@@ -68,6 +72,12 @@ impl Names {
     pub fn pooler(&self) -> String {
         format!("{}-pooler", self.cluster)
     }
+    pub fn pooler_ro(&self) -> String {
+        format!("{}-pooler-ro", self.cluster)
+    }
+    pub fn app_pooler_ro_secret(&self) -> String {
+        format!("{}-app-pooler-ro", self.cluster)
+    }
     pub fn pooler_auth_secret(&self) -> String {
         format!("{}-pooler-auth", self.cluster)
     }
@@ -93,6 +103,14 @@ impl Names {
     pub fn pod(instance: &str) -> String {
         format!("{instance}-0")
     }
+    /// ServiceAccount (and Role, RoleBinding) of the instance pods.
+    pub fn instance_service_account(&self) -> String {
+        format!("{}-instance", self.cluster)
+    }
+    /// Physical replication slot of an instance on the primary.
+    pub fn slot(instance: &str) -> String {
+        format!("geodb_{}", instance.replace('-', "_"))
+    }
     /// PVC created from the instance StatefulSet's volume claim template.
     pub fn pvc(instance: &str) -> String {
         format!("{PGDATA_VOLUME}-{instance}-0")
@@ -117,13 +135,17 @@ pub fn instance_labels(cluster: &str, instance: &str) -> BTreeMap<String, String
     labels
 }
 
-/// Selector of the pods that have a role.
+/// Selector of the pods that have a role; replicas only while they serve reads.
 pub fn role_selector(cluster: &str, role: Role) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut selector = BTreeMap::from([
         (LABEL_CLUSTER.to_owned(), cluster.to_owned()),
         (LABEL_COMPONENT.to_owned(), COMPONENT_DATABASE.to_owned()),
         (LABEL_ROLE.to_owned(), role.as_str().to_owned()),
-    ])
+    ]);
+    if role == Role::Replica {
+        selector.insert(LABEL_SERVING_READS.to_owned(), "true".to_owned());
+    }
+    selector
 }
 
 #[cfg(test)]
@@ -140,5 +162,6 @@ mod tests {
         assert_eq!(names.ordinal("geo-rw"), None);
         assert_eq!(names.ordinal("geox-2"), None);
         assert_eq!(Names::pvc("geo-2"), "pgdata-geo-2-0");
+        assert_eq!(Names::slot("my-geo-2"), "geodb_my_geo_2");
     }
 }

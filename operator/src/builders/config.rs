@@ -33,7 +33,22 @@ fn managed_settings() -> Vec<(&'static str, String)> {
         ("hot_standby", "on".into()),
         ("logging_collector", "off".into()),
         ("log_destination", "stderr".into()),
+        // pg_rewind brings a failed primary back as a replica; it needs hint bits logged.
+        ("wal_log_hints", "on".into()),
+        // After a promotion, replicas follow the new primary's timeline.
+        ("recovery_target_timeline", "latest".into()),
     ]
+}
+
+/// `synchronous_standby_names` for the spec: any one replica (application_name is the
+/// instance name) must confirm each commit. `*` keeps the value independent of the
+/// instance count, so scaling changes no configuration.
+fn synchronous_settings(cluster: &Cluster) -> Vec<(&'static str, String)> {
+    if cluster.spec.replication.synchronous {
+        vec![("synchronous_standby_names", "ANY 1 (*)".into())]
+    } else {
+        vec![]
+    }
 }
 
 /// Defaults a user may override.
@@ -46,6 +61,12 @@ fn default_settings() -> Vec<(&'static str, String)> {
         ("shared_preload_libraries", "pg_stat_statements".into()),
         ("log_min_duration_statement", "100ms".into()),
         ("log_line_prefix", "%m [%p] %q%u@%d ".into()),
+        // A failover depends on noticing a dead peer in seconds, not minutes.
+        ("wal_receiver_timeout", "5s".into()),
+        ("wal_sender_timeout", "5s".into()),
+        ("wal_receiver_status_interval", "1s".into()),
+        ("wal_retrieve_retry_interval", "1s".into()),
+        ("hot_standby_feedback", "on".into()),
     ]
 }
 
@@ -67,7 +88,10 @@ pub fn effective_setting(cluster: &Cluster, name: &str) -> Option<String> {
 
 pub fn postgresql_conf(cluster: &Cluster) -> String {
     let mut out = String::from("# Written by geodb-operator from the GeoDatabase spec.\n");
-    for (key, value) in managed_settings() {
+    for (key, value) in managed_settings()
+        .into_iter()
+        .chain(synchronous_settings(cluster))
+    {
         out.push_str(&format!("{key} = '{value}'\n"));
     }
     let user = &cluster.spec.postgresql.parameters;
@@ -150,6 +174,16 @@ mod tests {
             "postgresql": {"parameters": {"work_mem": "8MB"}}}));
         assert_ne!(config_hash(&a), config_hash(&b));
         assert_eq!(config_hash(&a), config_hash(&a.clone()));
+    }
+
+    #[test]
+    fn synchronous_mode_needs_any_one_replica() {
+        let a = cluster(json!({"storage": {"size": "1Gi"}, "instances": 3}));
+        assert!(!postgresql_conf(&a).contains("synchronous_standby_names"));
+        let b = cluster(json!({"storage": {"size": "1Gi"}, "instances": 3,
+            "replication": {"synchronous": true}}));
+        assert!(postgresql_conf(&b).contains("synchronous_standby_names = 'ANY 1 (*)'"));
+        assert!(postgresql_conf(&b).contains("wal_log_hints = 'on'"));
     }
 
     #[test]

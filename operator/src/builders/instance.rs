@@ -22,7 +22,7 @@ use super::config::{config_hash, CONFIG_DIR, SOCKET_DIR};
 use super::Cluster;
 use crate::api::DeletionPolicy;
 use crate::names::{
-    instance_labels, ANNOTATION_CONFIG_HASH, LABEL_CLUSTER, LABEL_INSTANCE, PGDATA_VOLUME,
+    instance_labels, Names, ANNOTATION_CONFIG_HASH, LABEL_CLUSTER, LABEL_INSTANCE, PGDATA_VOLUME,
     POSTGRES_PORT,
 };
 
@@ -112,6 +112,7 @@ pub fn restricted_pod_security(uid: i64) -> PodSecurityContext {
         run_as_user: Some(uid),
         run_as_group: Some(uid),
         fs_group: Some(uid),
+        fs_group_change_policy: Some("OnRootMismatch".into()),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".into(),
             ..SeccompProfile::default()
@@ -194,6 +195,7 @@ pub fn statefulset(cluster: &Cluster, instance: &str) -> StatefulSet {
             field_env("POD_NAMESPACE", "metadata.namespace"),
             env("GEODB_BOOTSTRAP_INSTANCE", cluster.names.instance(1)),
             env("GEODB_RW_HOST", cluster.names.rw_service()),
+            env("GEODB_SLOT", Names::slot(instance)),
             env("GEODB_DATABASE", cluster.spec.database.name.clone()),
             env("GEODB_DATABASE_OWNER", cluster.spec.database.owner.clone()),
             env("GEODB_CONFIG_DIR", CONFIG_DIR),
@@ -209,10 +211,9 @@ pub fn statefulset(cluster: &Cluster, instance: &str) -> StatefulSet {
             ..ContainerPort::default()
         }]),
         resources: cluster.spec.resources.clone(),
-        // initdb or a base backup can take long; the startup probe covers up to an hour.
-        startup_probe: Some(pg_isready_probe(5, 720)),
-        readiness_probe: Some(pg_isready_probe(5, 3)),
-        liveness_probe: Some(pg_isready_probe(10, 6)),
+        // No liveness probe: `geodb instance` supervises PostgreSQL and keeps it down on
+        // purpose while it is fenced or waiting to rejoin; a restart would not help.
+        readiness_probe: Some(pg_isready_probe(2, 2)),
         security_context: Some(restricted_container_security()),
         volume_mounts: Some(vec![
             mount(PGDATA_VOLUME, DATA_DIR, false),
@@ -227,7 +228,9 @@ pub fn statefulset(cluster: &Cluster, instance: &str) -> StatefulSet {
     let pod_spec = PodSpec {
         containers: vec![container],
         security_context: Some(restricted_pod_security(POSTGRES_UID)),
-        automount_service_account_token: Some(false),
+        // The instance reads its GeoDatabase (and only that: see builders::rbac).
+        service_account_name: Some(cluster.names.instance_service_account()),
+        automount_service_account_token: Some(true),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(30),
         volumes: Some(vec![
@@ -257,7 +260,7 @@ pub fn statefulset(cluster: &Cluster, instance: &str) -> StatefulSet {
             },
             pod_management_policy: Some("Parallel".into()),
             update_strategy: Some(StatefulSetUpdateStrategy {
-                type_: Some("RollingUpdate".into()),
+                type_: Some("OnDelete".into()),
                 ..StatefulSetUpdateStrategy::default()
             }),
             persistent_volume_claim_retention_policy: Some(
@@ -331,6 +334,8 @@ mod tests {
             "RuntimeDefault"
         );
         assert_eq!(claimed_size(&sts), Some("5Gi"));
+        assert_eq!(pod.service_account_name.as_deref(), Some("geo-instance"));
+        assert!(pod.containers[0].liveness_probe.is_none());
         let claim = &spec.volume_claim_templates.as_ref().unwrap()[0];
         assert_eq!(
             claim.spec.as_ref().unwrap().storage_class_name.as_deref(),

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod instance;
 pub mod pooler;
+pub mod rbac;
 pub mod secrets;
 pub mod services;
 

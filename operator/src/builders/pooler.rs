@@ -1,5 +1,6 @@
-//! PgBouncer: its ConfigMap (`pgbouncer.ini`), auth Secret (`userlist.txt`), Deployment
-//! and Service. PgBouncer sends every database to the read-write Service.
+//! PgBouncer: two poolers, each with its ConfigMap (`pgbouncer.ini`), Deployment and
+//! Service, sharing one auth Secret (`userlist.txt`). `<name>-pooler` sends every database
+//! to the read-write Service, `<name>-pooler-ro` to the read-only one.
 
 use std::collections::BTreeMap;
 
@@ -15,18 +16,51 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::instance::{restricted_container_security, restricted_pod_security, POSTGRES_UID};
 use super::{content_hash, Cluster};
 use crate::names::{
-    cluster_labels, ANNOTATION_CONFIG_HASH, COMPONENT_POOLER, LABEL_CLUSTER, LABEL_COMPONENT,
-    POOLER_PORT, POSTGRES_PORT,
+    cluster_labels, ANNOTATION_CONFIG_HASH, COMPONENT_POOLER, COMPONENT_POOLER_RO, LABEL_CLUSTER,
+    LABEL_COMPONENT, POOLER_PORT, POSTGRES_PORT,
 };
+
+/// Which Service a pooler sends connections to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
+impl Access {
+    pub const BOTH: [Access; 2] = [Access::ReadWrite, Access::ReadOnly];
+
+    /// Name of the pooler's Deployment, Service and ConfigMap.
+    pub fn name(self, cluster: &Cluster) -> String {
+        match self {
+            Access::ReadWrite => cluster.names.pooler(),
+            Access::ReadOnly => cluster.names.pooler_ro(),
+        }
+    }
+
+    fn component(self) -> &'static str {
+        match self {
+            Access::ReadWrite => COMPONENT_POOLER,
+            Access::ReadOnly => COMPONENT_POOLER_RO,
+        }
+    }
+
+    fn upstream(self, cluster: &Cluster) -> String {
+        match self {
+            Access::ReadWrite => cluster.service_host(&cluster.names.rw_service()),
+            Access::ReadOnly => cluster.service_host(&cluster.names.ro_service()),
+        }
+    }
+}
 
 pub const PGBOUNCER_INI: &str = "pgbouncer.ini";
 pub const USERLIST: &str = "userlist.txt";
 const CONFIG_DIR: &str = "/etc/pgbouncer";
 const AUTH_DIR: &str = "/etc/pgbouncer/auth";
 
-pub fn pgbouncer_ini(cluster: &Cluster) -> String {
+pub fn pgbouncer_ini(cluster: &Cluster, access: Access) -> String {
     let pooler = &cluster.spec.pooler;
-    let rw = cluster.service_host(&cluster.names.rw_service());
+    let rw = access.upstream(cluster);
     format!(
         "; Written by geodb-operator from the GeoDatabase spec.\n\
          [databases]\n\
@@ -61,23 +95,23 @@ pub fn userlist(cluster: &Cluster) -> String {
     )
 }
 
-fn labels(cluster: &Cluster) -> BTreeMap<String, String> {
-    cluster_labels(&cluster.names.cluster, COMPONENT_POOLER)
+fn labels(cluster: &Cluster, access: Access) -> BTreeMap<String, String> {
+    cluster_labels(&cluster.names.cluster, access.component())
 }
 
-fn selector(cluster: &Cluster) -> BTreeMap<String, String> {
+fn selector(cluster: &Cluster, access: Access) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_CLUSTER.to_owned(), cluster.names.cluster.clone()),
-        (LABEL_COMPONENT.to_owned(), COMPONENT_POOLER.to_owned()),
+        (LABEL_COMPONENT.to_owned(), access.component().to_owned()),
     ])
 }
 
-pub fn config_map(cluster: &Cluster) -> ConfigMap {
+pub fn config_map(cluster: &Cluster, access: Access) -> ConfigMap {
     ConfigMap {
-        metadata: cluster.component_meta(cluster.names.pooler(), COMPONENT_POOLER),
+        metadata: cluster.component_meta(access.name(cluster), access.component()),
         data: Some(BTreeMap::from([(
             PGBOUNCER_INI.to_owned(),
-            pgbouncer_ini(cluster),
+            pgbouncer_ini(cluster, access),
         )])),
         ..ConfigMap::default()
     }
@@ -104,9 +138,9 @@ fn tcp_probe(period: i32) -> Probe {
     }
 }
 
-pub fn deployment(cluster: &Cluster) -> Deployment {
+pub fn deployment(cluster: &Cluster, access: Access) -> Deployment {
     let hash = content_hash(&[
-        pgbouncer_ini(cluster).as_bytes(),
+        pgbouncer_ini(cluster, access).as_bytes(),
         userlist(cluster).as_bytes(),
     ]);
     let container = Container {
@@ -143,16 +177,16 @@ pub fn deployment(cluster: &Cluster) -> Deployment {
         ..Container::default()
     };
     Deployment {
-        metadata: cluster.component_meta(cluster.names.pooler(), COMPONENT_POOLER),
+        metadata: cluster.component_meta(access.name(cluster), access.component()),
         spec: Some(DeploymentSpec {
             replicas: Some(cluster.spec.pooler.instances),
             selector: LabelSelector {
-                match_labels: Some(selector(cluster)),
+                match_labels: Some(selector(cluster, access)),
                 ..LabelSelector::default()
             },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels(cluster)),
+                    labels: Some(labels(cluster, access)),
                     annotations: Some(BTreeMap::from([(ANNOTATION_CONFIG_HASH.to_owned(), hash)])),
                     ..ObjectMeta::default()
                 }),
@@ -165,7 +199,7 @@ pub fn deployment(cluster: &Cluster) -> Deployment {
                         Volume {
                             name: "config".into(),
                             config_map: Some(ConfigMapVolumeSource {
-                                name: cluster.names.pooler(),
+                                name: access.name(cluster),
                                 ..ConfigMapVolumeSource::default()
                             }),
                             ..Volume::default()
@@ -189,12 +223,12 @@ pub fn deployment(cluster: &Cluster) -> Deployment {
     }
 }
 
-pub fn service(cluster: &Cluster) -> Service {
+pub fn service(cluster: &Cluster, access: Access) -> Service {
     Service {
-        metadata: cluster.component_meta(cluster.names.pooler(), COMPONENT_POOLER),
+        metadata: cluster.component_meta(access.name(cluster), access.component()),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
-            selector: Some(selector(cluster)),
+            selector: Some(selector(cluster, access)),
             ports: Some(vec![ServicePort {
                 name: Some("pgbouncer".into()),
                 port: POOLER_PORT,
@@ -218,8 +252,9 @@ mod tests {
     fn ini_carries_pool_settings() {
         let c = cluster(json!({"storage": {"size": "1Gi"},
             "pooler": {"poolMode": "session", "maxClientConn": 500, "defaultPoolSize": 30}}));
-        let ini = pgbouncer_ini(&c);
+        let ini = pgbouncer_ini(&c, Access::ReadWrite);
         assert!(ini.contains("* = host=geo-rw.maps.svc port=5432"));
+        assert!(pgbouncer_ini(&c, Access::ReadOnly).contains("* = host=geo-ro.maps.svc port=5432"));
         assert!(ini.contains("pool_mode = session"));
         assert!(ini.contains("max_client_conn = 500"));
         assert!(ini.contains("default_pool_size = 30"));
@@ -229,7 +264,7 @@ mod tests {
     #[test]
     fn default_mode_is_transaction() {
         let c = cluster(json!({"storage": {"size": "1Gi"}}));
-        assert!(pgbouncer_ini(&c).contains("pool_mode = transaction"));
+        assert!(pgbouncer_ini(&c, Access::ReadWrite).contains("pool_mode = transaction"));
         assert_eq!(userlist(&c), "\"app\" \"app-pw\"\n");
     }
 
@@ -238,7 +273,7 @@ mod tests {
         let a = cluster(json!({"storage": {"size": "1Gi"}}));
         let b = cluster(json!({"storage": {"size": "1Gi"}, "pooler": {"defaultPoolSize": 5}}));
         let hash = |c: &Cluster| {
-            deployment(c)
+            deployment(c, Access::ReadWrite)
                 .spec
                 .unwrap()
                 .template
@@ -249,6 +284,36 @@ mod tests {
                 .clone()
         };
         assert_ne!(hash(&a), hash(&b));
-        assert_eq!(deployment(&a).spec.unwrap().replicas, Some(1));
+        assert_eq!(
+            deployment(&a, Access::ReadWrite).spec.unwrap().replicas,
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn the_two_poolers_select_their_own_pods() {
+        let c = cluster(json!({"storage": {"size": "1Gi"}}));
+        let rw = service(&c, Access::ReadWrite)
+            .spec
+            .unwrap()
+            .selector
+            .unwrap();
+        let ro = service(&c, Access::ReadOnly)
+            .spec
+            .unwrap()
+            .selector
+            .unwrap();
+        assert_ne!(rw, ro);
+        let ro_pods = deployment(&c, Access::ReadOnly)
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap();
+        assert!(ro.iter().all(|(k, v)| ro_pods.get(k) == Some(v)));
+        assert!(!rw.iter().all(|(k, v)| ro_pods.get(k) == Some(v)));
+        assert_eq!(Access::ReadOnly.name(&c), "geo-pooler-ro");
     }
 }

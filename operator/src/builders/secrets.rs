@@ -66,7 +66,7 @@ fn connection(cluster: &Cluster, name: String, host: String, port: i32) -> Secre
 }
 
 /// Connection Secrets for the application: read-write, read-only and (when the pooler is
-/// enabled) through PgBouncer.
+/// enabled) both through PgBouncer.
 pub fn connection_secrets(cluster: &Cluster) -> Vec<Secret> {
     let n = &cluster.names;
     let mut out = vec![
@@ -88,6 +88,12 @@ pub fn connection_secrets(cluster: &Cluster) -> Vec<Secret> {
             cluster,
             n.app_pooler_secret(),
             cluster.service_host(&n.pooler()),
+            POOLER_PORT,
+        ));
+        out.push(connection(
+            cluster,
+            n.app_pooler_ro_secret(),
+            cluster.service_host(&n.pooler_ro()),
             POOLER_PORT,
         ));
     }
@@ -125,7 +131,7 @@ mod tests {
     fn connection_secrets_point_at_services() {
         let c = cluster(json!({"storage": {"size": "1Gi"}}));
         let secrets = connection_secrets(&c);
-        assert_eq!(secrets.len(), 3);
+        assert_eq!(secrets.len(), 4);
         let rw = data(&secrets[0]);
         assert_eq!(rw["host"], "geo-rw.maps.svc");
         assert_eq!(
@@ -134,6 +140,7 @@ mod tests {
         );
         assert_eq!(data(&secrets[1])["host"], "geo-ro.maps.svc");
         assert_eq!(data(&secrets[2])["port"], "6432");
+        assert_eq!(data(&secrets[3])["host"], "geo-pooler-ro.maps.svc");
     }
 
     #[test]

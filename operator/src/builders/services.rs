@@ -85,6 +85,7 @@ mod tests {
         assert_eq!(rw["geodb.io/cluster"], "geo");
         let ro = svcs[1].spec.as_ref().unwrap().selector.as_ref().unwrap();
         assert_eq!(ro["geodb.io/role"], "replica");
+        assert_eq!(ro["geodb.io/serving-reads"], "true");
         let headless = svcs[4].spec.as_ref().unwrap();
         assert_eq!(headless.cluster_ip.as_deref(), Some("None"));
         assert_eq!(

@@ -5,7 +5,7 @@
 //! when someone else changed it since (its uid or generation / resourceVersion moved).
 //! So a reconcile of an unchanged GeoDatabase writes nothing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::Mutex;
 
@@ -23,7 +23,7 @@ use super::read::Observed;
 use crate::api::{DeletionPolicy, Role};
 use crate::builders::{self, content_hash, Cluster};
 use crate::error::{Error, Result};
-use crate::names::{Names, FIELD_MANAGER, LABEL_ROLE};
+use crate::names::{Names, FIELD_MANAGER, LABEL_ROLE, LABEL_SERVING_READS};
 use crate::quantity::parse_quantity;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -183,6 +183,51 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
+    /// Apply an object the operator does not watch: sent once per process and content.
+    pub async fn apply_unwatched<K>(&self, desired: &K) -> Result<()>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + Debug,
+    {
+        let key = CacheKey {
+            kind: K::kind(&()).to_string(),
+            namespace: self.namespace.to_owned(),
+            name: desired.name_any(),
+        };
+        let body = serde_json::to_vec(desired).map_err(|source| Error::Serialize {
+            what: "an owned object",
+            source,
+        })?;
+        let desired_hash = content_hash(&[&body]);
+        if self
+            .cache
+            .get(&key)
+            .is_some_and(|last| last.desired_hash == desired_hash)
+        {
+            return Ok(());
+        }
+        let applied = self
+            .api::<K>()
+            .patch(
+                &desired.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(desired),
+            )
+            .await
+            .map_err(Error::kube("applying an owned object"))?;
+        self.cache.put(
+            key,
+            Applied {
+                desired_hash,
+                live_marker: live_marker(&applied),
+            },
+        );
+        Ok(())
+    }
+
     /// Create a Secret only if it does not exist: credentials are never rewritten.
     pub async fn create_once(&self, desired: &Secret, exists: bool) -> Result<()> {
         if exists {
@@ -294,34 +339,46 @@ impl<'a> Applier<'a> {
     }
 
     /// Label instance pods with their role; Services select on it.
-    pub async fn label_roles(&self, cluster: &Cluster, pods: &[Pod]) -> Result<()> {
-        for instance in &cluster.instances {
+    /// Set the role and serving-reads labels the Services select on.
+    pub async fn label_roles(&self, roles: &BTreeMap<String, PodRole>, pods: &[Pod]) -> Result<()> {
+        for (instance, wanted) in roles {
             let Some(pod) = pods.iter().find(|p| p.name_any() == Names::pod(instance)) else {
                 continue;
             };
-            let role = if *instance == cluster.primary {
-                Role::Primary
-            } else {
-                Role::Replica
-            };
-            if pod.labels().get(LABEL_ROLE).map(String::as_str) == Some(role.as_str()) {
+            let serving = wanted.serving_reads.to_string();
+            let labels = pod.labels();
+            if labels.get(LABEL_ROLE).map(String::as_str) == Some(wanted.role.as_str())
+                && labels.get(LABEL_SERVING_READS) == Some(&serving)
+            {
                 continue;
             }
             self.api::<Pod>()
                 .patch(
                     &pod.name_any(),
                     &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"labels": {LABEL_ROLE: role.as_str()}}})),
+                    &Patch::Merge(json!({"metadata": {"labels": {
+                        LABEL_ROLE: wanted.role.as_str(),
+                        LABEL_SERVING_READS: serving,
+                    }}})),
                 )
                 .await
                 .map_err(Error::kube("labelling an instance pod"))?;
-            self.record(|c| {
-                c.relabelled
-                    .push(format!("{} as {}", pod.name_any(), role.as_str()))
-            });
+            let note = if wanted.role == Role::Replica {
+                format!("{} as replica (serving reads: {serving})", pod.name_any())
+            } else {
+                format!("{} as primary", pod.name_any())
+            };
+            self.record(|c| c.relabelled.push(note));
         }
         Ok(())
     }
+}
+
+/// The labels an instance pod should carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodRole {
+    pub role: Role,
+    pub serving_reads: bool,
 }
 
 fn find<'o, K: Resource>(live: &'o [K], name: &str) -> Option<&'o K> {
@@ -339,6 +396,7 @@ pub async fn converge(
     cache: &AppliedCache,
     cluster: &Cluster,
     observed: &Observed,
+    roles: &BTreeMap<String, PodRole>,
 ) -> Result<Changes> {
     let applier = Applier::new(client, &cluster.namespace, cache);
 
@@ -355,10 +413,12 @@ pub async fn converge(
     let mut services = builders::services::services(cluster);
     let mut deployments = Vec::new();
     if cluster.spec.pooler.enabled {
-        config_maps.push(builders::pooler::config_map(cluster));
         secrets.push(builders::pooler::auth_secret(cluster));
-        services.push(builders::pooler::service(cluster));
-        deployments.push(builders::pooler::deployment(cluster));
+        for access in builders::pooler::Access::BOTH {
+            config_maps.push(builders::pooler::config_map(cluster, access));
+            services.push(builders::pooler::service(cluster, access));
+            deployments.push(builders::pooler::deployment(cluster, access));
+        }
     }
     let statefulsets: Vec<StatefulSet> = cluster
         .instances
@@ -366,8 +426,19 @@ pub async fn converge(
         .map(|instance| builders::instance::statefulset(cluster, instance))
         .collect();
 
+    let (service_account, role, role_binding) = (
+        builders::rbac::service_account(cluster),
+        builders::rbac::role(cluster),
+        builders::rbac::role_binding(cluster),
+    );
+    // A RoleBinding is refused until its Role exists.
+    tokio::try_join!(
+        applier.apply_unwatched(&service_account),
+        applier.apply_unwatched(&role)
+    )?;
     // Everything the StatefulSets mount or are reached through, concurrently.
     tokio::try_join!(
+        applier.apply_unwatched(&role_binding),
         try_join_all(
             config_maps
                 .iter()
@@ -428,7 +499,7 @@ pub async fn converge(
         .await?;
 
     applier.grow_volumes(cluster, &observed.pvcs).await?;
-    applier.label_roles(cluster, &observed.pods).await?;
+    applier.label_roles(roles, &observed.pods).await?;
     Ok(applier.into_changes())
 }
 

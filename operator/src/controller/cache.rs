@@ -79,36 +79,36 @@ pub fn pod_status_only(pod: &mut Pod) {
 }
 
 impl Caches {
-    /// Wait until every cache holds its initial list; say which one when it takes long.
+    /// Wait until every cache holds its initial list; say so when it takes long.
+    ///
+    /// The stores' readiness futures share one waker slot, so with several waiters (every
+    /// first reconcile, the readiness probe) all but one may never be woken: readiness is
+    /// polled instead, every 20 ms.
     pub async fn ready(&self) {
-        self.wait_all().await
+        let started = tokio::time::Instant::now();
+        let mut warned = false;
+        loop {
+            if futures::FutureExt::now_or_never(self.all_ready()).is_some() {
+                return;
+            }
+            if !warned && started.elapsed() > Duration::from_secs(10) {
+                warn!("watch caches still not filled after 10 s");
+                warned = true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
-    async fn wait_all(&self) {
-        async fn wait<K>(name: &str, store: &Store<K>)
-        where
-            K: Resource + Clone + 'static,
-            K::DynamicType: Eq + std::hash::Hash + Clone,
-        {
-            let ready = store.wait_until_ready();
-            tokio::pin!(ready);
-            if tokio::time::timeout(Duration::from_secs(10), &mut ready)
-                .await
-                .is_err()
-            {
-                warn!(cache = name, "watch cache still not filled after 10 s");
-                // A dropped writer means the controller stopped; reads then see the cache as is.
-                let _ = ready.await;
-            }
-        }
-        futures::join!(
-            wait("statefulsets", &self.statefulsets),
-            wait("deployments", &self.deployments),
-            wait("services", &self.services),
-            wait("configmaps", &self.config_maps),
-            wait("secrets", &self.secrets),
-            wait("pods", &self.pods),
-            wait("persistentvolumeclaims", &self.pvcs),
+    async fn all_ready(&self) {
+        // A dropped writer (the controller stopped) counts as ready: reads see the cache as is.
+        let _ = futures::join!(
+            self.statefulsets.wait_until_ready(),
+            self.deployments.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.config_maps.wait_until_ready(),
+            self.secrets.wait_until_ready(),
+            self.pods.wait_until_ready(),
+            self.pvcs.wait_until_ready(),
         );
     }
 }

@@ -2,12 +2,15 @@
 
 pub mod apply;
 pub mod cache;
+pub mod failover;
+pub mod health;
 pub mod instances;
 pub mod read;
+pub mod rollout;
 pub mod status;
 pub mod validate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,12 +25,14 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, warn, Instrument};
 
-use crate::api::GeoDatabase;
+use crate::api::{GeoDatabase, Role};
 use crate::builders::Cluster;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::names::{Names, FINALIZER, LABEL_CLUSTER};
-use apply::AppliedCache;
+use apply::{AppliedCache, PodRole};
+use failover::{Plan, PodState};
+use health::{ClusterHealth, Monitor, Targets};
 
 /// Periodic resync of a converged GeoDatabase.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -46,6 +51,9 @@ pub struct Context {
     /// Watch caches the read step takes its view from.
     pub caches: cache::Caches,
     cache_writers: Mutex<Option<cache::Writers>>,
+    /// Probes of every instance's PostgreSQL.
+    pub monitor: Monitor,
+    monitor_triggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<GeoDatabase>>>>,
     /// Consecutive failures per GeoDatabase, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<GeoDatabase>, u32>>,
 }
@@ -57,7 +65,10 @@ impl Context {
             instance,
         };
         let (caches, cache_writers) = cache::new();
+        let (monitor, monitor_triggers) = Monitor::new(metrics.clone());
         Arc::new(Self {
+            monitor,
+            monitor_triggers: Mutex::new(Some(monitor_triggers)),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
@@ -114,6 +125,7 @@ pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action
     let span = tracing::info_span!("reconcile", namespace = %namespace, name = %db.name_any());
     let pipeline = async {
         if db.meta().deletion_timestamp.is_some() {
+            ctx.monitor.forget(&key);
             if has_finalizer(&db) {
                 cleanup(&db, &ctx).await?;
                 set_finalizer(&api, &db, false).await?;
@@ -204,27 +216,94 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
     let (credentials, generated) =
         read::credentials(&ctx.client, &namespace, &names, &observed).await?;
-    let current_primary = db
-        .status
-        .as_ref()
-        .and_then(|s| s.current_primary.as_deref());
+    let wanted = usize::try_from(db.spec.instances).unwrap_or(1);
+    let chosen_primary = |db: &GeoDatabase| {
+        db.status.as_ref().and_then(|s| {
+            s.target_primary
+                .clone()
+                .or_else(|| s.current_primary.clone())
+        })
+    };
     let (instances, primary) = instances::plan(
         &names,
-        usize::try_from(db.spec.instances).unwrap_or(1),
+        wanted,
         &observed.instance_names(),
-        current_primary,
+        chosen_primary(db).as_deref(),
     );
     let mut cluster =
         Cluster::new(db, instances, primary, credentials).ok_or(Error::MissingObjectKey)?;
     cluster.bootstrapped = status::bootstrapped(&cluster, &observed);
 
+    // Replication: measure, decide, carry out (failover and switchover).
+    let key = ObjectRef::from_obj(db);
+    let mut db = db.clone();
+    ctx.monitor
+        .track(key.clone(), probe_targets(&cluster, &observed, &db));
+    let health = ctx.monitor.health(&key);
+    let pods = pod_states(&cluster, &observed);
+    let plan = failover::plan(&failover::View {
+        spec: &db.spec,
+        status: &db.status.clone().unwrap_or_default(),
+        instances: &cluster.instances,
+        pods: &pods,
+        health: &health,
+        bootstrapped: cluster.bootstrapped,
+        now: Instant::now(),
+    });
+    let transition =
+        failover::execute(ctx, &mut db, &plan, &health, &cluster.credentials.superuser).await?;
+    if let Some(target) = chosen_primary(&db) {
+        cluster.primary = target;
+    }
+    let roles = pod_roles(&cluster, &db, &health);
+
     let applying = Instant::now();
-    let changes = apply::converge(&ctx.client, &ctx.applied, &cluster, &observed).await?;
+    let changes = apply::converge(&ctx.client, &ctx.applied, &cluster, &observed, &roles).await?;
+    let mut rolling = false;
+    if matches!(plan, Plan::Steady | Plan::Acknowledge { .. }) {
+        converge_slots(ctx, &cluster, &db, &health).await;
+        let state = rollout::observe(
+            &cluster.instances,
+            &cluster.primary,
+            &observed.statefulsets,
+            &observed.pods,
+            &health,
+            status::pod_ready,
+        );
+        rolling = state.values().any(|s| s.outdated);
+        if let Some(instance) = rollout::next_to_roll(&cluster.instances, &cluster.primary, &state)
+        {
+            rollout::delete_pod(&ctx.client, &namespace, &instance).await?;
+            info!(%instance, primary = instance == cluster.primary, "rolling out the new pod template");
+            ctx.metrics.record_action("pod_rolled");
+            ctx.event(
+                &db,
+                EventType::Normal,
+                "RollingUpdate",
+                format!(
+                    "restarting {instance} with the new pod template{}",
+                    if instance == cluster.primary {
+                        " (the primary goes last: a replica takes over)"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+            .await;
+        }
+    }
     let applied_in = applying.elapsed();
-    let status = status::converged_status(db, &cluster, &observed, &status::now());
-    status::write(&ctx.client, db, &status).await?;
+    let status = status::converged_status(
+        &db,
+        &cluster,
+        &observed,
+        &health,
+        transition,
+        &status::now(),
+    );
+    status::write(&ctx.client, &db, &status).await?;
     let status_in = applying.elapsed() - applied_in;
-    report_changes(db, ctx, &changes, generated).await;
+    report_changes(&db, ctx, &changes, generated).await;
     if applying.elapsed() > SLOW_RECONCILE {
         info!(
             apply_ms = applied_in.as_millis() as u64,
@@ -233,11 +312,136 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
             "slow reconcile"
         );
     }
-    Ok(if changes.requeue_soon {
+    Ok(if let Some(soon) = plan.requeue() {
+        Action::requeue(soon)
+    } else if changes.requeue_soon || rolling {
         Action::requeue(Duration::from_secs(2))
     } else {
         Action::requeue(RESYNC)
     })
+}
+
+/// What the health monitor probes: the pod IP of every instance.
+fn probe_targets(cluster: &Cluster, observed: &read::Observed, db: &GeoDatabase) -> Targets {
+    Targets {
+        namespace: cluster.namespace.clone(),
+        cluster: cluster.names.cluster.clone(),
+        instances: cluster
+            .instances
+            .iter()
+            .map(|instance| {
+                let ip = observed
+                    .pod(&Names::pod(instance))
+                    .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+                    .unwrap_or_default();
+                (instance.clone(), ip)
+            })
+            .collect(),
+        primary: db
+            .status
+            .as_ref()
+            .and_then(|s| s.current_primary.clone())
+            .unwrap_or_else(|| cluster.primary.clone()),
+        max_lag_bytes: cluster.spec.replication.max_lag_bytes,
+        superuser_password: cluster.credentials.superuser.clone(),
+    }
+}
+
+fn pod_states(cluster: &Cluster, observed: &read::Observed) -> BTreeMap<String, PodState> {
+    cluster
+        .instances
+        .iter()
+        .filter_map(|instance| {
+            let pod = observed.pod(&Names::pod(instance))?;
+            Some((
+                instance.clone(),
+                PodState {
+                    terminating: pod.metadata.deletion_timestamp.is_some(),
+                    ready: status::pod_ready(pod),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Role labels: `primary` only on a primary that is confirmed (no failover under way);
+/// replicas serve reads while they stream within `maxLagBytes`.
+fn pod_roles(
+    cluster: &Cluster,
+    db: &GeoDatabase,
+    health: &ClusterHealth,
+) -> BTreeMap<String, PodRole> {
+    let status = db.status.clone().unwrap_or_default();
+    let current = status
+        .current_primary
+        .clone()
+        .unwrap_or_else(|| cluster.primary.clone());
+    let confirmed = status.target_primary.as_ref().is_none_or(|t| *t == current);
+    let primary_sample = health.sample(&current).filter(|s| !s.in_recovery);
+    cluster
+        .instances
+        .iter()
+        .map(|instance| {
+            let is_primary = confirmed && *instance == current;
+            let serving_reads = !is_primary
+                && health.sample(instance).is_some_and(|s| {
+                    health::serves_reads(primary_sample, s, cluster.spec.replication.max_lag_bytes)
+                });
+            (
+                instance.clone(),
+                PodRole {
+                    role: if is_primary {
+                        Role::Primary
+                    } else {
+                        Role::Replica
+                    },
+                    serving_reads,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Replication slots on the confirmed primary: one per other instance.
+async fn converge_slots(
+    ctx: &Context,
+    cluster: &Cluster,
+    db: &GeoDatabase,
+    health: &ClusterHealth,
+) {
+    let Some(current) = db.status.as_ref().and_then(|s| s.current_primary.clone()) else {
+        return;
+    };
+    let Some(sample) = health.sample(&current).filter(|s| !s.in_recovery) else {
+        return;
+    };
+    let wanted: Vec<String> = cluster
+        .instances
+        .iter()
+        .filter(|i| **i != current)
+        .map(|i| Names::slot(i))
+        .collect();
+    let address = health
+        .get(&current)
+        .map(|h| h.address.clone())
+        .unwrap_or_default();
+    match failover::converge_slots(
+        &address,
+        &cluster.credentials.superuser,
+        &current,
+        &wanted,
+        &sample.slots,
+    )
+    .await
+    {
+        Ok(changed) if !changed.is_empty() => {
+            info!(primary = %current, ?changed, "replication slots");
+            ctx.metrics.record_action("replication_slots");
+        }
+        Ok(_) => {}
+        // Retried on the next reconcile; a missing slot only delays a replica.
+        Err(error) => warn!(%error, "replication slots not converged"),
+    }
 }
 
 fn degraded_message_of(status: &crate::api::GeoDatabaseStatus) -> Option<String> {
@@ -349,6 +553,14 @@ pub async fn run(
         warn!("controller already running for this context");
         return;
     };
+    let Some(triggers) = ctx.monitor_triggers.lock().ok().and_then(|mut t| t.take()) else {
+        warn!("controller already running for this context");
+        return;
+    };
+    // The health monitor asks for a reconcile when an instance changes state.
+    let triggers = futures::stream::unfold(triggers, |mut triggers| async move {
+        triggers.recv().await.map(|key| (key, triggers))
+    });
     let client = ctx.client.clone();
     let geodatabases: Api<GeoDatabase> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -401,6 +613,7 @@ pub async fn run(
             ),
             move |pvc| to_cluster(pvc.labels(), pvc.namespace()),
         )
+        .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -8,6 +8,8 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+use super::failover::TransitionCondition;
+use super::health::{self, format_lsn, ClusterHealth};
 use super::read::Observed;
 use crate::api::{
     GeoDatabase, GeoDatabaseStatus, InstanceStatus, Phase, Role, SecretNames, ServiceNames,
@@ -20,8 +22,10 @@ use crate::names::{Names, FIELD_MANAGER};
 pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// Failovers and switchovers: True while one is under way or refused.
+pub const PRIMARY_TRANSITION: &str = "PrimaryTransition";
 
-fn pod_ready(pod: &Pod) -> bool {
+pub fn pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -86,8 +90,21 @@ pub fn converged_status(
     db: &GeoDatabase,
     cluster: &Cluster,
     observed: &Observed,
+    health: &ClusterHealth,
+    transition: Option<TransitionCondition>,
     now: &Time,
 ) -> GeoDatabaseStatus {
+    let kept = db.status.clone().unwrap_or_default();
+    let current_primary = kept
+        .current_primary
+        .clone()
+        .unwrap_or_else(|| cluster.primary.clone());
+    let target_primary = kept
+        .target_primary
+        .clone()
+        .unwrap_or_else(|| current_primary.clone());
+    let confirmed = current_primary == target_primary;
+    let primary_sample = health.sample(&current_primary).filter(|s| !s.in_recovery);
     let previous = db
         .status
         .as_ref()
@@ -100,29 +117,84 @@ pub fn converged_status(
         .iter()
         .map(|instance| {
             let pod = observed.pod(&Names::pod(instance));
+            let is_primary = confirmed && *instance == current_primary;
+            let sample = health.sample(instance);
+            let replica = sample.filter(|s| s.in_recovery);
             InstanceStatus {
                 name: instance.clone(),
-                role: if *instance == cluster.primary {
+                role: if is_primary {
                     Role::Primary
                 } else {
                     Role::Replica
                 },
                 pod: pod.map(|p| p.name_any()),
                 ready: pod.map(pod_ready).unwrap_or(false),
+                reachable: sample.is_some(),
+                streaming: replica.map(|s| s.receiving),
+                serving_reads: (!is_primary).then(|| {
+                    replica.is_some_and(|s| {
+                        health::serves_reads(
+                            primary_sample,
+                            s,
+                            cluster.spec.replication.max_lag_bytes,
+                        )
+                    })
+                }),
+                timeline: sample.and_then(|s| s.timeline),
+                received_lsn: sample.and_then(|s| s.lsn).map(format_lsn),
+                replayed_lsn: replica.and_then(|s| s.replayed_lsn).map(format_lsn),
+                lag_bytes: replica.and_then(|s| health::lag_bytes(primary_sample, s)),
+                lag_seconds: replica.map(|s| {
+                    let pending = health::lag_bytes(primary_sample, s).unwrap_or(0) > 0;
+                    if pending {
+                        (s.replay_age.unwrap_or(0.0) * 10.0).round() / 10.0
+                    } else {
+                        0.0
+                    }
+                }),
             }
         })
         .collect();
     let ready_instances = instances.iter().filter(|i| i.ready).count() as i32;
     let wanted = instances.len() as i32;
     let pooler_ok = !cluster.spec.pooler.enabled
-        || deployment_ready(
-            observed
-                .deployments
-                .iter()
-                .find(|d| d.name_any() == names.pooler()),
-            cluster.spec.pooler.instances,
-        );
-    let all_ready = ready_instances == wanted && pooler_ok;
+        || [names.pooler(), names.pooler_ro()].iter().all(|pooler| {
+            deployment_ready(
+                observed
+                    .deployments
+                    .iter()
+                    .find(|d| d.name_any() == *pooler),
+                cluster.spec.pooler.instances,
+            )
+        });
+    let switching = transition.as_ref().is_some_and(|(active, _, _)| *active);
+    let all_ready = ready_instances == wanted && pooler_ok && !switching;
+    let transition_condition = match transition {
+        Some((active, reason, message)) => condition(
+            previous,
+            PRIMARY_TRANSITION,
+            active,
+            reason,
+            message,
+            generation,
+            now,
+        ),
+        None => previous
+            .iter()
+            .find(|c| c.type_ == PRIMARY_TRANSITION && c.status == "False")
+            .cloned()
+            .unwrap_or_else(|| {
+                condition(
+                    previous,
+                    PRIMARY_TRANSITION,
+                    false,
+                    "Stable",
+                    format!("{current_primary} is the primary"),
+                    generation,
+                    now,
+                )
+            }),
+    };
     let summary = format!(
         "{ready_instances}/{wanted} instances ready{}",
         if cluster.spec.pooler.enabled {
@@ -171,16 +243,27 @@ pub fn converged_status(
             generation,
             now,
         ),
+        transition_condition,
     ];
     GeoDatabaseStatus {
         phase: Some(if all_ready {
             Phase::Ready
+        } else if switching {
+            Phase::Degraded
         } else {
             Phase::Creating
         }),
         conditions,
         observed_generation: generation,
-        current_primary: Some(cluster.primary.clone()),
+        timeline: primary_sample
+            .and_then(|s| s.timeline)
+            .filter(|_| confirmed)
+            .or(kept.timeline),
+        target_primary: Some(target_primary.clone()),
+        current_primary: Some(current_primary.clone()),
+        last_failover: kept.last_failover.clone(),
+        failovers: kept.failovers,
+        handled_primary_request: kept.handled_primary_request.clone(),
         ready_instances,
         instances,
         secrets: Some(SecretNames {
@@ -194,11 +277,17 @@ pub fn converged_status(
                 .pooler
                 .enabled
                 .then(|| names.app_pooler_secret()),
+            app_pooler_ro: cluster
+                .spec
+                .pooler
+                .enabled
+                .then(|| names.app_pooler_ro_secret()),
         }),
         services: Some(ServiceNames {
             rw: names.rw_service(),
             ro: names.ro_service(),
             pooler: cluster.spec.pooler.enabled.then(|| names.pooler()),
+            pooler_ro: cluster.spec.pooler.enabled.then(|| names.pooler_ro()),
         }),
     }
 }
@@ -299,7 +388,14 @@ mod tests {
     fn fresh_cluster_is_creating() {
         let spec = json!({"instances": 2, "storage": {"size": "1Gi"}});
         let db = geodatabase(spec.clone());
-        let status = converged_status(&db, &cluster(spec), &Observed::default(), &at(10));
+        let status = converged_status(
+            &db,
+            &cluster(spec),
+            &Observed::default(),
+            &ClusterHealth::default(),
+            None,
+            &at(10),
+        );
         assert_eq!(status.phase, Some(Phase::Creating));
         assert_eq!(status.current_primary.as_deref(), Some("geo-1"));
         assert_eq!(status.instances.len(), 2);
@@ -314,9 +410,23 @@ mod tests {
     fn transition_time_is_kept_while_status_holds() {
         let spec = json!({"storage": {"size": "1Gi"}});
         let mut db = geodatabase(spec.clone());
-        let first = converged_status(&db, &cluster(spec.clone()), &Observed::default(), &at(10));
+        let first = converged_status(
+            &db,
+            &cluster(spec.clone()),
+            &Observed::default(),
+            &ClusterHealth::default(),
+            None,
+            &at(10),
+        );
         db.status = Some(first.clone());
-        let second = converged_status(&db, &cluster(spec), &Observed::default(), &at(20));
+        let second = converged_status(
+            &db,
+            &cluster(spec),
+            &Observed::default(),
+            &ClusterHealth::default(),
+            None,
+            &at(20),
+        );
         assert_eq!(first, second);
     }
 
@@ -328,6 +438,8 @@ mod tests {
             &db,
             &cluster(spec),
             &Observed::default(),
+            &ClusterHealth::default(),
+            None,
             &at(10),
         ));
         let status = invalid_status(&db, &["bad thing".to_owned()], &at(20));

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Checks on what `helm template charts/geodb` renders, for charts/test-chart.sh.
+
+  check-rendered.py rbac RENDERED CONFIG_ROLE_YAML
+      The rendered ClusterRole's and leader Role's rules equal those of
+      config/rbac/role.yaml (rule by rule, in order), and role.yaml holds nothing
+      else that the chart would miss.
+  check-rendered.py defaults RENDERED NAMESPACE
+  check-rendered.py full RENDERED NAMESPACE VALUES_YAML
+      What the default values, or the values of VALUES_YAML (every value set), must
+      produce in release namespace NAMESPACE.
+
+Each prints what does not hold and exits 1 then. Needs PyYAML (python3-yaml).
+"""
+
+import difflib
+import sys
+
+try:
+    import yaml
+except ImportError:
+    sys.exit("check-rendered: the python3 module 'yaml' is missing (apt-get install python3-yaml or pip install pyyaml)")
+
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"}
+problems = []
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def one(docs, kind, source):
+    found = [d for d in docs if d.get("kind") == kind]
+    if len(found) != 1:
+        problems.append(f"{source}: expected one {kind}, found {len(found)}")
+        return None
+    return found[0]
+
+
+def check(cond, message):
+    if not cond:
+        problems.append(message)
+
+
+def rbac(rendered_path, role_path):
+    rendered, config = load(rendered_path), load(role_path)
+    kinds = sorted(d.get("kind") for d in config)
+    check(kinds == ["ClusterRole", "Role"],
+          f"{role_path} holds {kinds}; the chart renders the rules of one ClusterRole and one Role only: update charts/geodb")
+    for kind in ("ClusterRole", "Role"):
+        want, got = one(config, kind, role_path), one(rendered, kind, "helm template")
+        if want is None or got is None:
+            continue
+        if want.get("rules") != got.get("rules"):
+            diff = difflib.unified_diff(
+                yaml.safe_dump(want.get("rules"), sort_keys=True).splitlines(),
+                yaml.safe_dump(got.get("rules"), sort_keys=True).splitlines(),
+                f"{role_path} {kind} rules", f"chart {kind} rules", lineterm="")
+            problems.append(f"{kind} rules differ (run `make chart-rbac`):\n" + "\n".join(diff))
+
+
+def deployment_checks(docs, namespace):
+    """What holds for any values; returns the Deployment's pod spec and container."""
+    for d in docs:
+        if d["kind"] not in CLUSTER_SCOPED:
+            check(d["metadata"].get("namespace") == namespace,
+                  f"{d['kind']}/{d['metadata']['name']}: namespace {d['metadata'].get('namespace')!r}, want the release namespace {namespace!r}")
+        labels = d["metadata"].get("labels", {})
+        if d["kind"] != "CustomResourceDefinition":
+            for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                        "app.kubernetes.io/managed-by", "helm.sh/chart"):
+                check(key in labels, f"{d['kind']}/{d['metadata']['name']}: no label {key}")
+    dep = one(docs, "Deployment", "helm template")
+    svc = one(docs, "Service", "helm template")
+    sa = one(docs, "ServiceAccount", "helm template")
+    if dep is None or svc is None or sa is None:
+        return None, None
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    selector = dep["spec"]["selector"]["matchLabels"]
+    check(selector.get("app.kubernetes.io/name") not in (None, "geodb"),
+          "the Deployment must not select app.kubernetes.io/name=geodb (the operator's database pods carry it)")
+    check(svc["spec"]["selector"] == selector, "the metrics Service does not select the operator pods")
+    check(all(dep["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in selector.items()),
+          "the pod template does not carry the Deployment's selector labels")
+    check(pod["serviceAccountName"] == sa["metadata"]["name"], "the pods do not run as the chart's ServiceAccount")
+    sec = pod.get("securityContext", {})
+    check(sec.get("runAsNonRoot") is True, "pod securityContext.runAsNonRoot is not true")
+    check(sec.get("seccompProfile", {}).get("type") == "RuntimeDefault", "pod seccompProfile is not RuntimeDefault")
+    csec = container.get("securityContext", {})
+    check(csec.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem is not true")
+    check(csec.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation is not false")
+    check(csec.get("capabilities", {}).get("drop") == ["ALL"], "capabilities are not dropped")
+    check(container["args"][0] == "operator" and "--leader-elect=true" in container["args"],
+          f"args {container['args']}: want `operator ... --leader-elect=true`")
+    port = container["ports"][0]["containerPort"]
+    check(f"--http-addr=0.0.0.0:{port}" in container["args"], f"--http-addr does not use the container port {port}")
+    check(svc["spec"]["ports"][0]["port"] == port, "the metrics Service port is not metrics.port")
+    check(container["livenessProbe"]["httpGet"]["path"] == "/healthz", "no /healthz liveness probe")
+    check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "no /readyz readiness probe")
+    for binding in ("ClusterRoleBinding", "RoleBinding"):
+        b = one(docs, binding, "helm template")
+        if b is not None:
+            check(b["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": namespace}],
+                  f"{binding} subjects {b['subjects']}: want the chart's ServiceAccount in {namespace}")
+    return pod, container
+
+
+def env_of(container):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def defaults(path, namespace):
+    docs = load(path)
+    pod, container = deployment_checks(docs, namespace)
+    if pod is None:
+        return
+    dep = one(docs, "Deployment", "helm template")
+    svc = one(docs, "Service", "helm template")
+    check(dep["spec"]["replicas"] == 2, "replicas: want 2")
+    check(container["image"] == "geodb/operator:dev", f"image {container['image']}: want geodb/operator:dev")
+    check(container["imagePullPolicy"] == "IfNotPresent", "imagePullPolicy: want IfNotPresent")
+    check(container["args"] == ["operator", "--http-addr=0.0.0.0:8080", "--leader-elect=true"],
+          f"args {container['args']}: watchNamespace is empty, so no --namespace")
+    check(env_of(container).get("RUST_LOG") == "info,kube=warn", "RUST_LOG: want info,kube=warn")
+    check(svc["spec"]["ports"][0]["port"] == 8080, "metrics Service port: want 8080")
+    check("annotations" not in svc["metadata"], "prometheus annotations are off by default")
+    check(not any(k in pod for k in ("nodeSelector", "tolerations", "affinity")),
+          "no nodeSelector, tolerations or affinity by default")
+
+
+def full(path, namespace, values_path):
+    docs = load(path)
+    pod, container = deployment_checks(docs, namespace)
+    if pod is None:
+        return
+    dep = one(docs, "Deployment", "helm template")
+    svc = one(docs, "Service", "helm template")
+    with open(values_path, encoding="utf-8") as f:
+        values = yaml.safe_load(f)
+    check(dep["spec"]["replicas"] == values["replicaCount"], "replicas is not replicaCount")
+    image = values["image"]
+    check(container["image"] == f"{image['repository']}:{image['tag']}", f"image {container['image']}")
+    check(container["imagePullPolicy"] == image["pullPolicy"], "imagePullPolicy is not image.pullPolicy")
+    check(f"--namespace={values['watchNamespace']}" in container["args"], f"args {container['args']}: no --namespace")
+    check(env_of(container).get("RUST_LOG") == values["logLevel"], "RUST_LOG is not logLevel")
+    check(container.get("resources") == values["resources"], "resources are not .Values.resources")
+    for key in ("nodeSelector", "tolerations", "affinity"):
+        check(pod.get(key) == values[key], f"pod {key} is not .Values.{key}")
+    check(dep["spec"]["template"]["metadata"].get("annotations") == values["podAnnotations"],
+          "pod annotations are not podAnnotations")
+    port = values["metrics"]["port"]
+    check(container["ports"][0]["containerPort"] == port, "containerPort is not metrics.port")
+    check(svc["metadata"].get("annotations") == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"},
+        f"metrics Service annotations {svc['metadata'].get('annotations')}")
+
+
+def main():
+    if len(sys.argv) < 4:
+        sys.exit(__doc__)
+    command = sys.argv[1]
+    if command == "rbac":
+        rbac(sys.argv[2], sys.argv[3])
+    elif command == "defaults":
+        defaults(sys.argv[2], sys.argv[3])
+    elif command == "full" and len(sys.argv) == 5:
+        full(sys.argv[2], sys.argv[3], sys.argv[4])
+    else:
+        sys.exit(__doc__)
+    for p in problems:
+        print(f"check-rendered {command}: {p}", file=sys.stderr)
+    sys.exit(1 if problems else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+//! `make bench-failover`: every failover drill `BENCH_RUNS` times (default 5) on the
+//! local cluster, with writers through `-rw` and the pooler and a watcher on every
+//! instance. Prints a table and writes `target/bench/failover.json`.
+//!
+//! RTO is measured from the fault to the first acknowledged write after the outage.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use geodb::api::{GeoDatabase, Phase};
+use geodb_e2e::drill::{Fault, Target};
+use geodb_e2e::kube_util::{repo_root, wait_for};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let client = Client::try_default()
+        .await
+        .context("KUBECONFIG must point at the local cluster")?;
+    let ns = format!("bench-failover-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+        )
+        .await?;
+    let db: GeoDatabase = serde_json::from_value(json!({
+        "apiVersion": "geodb.io/v1alpha1", "kind": "GeoDatabase",
+        "metadata": {"name": "bench"},
+        "spec": {"instances": 3, "storage": {"size": "1Gi"},
+                 "postgresql": {"parameters": {"shared_buffers": "32MB", "max_connections": "50"}},
+                 "replication": {"maxLagBytes": 2097152}}
+    }))?;
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), &ns);
+    api.create(&PostParams::default(), &db).await?;
+    wait_for("bench Ready", Duration::from_secs(600), || async {
+        let s = api.get("bench").await.ok()?.status?;
+        (s.phase == Some(Phase::Ready) && s.ready_instances == 3).then_some(())
+    })
+    .await?;
+    let target = Target {
+        client: client.clone(),
+        ns: ns.clone(),
+        name: "bench".into(),
+        instances: 3,
+    };
+    target.prepare_tables().await?;
+    let timeout = Duration::from_secs(180);
+    let started = Instant::now();
+
+    let mut rto_rw: Vec<(Fault, f64)> = Vec::new();
+    let mut rto_pooler: Vec<(Fault, f64)> = Vec::new();
+    let mut pauses: Vec<(Fault, f64)> = Vec::new();
+    let (mut violations, mut lost_acked, mut extra_promotions) = (0usize, 0usize, 0usize);
+    let mut lag_out = Vec::new();
+    let mut lag_back = Vec::new();
+    let mut id_base = 0i64;
+    for run in 0..runs {
+        for fault in Fault::ALL {
+            id_base += 10_000_000;
+            let report = target
+                .drill(fault, id_base, timeout)
+                .await
+                .with_context(|| format!("run {run}: {}", fault.name()))?;
+            eprintln!("run {run} {:<16} rto_rw={:?} rto_pooler={:?} pause={:?} violations={} missing={} {} -> {}",
+                fault.name(), report.rto_rw, report.rto_pooler, report.write_pause, report.violations.len(),
+                report.missing.len(), report.old_primary, report.new_primary);
+            violations += report.violations.len();
+            lost_acked += report.missing.len();
+            extra_promotions +=
+                (report.failovers_after - report.failovers_before - 1).unsigned_abs() as usize;
+            if let Some(rto) = report.rto_rw {
+                rto_rw.push((fault, rto.as_secs_f64()));
+            }
+            if let Some(rto) = report.rto_pooler {
+                rto_pooler.push((fault, rto.as_secs_f64()));
+            }
+            pauses.push((fault, report.write_pause.as_secs_f64()));
+        }
+        let (left, back, replica) = target
+            .lagging_replica(timeout)
+            .await
+            .with_context(|| format!("run {run}: lagging replica"))?;
+        eprintln!("run {run} lagging replica {replica}: out of -ro {left:?}, back {back:?}");
+        lag_out.push(left.as_secs_f64());
+        lag_back.push(back.as_secs_f64());
+    }
+
+    let of = |values: &[(Fault, f64)], fault: Fault| -> Vec<f64> {
+        values
+            .iter()
+            .filter(|(f, _)| *f == fault)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    let unplanned = |values: &[(Fault, f64)]| -> Vec<f64> {
+        values
+            .iter()
+            .filter(|(f, _)| *f != Fault::Switchover)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    let mut figures = serde_json::Map::new();
+    for fault in [
+        Fault::DeletePod,
+        Fault::KillPostmaster,
+        Fault::NetworkCut,
+        Fault::OperatorKilled,
+    ] {
+        let rw = of(&rto_rw, fault);
+        let pooled = of(&rto_pooler, fault);
+        figures.insert(
+            format!("{}_rto_rw_p50_s", fault.name()),
+            json!(percentile(&rw, 50.0)),
+        );
+        figures.insert(
+            format!("{}_rto_rw_max_s", fault.name()),
+            json!(percentile(&rw, 100.0)),
+        );
+        figures.insert(
+            format!("{}_rto_pooler_p50_s", fault.name()),
+            json!(percentile(&pooled, 50.0)),
+        );
+        figures.insert(
+            format!("{}_rto_pooler_max_s", fault.name()),
+            json!(percentile(&pooled, 100.0)),
+        );
+    }
+    let all_rw = unplanned(&rto_rw);
+    let all_pooler = unplanned(&rto_pooler);
+    figures.insert(
+        "failover_rto_rw_p50_s".into(),
+        json!(percentile(&all_rw, 50.0)),
+    );
+    figures.insert(
+        "failover_rto_rw_max_s".into(),
+        json!(percentile(&all_rw, 100.0)),
+    );
+    figures.insert(
+        "failover_rto_pooler_p50_s".into(),
+        json!(percentile(&all_pooler, 50.0)),
+    );
+    figures.insert(
+        "failover_rto_pooler_max_s".into(),
+        json!(percentile(&all_pooler, 100.0)),
+    );
+    let switch = of(&pauses, Fault::Switchover);
+    figures.insert(
+        "switchover_write_pause_p50_s".into(),
+        json!(percentile(&switch, 50.0)),
+    );
+    figures.insert(
+        "switchover_write_pause_max_s".into(),
+        json!(percentile(&switch, 100.0)),
+    );
+    figures.insert(
+        "lagging_replica_out_of_ro_p50_s".into(),
+        json!(percentile(&lag_out, 50.0)),
+    );
+    figures.insert(
+        "lagging_replica_out_of_ro_max_s".into(),
+        json!(percentile(&lag_out, 100.0)),
+    );
+    figures.insert(
+        "lagging_replica_back_in_ro_max_s".into(),
+        json!(percentile(&lag_back, 100.0)),
+    );
+    figures.insert("two_writable_instances_count".into(), json!(violations));
+    figures.insert("lost_acknowledged_writes_count".into(), json!(lost_acked));
+    figures.insert("extra_promotions_count".into(), json!(extra_promotions));
+    let figures = serde_json::Value::Object(figures);
+    let report = json!({
+        "figures": figures,
+        "targets": {
+            "failover_rto_rw_p50_s": {"max": 10}, "failover_rto_rw_max_s": {"max": 20},
+            "failover_rto_pooler_p50_s": {"max": 10}, "failover_rto_pooler_max_s": {"max": 20},
+            "switchover_write_pause_max_s": {"max": 5},
+            "lagging_replica_out_of_ro_max_s": {"max": 10},
+            "two_writable_instances_count": {"max": 0},
+            "extra_promotions_count": {"max": 0},
+        },
+        "context": {
+            "runs_per_fault": runs,
+            "faults": Fault::ALL.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            "instances": 3, "replication": "asynchronous", "failover_delay_s": 5,
+            "writer": "one INSERT every 20 ms through -rw and one through the pooler",
+            "watcher": "pg_is_in_recovery() on every instance every 100 ms",
+            "cluster": "local single-node cluster (e2e/cluster), kubelet + containerd",
+            "duration_s": started.elapsed().as_secs_f64(),
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        },
+    });
+    let dir = repo_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("failover.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!("{:<44} {:>10} {:>10}", "figure", "value", "target");
+    for (name, value) in figures.as_object().into_iter().flatten() {
+        let target = report["targets"][name]
+            .as_object()
+            .and_then(|t| t.iter().next().map(|(k, v)| format!("{k} {v}")))
+            .unwrap_or_default();
+        println!(
+            "{name:<44} {:>10.2} {target:>10}",
+            value.as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    println!("written: {}", dir.join("failover.json").display());
+    namespaces.delete(&ns, &DeleteParams::default()).await?;
+    Ok(())
+}

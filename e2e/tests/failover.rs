@@ -1,0 +1,156 @@
+//! Failover drills on the real local cluster: every fault with writers and a watcher on,
+//! asserting one writable instance at most, the old primary back as a replica, exactly
+//! one promotion per fault, and no acknowledged write lost where none may be.
+//! (`make bench-failover` runs the same drills repeatedly for the figures.)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use geodb::api::{GeoDatabase, Phase};
+use geodb_e2e::drill::{DrillReport, Fault, Target};
+use geodb_e2e::kube_util::wait_for;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+fn geodatabase(name: &str, synchronous: bool) -> GeoDatabase {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "geodb.io/v1alpha1",
+        "kind": "GeoDatabase",
+        "metadata": {"name": name},
+        "spec": {
+            "instances": 3,
+            "storage": {"size": "1Gi"},
+            "postgresql": {"parameters": {"shared_buffers": "32MB", "max_connections": "50"}},
+            "replication": {"synchronous": synchronous, "maxLagBytes": 2097152},
+        }
+    }))
+    .unwrap()
+}
+
+async fn create(client: &Client, ns: &str, db: &GeoDatabase) -> Target {
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), db).await.unwrap();
+    let name = db.metadata.name.clone().unwrap();
+    wait_for(
+        &format!("{name} Ready"),
+        Duration::from_secs(600),
+        || async {
+            let s = api.get(&name).await.ok()?.status?;
+            (s.phase == Some(Phase::Ready) && s.ready_instances == 3).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let target = Target {
+        client: client.clone(),
+        ns: ns.to_owned(),
+        name,
+        instances: 3,
+    };
+    target.prepare_tables().await.unwrap();
+    target
+}
+
+fn check(report: &DrillReport, synchronous: bool) {
+    eprintln!("{report:?}");
+    let fault = report.fault.name();
+    assert!(
+        report.violations.is_empty(),
+        "{fault}: two writable instances: {:?}",
+        report.violations
+    );
+    assert!(
+        report.watcher_rounds > 10,
+        "{fault}: the watcher barely ran"
+    );
+    assert_ne!(
+        report.new_primary, report.old_primary,
+        "{fault}: no new primary"
+    );
+    assert_eq!(
+        report.failovers_after,
+        report.failovers_before + 1,
+        "{fault}: exactly one promotion"
+    );
+    assert_eq!(
+        report.timeline_after,
+        report.timeline_before.map(|t| t + 1),
+        "{fault}: one new timeline"
+    );
+    let clean = matches!(report.fault, Fault::Switchover | Fault::DeletePod);
+    if synchronous || clean {
+        assert!(
+            report.missing.is_empty(),
+            "{fault}: acknowledged writes lost: {:?}",
+            report.missing
+        );
+    } else if !report.missing.is_empty() {
+        // Asynchronous: only the tail written just before the fault may be lost, and the
+        // loss is reported.
+        assert!(
+            report.lost_bytes_reported.unwrap_or(0) > 0,
+            "{fault}: loss not reported"
+        );
+        assert!(
+            report
+                .missing
+                .iter()
+                .all(|(_, before)| *before >= 0.0 && *before < 2.0),
+            "{fault}: lost writes older than the replication lag: {:?}",
+            report.missing
+        );
+    }
+    assert!(
+        report.rto_rw.is_some() || report.fault == Fault::Switchover,
+        "{fault}: no outage seen"
+    );
+}
+
+async fn drills(client: &Client, ns: &str) {
+    let target = create(client, ns, &geodatabase("drill", false)).await;
+    for (index, fault) in Fault::ALL.into_iter().enumerate() {
+        let report = target
+            .drill(fault, (index as i64 + 1) * 10_000_000, TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("drill {}: {e:#}", fault.name()));
+        check(&report, false);
+    }
+    let (left, back, replica) = target.lagging_replica(TIMEOUT).await.unwrap();
+    eprintln!("lagging replica {replica}: out of -ro after {left:?}, back {back:?} after resuming");
+
+    let sync = create(client, ns, &geodatabase("sync", true)).await;
+    let report = sync
+        .drill(Fault::KillPostmaster, 90_000_000, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("synchronous drill: {e:#}"));
+    check(&report, true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_drills() {
+    let client = Client::try_default()
+        .await
+        .expect("KUBECONFIG must point at a cluster with geodb installed");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = format!("e2e-failover-{}", std::process::id());
+    let namespace: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+    let outcome =
+        futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(drills(&client, &ns))).await;
+    if outcome.is_err() {
+        geodb_e2e::kube_util::dump_namespace(&client, &ns).await;
+        let _ = geodb_e2e::drill::operator_failpoint(&client, false).await;
+        panic!("failover drills failed (diagnostics above)");
+    }
+    namespaces
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .unwrap();
+}

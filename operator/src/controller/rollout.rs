@@ -1,0 +1,177 @@
+//! Rolling a new pod template out, one instance at a time: the StatefulSets use the
+//! `OnDelete` strategy and the operator deletes outdated pods itself, replicas first and
+//! the primary last (its deletion is a clean failover to an updated replica), and only
+//! while every instance is ready and every replica streams.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::DeleteParams;
+use kube::{Api, Client, ResourceExt};
+
+use super::health::ClusterHealth;
+use crate::error::{Error, Result};
+use crate::names::Names;
+
+const REVISION_LABEL: &str = "controller-revision-hash";
+
+/// Where one instance stands in a rollout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceRollout {
+    pub outdated: bool,
+    /// Ready, not terminating, and (replicas) streaming.
+    pub settled: bool,
+}
+
+/// The instance whose pod to delete next, if any. Nothing while an updated instance is
+/// still settling (one at a time); outdated replicas before the primary, broken ones
+/// first (a restart can only help them); the primary only once every replica is settled.
+pub fn next_to_roll(
+    instances: &[String],
+    primary: &str,
+    state: &BTreeMap<String, InstanceRollout>,
+) -> Option<String> {
+    if instances
+        .iter()
+        .any(|i| state.get(i).is_none_or(|s| !s.outdated && !s.settled))
+    {
+        return None;
+    }
+    let replica = |settled: bool| {
+        instances.iter().find(|i| {
+            *i != primary
+                && state
+                    .get(*i)
+                    .is_some_and(|s| s.outdated && s.settled == settled)
+        })
+    };
+    if let Some(next) = replica(false).or_else(|| replica(true)) {
+        return Some(next.clone());
+    }
+    let replicas_settled = instances
+        .iter()
+        .filter(|i| *i != primary)
+        .all(|i| state.get(i).is_some_and(|s| s.settled));
+    instances
+        .iter()
+        .find(|i| *i == primary && replicas_settled && state.get(*i).is_some_and(|s| s.outdated))
+        .cloned()
+}
+
+pub fn observe(
+    instances: &[String],
+    primary: &str,
+    statefulsets: &[StatefulSet],
+    pods: &[Pod],
+    health: &ClusterHealth,
+    pod_ready: impl Fn(&Pod) -> bool,
+) -> BTreeMap<String, InstanceRollout> {
+    instances
+        .iter()
+        .filter_map(|instance| {
+            let sts = statefulsets.iter().find(|s| s.name_any() == *instance)?;
+            let pod = pods.iter().find(|p| p.name_any() == Names::pod(instance))?;
+            let update_revision = sts.status.as_ref()?.update_revision.clone()?;
+            let outdated = pod.labels().get(REVISION_LABEL) != Some(&update_revision);
+            let streaming =
+                *instance == primary || health.sample(instance).is_some_and(|s| s.receiving);
+            let settled = pod.metadata.deletion_timestamp.is_none() && pod_ready(pod) && streaming;
+            Some((instance.clone(), InstanceRollout { outdated, settled }))
+        })
+        .collect()
+}
+
+pub async fn delete_pod(client: &Client, namespace: &str, instance: &str) -> Result<()> {
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .delete(&Names::pod(instance), &DeleteParams::default())
+        .await
+        .map_err(Error::kube("deleting an outdated instance pod"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(v: &[(&str, bool, bool)]) -> BTreeMap<String, InstanceRollout> {
+        v.iter()
+            .map(|(n, outdated, settled)| {
+                (
+                    (*n).to_owned(),
+                    InstanceRollout {
+                        outdated: *outdated,
+                        settled: *settled,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn instances() -> Vec<String> {
+        ["geo-1", "geo-2", "geo-3"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn replicas_roll_before_the_primary() {
+        let s = state(&[
+            ("geo-1", true, true),
+            ("geo-2", true, true),
+            ("geo-3", false, true),
+        ]);
+        assert_eq!(
+            next_to_roll(&instances(), "geo-1", &s).as_deref(),
+            Some("geo-2")
+        );
+        let s = state(&[
+            ("geo-1", true, true),
+            ("geo-2", false, true),
+            ("geo-3", false, true),
+        ]);
+        assert_eq!(
+            next_to_roll(&instances(), "geo-1", &s).as_deref(),
+            Some("geo-1")
+        );
+        let s = state(&[
+            ("geo-1", false, true),
+            ("geo-2", false, true),
+            ("geo-3", false, true),
+        ]);
+        assert_eq!(next_to_roll(&instances(), "geo-1", &s), None);
+    }
+
+    #[test]
+    fn nothing_rolls_while_an_instance_is_unsettled() {
+        let s = state(&[
+            ("geo-1", true, true),
+            ("geo-2", false, false),
+            ("geo-3", true, true),
+        ]);
+        assert_eq!(next_to_roll(&instances(), "geo-1", &s), None);
+        // A broken outdated replica goes first; the primary waits for it.
+        let s = state(&[
+            ("geo-1", true, true),
+            ("geo-2", false, true),
+            ("geo-3", true, false),
+        ]);
+        assert_eq!(
+            next_to_roll(&instances(), "geo-1", &s).as_deref(),
+            Some("geo-3")
+        );
+        let s = state(&[
+            ("geo-1", true, true),
+            ("geo-2", true, false),
+            ("geo-3", false, true),
+        ]);
+        assert_eq!(
+            next_to_roll(&instances(), "geo-1", &s).as_deref(),
+            Some("geo-2")
+        );
+        let s = state(&[("geo-1", true, true), ("geo-2", true, true)]);
+        assert_eq!(
+            next_to_roll(&instances(), "geo-1", &s),
+            None,
+            "geo-3 has no pod yet"
+        );
+    }
+}
