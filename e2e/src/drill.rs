@@ -822,6 +822,70 @@ impl Target {
         })
     }
 
+    /// Ask for a switchover to `target` and expect it refused with `reason`: the
+    /// `PrimaryTransition` condition and an Event say so, and the primary stays. The request
+    /// is withdrawn afterwards.
+    pub async fn refused_switchover(
+        &self,
+        target: &str,
+        reason: &str,
+        primary: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let (client, ns, name) = (&self.client, self.ns.as_str(), self.name.as_str());
+        let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+        let request = |value: serde_json::Value| serde_json::json!({"spec": {"primary": value}});
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(request(serde_json::json!(target))),
+        )
+        .await?;
+        let outcome = wait_for(
+            &format!("switchover to {target} refused with {reason}"),
+            timeout,
+            || async {
+                let db = api.get(name).await.ok()?;
+                let status = db.status?;
+                let refused = status.conditions.iter().any(|c| {
+                    c.type_ == "PrimaryTransition"
+                        && c.reason == reason
+                        && c.message.contains("nothing was changed")
+                });
+                (refused && status.handled_primary_request.as_deref() == Some(target))
+                    .then_some(status)
+            },
+        )
+        .await;
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(request(serde_json::Value::Null)),
+        )
+        .await?;
+        let status = outcome?;
+        if status.current_primary.as_deref() != Some(primary)
+            || status.target_primary.as_deref() != Some(primary)
+        {
+            bail!(
+                "a refused switchover changed the primary: {:?} / {:?}",
+                status.current_primary,
+                status.target_primary
+            );
+        }
+        let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await?;
+        if !events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some(reason))
+        {
+            bail!("no {reason} Event");
+        }
+        Ok(())
+    }
+
     /// Pause replay on a replica, write past `maxLagBytes`: the replica must leave the
     /// `-ro` Service; resume: it must come back. Returns (time to leave, time to return).
     pub async fn lagging_replica(
@@ -867,10 +931,19 @@ impl Target {
         })
         .await
         .map(|()| written.elapsed());
+        // A switchover to the lagging replica is refused and changes nothing.
+        let refused = match &left {
+            Ok(_) => {
+                self.refused_switchover(&replica, "SwitchoverTargetLagging", &primary, timeout)
+                    .await
+            }
+            Err(_) => Ok(()),
+        };
         replica_sql
             .batch_execute("SELECT pg_wal_replay_resume()")
             .await?;
         let left = left?;
+        refused?;
         let resumed = Instant::now();
         wait_for(&format!("{replica_pod} back in {ro}"), timeout, || async {
             service_pods(client, ns, &ro)

@@ -256,10 +256,11 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .items
         .len();
-    if sts != count * instances as usize || deployments != count {
+    if sts != count * instances as usize || deployments != count * 2 {
         bail!(
-            "expected {} StatefulSets and {count} Deployments, found {sts} and {deployments}",
-            count * instances as usize
+            "expected {} StatefulSets and {} Deployments (two poolers each), found {sts} and {deployments}",
+            count * instances as usize,
+            count * 2
         );
     }
 
@@ -346,7 +347,7 @@ async fn main() -> anyhow::Result<()> {
             "create_rate_per_s": rate,
             "control_plane_settle_s": settle_s,
             "instances_per_geodatabase": instances,
-            "objects_per_geodatabase": "StatefulSet per instance, Service per instance + rw/ro/pooler, 2 ConfigMaps, 7 Secrets, pooler Deployment",
+            "objects_per_geodatabase": "StatefulSet per instance, Service per instance + rw/ro + 2 poolers, 3 ConfigMaps, 8 Secrets, 2 pooler Deployments, ServiceAccount, Role, RoleBinding",
             "kube_apiserver": geodb_e2e::controlplane::K8S_VERSION,
             "etcd": geodb_e2e::controlplane::ETCD_VERSION,
             "controllers": "kube-controller-manager runs (StatefulSet pods and PVCs are created; no scheduler, no kubelet)",

@@ -431,14 +431,10 @@ pub async fn converge(
         builders::rbac::role(cluster),
         builders::rbac::role_binding(cluster),
     );
-    // A RoleBinding is refused until its Role exists.
-    tokio::try_join!(
-        applier.apply_unwatched(&service_account),
-        applier.apply_unwatched(&role)
-    )?;
     // Everything the StatefulSets mount or are reached through, concurrently.
     tokio::try_join!(
-        applier.apply_unwatched(&role_binding),
+        applier.apply_unwatched(&service_account),
+        applier.apply_unwatched(&role),
         try_join_all(
             config_maps
                 .iter()
@@ -461,8 +457,9 @@ pub async fn converge(
         ),
     )?;
 
-    // Then the StatefulSets.
-    try_join_all(statefulsets.iter().map(|sts| async {
+    // Then the StatefulSets, and the RoleBinding (refused until its Role exists).
+    let binding = applier.apply_unwatched(&role_binding);
+    let instances = try_join_all(statefulsets.iter().map(|sts| async {
         let live = find(&observed.statefulsets, &sts.name_any());
         if let Some(live) = live {
             if live.meta().deletion_timestamp.is_some() {
@@ -477,8 +474,8 @@ pub async fn converge(
             }
         }
         applier.apply(sts, live).await
-    }))
-    .await?;
+    }));
+    tokio::try_join!(binding, instances)?;
 
     let mut wanted_secrets = names_of(&secrets);
     wanted_secrets.extend(names_of(&credentials));
