@@ -216,3 +216,33 @@ pub async fn dump_namespace(client: &Client, ns: &str) {
         }
     }
 }
+
+/// Run a scenario in a namespace of its own: created first, deleted when the scenario
+/// passes, kept and dumped (`dump_namespace`) when it panics. Returns whether it passed.
+pub async fn run_in_namespace<F, Fut>(client: &Client, namespace: &str, scenario: F) -> bool
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let object = serde_json::json!({"metadata": {"name": namespace}});
+    let created = match serde_json::from_value(object) {
+        Ok(ns) => namespaces.create(&Default::default(), &ns).await.is_ok(),
+        Err(_) => false,
+    };
+    if !created {
+        eprintln!("could not create namespace {namespace}");
+        return false;
+    }
+    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(scenario(
+        client.clone(),
+        namespace.to_owned(),
+    )))
+    .await;
+    if outcome.is_err() {
+        dump_namespace(client, namespace).await;
+        return false;
+    }
+    let _ = namespaces.delete(namespace, &Default::default()).await;
+    true
+}

@@ -1,5 +1,6 @@
 //! Test harness and end-to-end tests for geodb.
 
+pub mod bench;
 pub mod controlplane;
 pub mod drill;
 pub mod kube_util;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use geodb::api::{GeoDatabase, Phase};
 use geodb_e2e::kube_util::{repo_root, wait_for};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use tokio_postgres::NoTls;
 
@@ -195,24 +195,13 @@ async fn cluster_suite() {
     let client = Client::try_default()
         .await
         .expect("KUBECONFIG must point at a cluster with geodb installed");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = format!("e2e-postgis-{}", std::process::id());
-    let namespace: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap();
-    let outcome = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
-        scenario_postgis_cluster(&client, &ns),
-    ))
+    let passed = geodb_e2e::kube_util::run_in_namespace(&client, &ns, |client, ns| async move {
+        scenario_postgis_cluster(&client, &ns).await
+    })
     .await;
-    if outcome.is_err() {
-        geodb_e2e::kube_util::dump_namespace(&client, &ns).await;
-        panic!("scenario postgis_cluster failed (diagnostics above)");
-    }
-    namespaces
-        .delete(&ns, &DeleteParams::default())
-        .await
-        .unwrap();
+    assert!(
+        passed,
+        "scenario postgis_cluster failed (diagnostics above)"
+    );
 }

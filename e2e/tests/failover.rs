@@ -9,8 +9,7 @@ use std::time::Duration;
 use geodb::api::{GeoDatabase, Phase};
 use geodb_e2e::drill::{DrillReport, Fault, Target};
 use geodb_e2e::kube_util::wait_for;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -144,23 +143,13 @@ async fn failover_drills() {
     let client = Client::try_default()
         .await
         .expect("KUBECONFIG must point at a cluster with geodb installed");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns = format!("e2e-failover-{}", std::process::id());
-    let namespace: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap();
-    let outcome =
-        futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(drills(&client, &ns))).await;
-    if outcome.is_err() {
-        geodb_e2e::kube_util::dump_namespace(&client, &ns).await;
+    let passed = geodb_e2e::kube_util::run_in_namespace(&client, &ns, |client, ns| async move {
+        drills(&client, &ns).await
+    })
+    .await;
+    if !passed {
         let _ = geodb_e2e::drill::operator_failpoint(&client, false).await;
         panic!("failover drills failed (diagnostics above)");
     }
-    namespaces
-        .delete(&ns, &DeleteParams::default())
-        .await
-        .unwrap();
 }

@@ -9,21 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use geodb::api::{GeoDatabase, Phase};
 use geodb_e2e::drill::{Fault, Target};
-use geodb_e2e::kube_util::{repo_root, wait_for};
+use geodb_e2e::kube_util::wait_for;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-fn percentile(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
+use geodb_e2e::bench::percentile;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -208,24 +200,7 @@ async fn main() -> anyhow::Result<()> {
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         },
     });
-    let dir = repo_root().join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("failover.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    println!("{:<44} {:>10} {:>10}", "figure", "value", "target");
-    for (name, value) in figures.as_object().into_iter().flatten() {
-        let target = report["targets"][name]
-            .as_object()
-            .and_then(|t| t.iter().next().map(|(k, v)| format!("{k} {v}")))
-            .unwrap_or_default();
-        println!(
-            "{name:<44} {:>10.2} {target:>10}",
-            value.as_f64().unwrap_or(f64::NAN)
-        );
-    }
-    println!("written: {}", dir.join("failover.json").display());
+    geodb_e2e::bench::write_report("failover", &report)?;
     namespaces.delete(&ns, &DeleteParams::default()).await?;
     Ok(())
 }

@@ -35,13 +35,7 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
+use geodb_e2e::bench::percentile;
 
 /// Sum of a metric's samples in Prometheus text, optionally only those whose labels
 /// contain `label_filter`.
@@ -355,39 +349,13 @@ async fn main() -> anyhow::Result<()> {
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         },
     });
-    let dir = repo_root().join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("reconcile.json"),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-
-    println!("{:<44} {:>12} {:>10}", "figure", "value", "target");
-    for (name, value) in figures.as_object().into_iter().flatten() {
-        let target = report["targets"][name]
-            .as_object()
-            .and_then(|t| t.iter().next().map(|(k, v)| format!("{k} {v}")))
-            .unwrap_or_default();
-        println!(
-            "{name:<44} {:>12.1} {target:>10}",
-            value.as_f64().unwrap_or(f64::NAN)
-        );
-    }
-    println!("written: {}", dir.join("reconcile.json").display());
+    geodb_e2e::bench::write_report("reconcile", &report)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 50.0);
-        assert_eq!(percentile(&v, 99.0), 99.0);
-        assert_eq!(percentile(&v, 100.0), 100.0);
-    }
 
     #[test]
     fn metric_sums() {

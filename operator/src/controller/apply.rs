@@ -153,22 +153,7 @@ impl<'a> Applier<'a> {
                 return Ok(());
             }
         }
-        let applied = self
-            .api::<K>()
-            .patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(desired),
-            )
-            .await
-            .map_err(Error::kube("applying an owned object"))?;
-        self.cache.put(
-            key,
-            Applied {
-                desired_hash,
-                live_marker: live_marker(&applied),
-            },
-        );
+        let applied = self.send(desired, key, desired_hash).await?;
         let label = format!("{kind}/{name}");
         match live {
             None => self.record(|c| c.created.push(label)),
@@ -209,6 +194,18 @@ impl<'a> Applier<'a> {
         {
             return Ok(());
         }
+        self.send(desired, key, desired_hash).await.map(|_| ())
+    }
+
+    /// Server-side apply `desired` and remember what was sent.
+    async fn send<K>(&self, desired: &K, key: CacheKey, desired_hash: String) -> Result<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + Debug,
+    {
         let applied = self
             .api::<K>()
             .patch(
@@ -225,7 +222,7 @@ impl<'a> Applier<'a> {
                 live_marker: live_marker(&applied),
             },
         );
-        Ok(())
+        Ok(applied)
     }
 
     /// Create a Secret only if it does not exist: credentials are never rewritten.

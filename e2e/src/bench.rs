@@ -1,0 +1,50 @@
+//! What every `make bench-<area>` shares: percentiles and the report (a table on stdout
+//! and `target/bench/<area>.json` with `figures`, `targets` and `context`).
+
+use crate::kube_util::repo_root;
+
+/// Nearest-rank percentile of values (sorted here).
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Write `report` to `target/bench/<area>.json` and print its figures with their targets.
+pub fn write_report(area: &str, report: &serde_json::Value) -> anyhow::Result<()> {
+    let dir = repo_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{area}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(report)?)?;
+    println!("{:<48} {:>12} {:>10}", "figure", "value", "target");
+    for (name, value) in report["figures"].as_object().into_iter().flatten() {
+        let target = report["targets"][name]
+            .as_object()
+            .and_then(|t| t.iter().next().map(|(k, v)| format!("{k} {v}")))
+            .unwrap_or_default();
+        println!(
+            "{name:<48} {:>12.2} {target:>10}",
+            value.as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    println!("written: {}", path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+}
