@@ -110,7 +110,7 @@ impl Metrics {
         );
         registry.register(
             "geodb_promotions_refused",
-            "Failovers the operator refused to make (no replica qualified)",
+            "Failovers the operator refused to make, once per refusal reason",
             metrics.promotions_refused.clone(),
         );
         registry.register(

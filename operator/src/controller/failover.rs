@@ -417,8 +417,6 @@ pub async fn execute(
             Ok(Some((false, reason, message.clone())))
         }
         Plan::Refuse { reason, message } => {
-            let labels = transition_labels(db, FailoverKind::Failover);
-            ctx.metrics.promotions_refused.get_or_create(&labels).inc();
             // One Event per refusal reason and message, not one per retry.
             let was = db
                 .status
@@ -431,6 +429,8 @@ pub async fn execute(
                 .map(|c| (c.reason.clone(), c.message.clone()));
             if was.as_ref().map(|(r, _)| r.as_str()) != Some(*reason) {
                 warn!(%message, "failover refused");
+                let labels = transition_labels(db, FailoverKind::Failover);
+                ctx.metrics.promotions_refused.get_or_create(&labels).inc();
                 ctx.event(db, EventType::Warning, "FailoverRefused", message.clone())
                     .await;
             }
