@@ -111,70 +111,33 @@ async fn main() -> anyhow::Result<()> {
             .collect()
     };
     let mut figures = serde_json::Map::new();
+    let mut p50_and_max = |name: String, values: &[f64]| {
+        figures.insert(name.replace("{}", "p50"), json!(percentile(values, 50.0)));
+        figures.insert(name.replace("{}", "max"), json!(percentile(values, 100.0)));
+    };
     for fault in [
         Fault::DeletePod,
         Fault::KillPostmaster,
         Fault::NetworkCut,
         Fault::OperatorKilled,
     ] {
-        let rw = of(&rto_rw, fault);
-        let pooled = of(&rto_pooler, fault);
-        figures.insert(
-            format!("{}_rto_rw_p50_s", fault.name()),
-            json!(percentile(&rw, 50.0)),
+        p50_and_max(
+            format!("{}_rto_rw_{{}}_s", fault.name()),
+            &of(&rto_rw, fault),
         );
-        figures.insert(
-            format!("{}_rto_rw_max_s", fault.name()),
-            json!(percentile(&rw, 100.0)),
-        );
-        figures.insert(
-            format!("{}_rto_pooler_p50_s", fault.name()),
-            json!(percentile(&pooled, 50.0)),
-        );
-        figures.insert(
-            format!("{}_rto_pooler_max_s", fault.name()),
-            json!(percentile(&pooled, 100.0)),
+        p50_and_max(
+            format!("{}_rto_pooler_{{}}_s", fault.name()),
+            &of(&rto_pooler, fault),
         );
     }
-    let all_rw = unplanned(&rto_rw);
-    let all_pooler = unplanned(&rto_pooler);
-    figures.insert(
-        "failover_rto_rw_p50_s".into(),
-        json!(percentile(&all_rw, 50.0)),
+    p50_and_max("failover_rto_rw_{}_s".into(), &unplanned(&rto_rw));
+    p50_and_max("failover_rto_pooler_{}_s".into(), &unplanned(&rto_pooler));
+    p50_and_max(
+        "switchover_write_pause_{}_s".into(),
+        &of(&pauses, Fault::Switchover),
     );
-    figures.insert(
-        "failover_rto_rw_max_s".into(),
-        json!(percentile(&all_rw, 100.0)),
-    );
-    figures.insert(
-        "failover_rto_pooler_p50_s".into(),
-        json!(percentile(&all_pooler, 50.0)),
-    );
-    figures.insert(
-        "failover_rto_pooler_max_s".into(),
-        json!(percentile(&all_pooler, 100.0)),
-    );
-    let switch = of(&pauses, Fault::Switchover);
-    figures.insert(
-        "switchover_write_pause_p50_s".into(),
-        json!(percentile(&switch, 50.0)),
-    );
-    figures.insert(
-        "switchover_write_pause_max_s".into(),
-        json!(percentile(&switch, 100.0)),
-    );
-    figures.insert(
-        "lagging_replica_out_of_ro_p50_s".into(),
-        json!(percentile(&lag_out, 50.0)),
-    );
-    figures.insert(
-        "lagging_replica_out_of_ro_max_s".into(),
-        json!(percentile(&lag_out, 100.0)),
-    );
-    figures.insert(
-        "lagging_replica_back_in_ro_max_s".into(),
-        json!(percentile(&lag_back, 100.0)),
-    );
+    p50_and_max("lagging_replica_out_of_ro_{}_s".into(), &lag_out);
+    p50_and_max("lagging_replica_back_in_ro_{}_s".into(), &lag_back);
     figures.insert("two_writable_instances_count".into(), json!(violations));
     figures.insert("lost_acknowledged_writes_count".into(), json!(lost_acked));
     figures.insert("extra_promotions_count".into(), json!(extra_promotions));

@@ -136,25 +136,14 @@ impl<'a> Applier<'a> {
             + DeserializeOwned
             + Debug,
     {
-        let name = desired.name_any();
-        let kind = K::kind(&()).to_string();
-        let key = CacheKey {
-            kind: kind.clone(),
-            namespace: self.namespace.to_owned(),
-            name: name.clone(),
-        };
-        let body = serde_json::to_vec(desired).map_err(|source| Error::Serialize {
-            what: "an owned object",
-            source,
-        })?;
-        let desired_hash = content_hash(&[&body]);
+        let (key, desired_hash) = self.key_and_hash(desired)?;
+        let label = format!("{}/{}", key.kind, key.name);
         if let (Some(live), Some(last)) = (live, self.cache.get(&key)) {
             if last.desired_hash == desired_hash && last.live_marker == live_marker(live) {
                 return Ok(());
             }
         }
         let applied = self.send(desired, key, desired_hash).await?;
-        let label = format!("{kind}/{name}");
         match live {
             None => self.record(|c| c.created.push(label)),
             Some(live)
@@ -177,16 +166,7 @@ impl<'a> Applier<'a> {
             + DeserializeOwned
             + Debug,
     {
-        let key = CacheKey {
-            kind: K::kind(&()).to_string(),
-            namespace: self.namespace.to_owned(),
-            name: desired.name_any(),
-        };
-        let body = serde_json::to_vec(desired).map_err(|source| Error::Serialize {
-            what: "an owned object",
-            source,
-        })?;
-        let desired_hash = content_hash(&[&body]);
+        let (key, desired_hash) = self.key_and_hash(desired)?;
         if self
             .cache
             .get(&key)
@@ -195,6 +175,23 @@ impl<'a> Applier<'a> {
             return Ok(());
         }
         self.send(desired, key, desired_hash).await.map(|_| ())
+    }
+
+    /// Where the cache keeps `desired`, and the hash of what would be sent.
+    fn key_and_hash<K>(&self, desired: &K) -> Result<(CacheKey, String)>
+    where
+        K: Resource<DynamicType = ()> + Serialize,
+    {
+        let body = serde_json::to_vec(desired).map_err(|source| Error::Serialize {
+            what: "an owned object",
+            source,
+        })?;
+        let key = CacheKey {
+            kind: K::kind(&()).to_string(),
+            namespace: self.namespace.to_owned(),
+            name: desired.name_any(),
+        };
+        Ok((key, content_hash(&[&body])))
     }
 
     /// Server-side apply `desired` and remember what was sent.
