@@ -22,6 +22,9 @@ pub enum Error {
         detail: String,
     },
 
+    #[error("the GeoDatabase changed while it was being reconciled")]
+    StaleView,
+
     #[error("reconcile did not finish within {0:?}")]
     Timeout(std::time::Duration),
 
@@ -47,6 +50,7 @@ impl Error {
             Error::Serialize { .. } => "serialize",
             Error::Timeout(_) => "timeout",
             Error::Postgres { .. } => "postgres",
+            Error::StaleView => "stale_view",
         }
     }
 }

@@ -134,8 +134,9 @@ pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action
         }
         if !has_finalizer(&db) {
             // Added before anything is created, so nothing can be left behind untracked;
-            // the reconcile goes on at once instead of waiting for the update to come back.
-            set_finalizer(&api, &db, true).await?;
+            // the reconcile goes on at once with the object the update returned.
+            let updated = set_finalizer(&api, &db, true).await?;
+            return converge(&updated, &ctx).await;
         }
         converge(&db, &ctx).await
     }
@@ -161,7 +162,11 @@ fn has_finalizer(db: &GeoDatabase) -> bool {
 
 /// Add or remove our finalizer. The resourceVersion in the patch makes it fail on a
 /// concurrent change instead of overwriting someone else's finalizers.
-async fn set_finalizer(api: &Api<GeoDatabase>, db: &GeoDatabase, present: bool) -> Result<()> {
+async fn set_finalizer(
+    api: &Api<GeoDatabase>,
+    db: &GeoDatabase,
+    present: bool,
+) -> Result<GeoDatabase> {
     let mut finalizers: Vec<String> = db
         .finalizers()
         .iter()
@@ -184,8 +189,7 @@ async fn set_finalizer(api: &Api<GeoDatabase>, db: &GeoDatabase, present: bool) 
         "adding the finalizer"
     } else {
         "removing the finalizer"
-    }))?;
-    Ok(())
+    }))
 }
 
 /// read -> validate -> build -> apply -> status
@@ -535,6 +539,10 @@ async fn cleanup(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
 
 pub fn error_policy(db: Arc<GeoDatabase>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.record_error(error.metric_label());
+    if matches!(error, Error::StaleView) {
+        // Not a failure: the next reconcile sees the newer object.
+        return Action::requeue(Duration::from_millis(200));
+    }
     let delay = ctx.backoff(ObjectRef::from_obj(db.as_ref()));
     warn!(name = %db.name_any(), namespace = db.namespace().unwrap_or_default(),
         error = %error, label = error.metric_label(), retry_in_ms = delay.as_millis() as u64,

@@ -355,19 +355,29 @@ pub async fn write(client: &Client, db: &GeoDatabase, status: &GeoDatabaseStatus
     }
     let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
     let api: Api<GeoDatabase> = Api::namespaced(client.clone(), &namespace);
+    // The resourceVersion makes a status computed from a stale view fail instead of
+    // overwriting what a newer reconcile wrote; the reconcile is retried at once.
     let patch = json!({
         "apiVersion": "geodb.io/v1alpha1",
         "kind": "GeoDatabase",
+        "metadata": {"resourceVersion": db.resource_version()},
         "status": status,
     });
-    api.patch_status(
-        &db.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube("writing status"))?;
-    Ok(true)
+    match api
+        .patch_status(
+            &db.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(response)) if response.code == 409 => Err(Error::StaleView),
+        Err(source) => Err(Error::Kube {
+            action: "writing status",
+            source,
+        }),
+    }
 }
 
 pub fn now() -> Time {
