@@ -18,7 +18,7 @@ help:
 	@echo "make crds             regenerate crds/ from the Rust API types"
 	@echo "make chart-test       lint, render and validate the Helm chart charts/geodb"
 	@echo "make chart-crds       copy crds/ into charts/geodb/crds/"
-	@echo "make chart-rbac       copy config/rbac/role.yaml into charts/geodb/files/"
+	@echo "make chart-rbac       copy config/rbac/ rules into charts/geodb/files/"
 
 build:
 	$(CARGO) build --workspace
@@ -52,14 +52,15 @@ test: fmt-check clippy tools chart-test
 	$(CARGO) test --workspace
 	bash e2e/run-e2e.sh
 
-# The Helm chart: its crds/ is a copy of crds/, its RBAC rules come from a copy of
-# config/rbac/role.yaml; chart-test fails when either copy is stale.
+# The Helm chart: its crds/ is a copy of crds/, its RBAC rules come from copies of
+# config/rbac/role.yaml and instance-role.yaml; chart-test fails when a copy is stale.
 chart-crds:
 	rm -f charts/geodb/crds/*.yaml
 	cp crds/*.yaml charts/geodb/crds/
 
 chart-rbac:
 	cp config/rbac/role.yaml charts/geodb/files/rbac-role.yaml
+	cp config/rbac/instance-role.yaml charts/geodb/files/rbac-instance-role.yaml
 
 # helm lint, helm template + kubeconform (offline schemas), values.schema.json rejects bad
 # values, drift of the CRD and RBAC copies (helm and kubeconform built by build-tools.sh).

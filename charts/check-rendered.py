@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Checks on what `helm template charts/geodb` renders, for charts/test-chart.sh.
 
-  check-rendered.py rbac RENDERED CONFIG_ROLE_YAML
-      The rendered ClusterRole's and leader Role's rules equal those of
+  check-rendered.py rbac RENDERED CONFIG_ROLE_YAML CONFIG_INSTANCE_ROLE_YAML
+      The rendered operator ClusterRole's and leader Role's rules equal those of
       config/rbac/role.yaml (rule by rule, in order), and role.yaml holds nothing
-      else that the chart would miss.
+      else that the chart would miss; the rendered instance ClusterRole is the one of
+      config/rbac/instance-role.yaml (same name, same rules).
   check-rendered.py defaults RENDERED NAMESPACE
   check-rendered.py full RENDERED NAMESPACE VALUES_YAML
       What the default values, or the values of VALUES_YAML (every value set), must
@@ -43,21 +44,36 @@ def check(cond, message):
         problems.append(message)
 
 
-def rbac(rendered_path, role_path):
+def rules_diff(want, got, source, kind):
+    if want.get("rules") != got.get("rules"):
+        diff = difflib.unified_diff(
+            yaml.safe_dump(want.get("rules"), sort_keys=True).splitlines(),
+            yaml.safe_dump(got.get("rules"), sort_keys=True).splitlines(),
+            f"{source} {kind} rules", f"chart {kind} rules", lineterm="")
+        problems.append(f"{kind} rules differ (run `make chart-rbac`):\n" + "\n".join(diff))
+
+
+def rbac(rendered_path, role_path, instance_role_path):
     rendered, config = load(rendered_path), load(role_path)
+    instance = one(load(instance_role_path), "ClusterRole", instance_role_path)
+    if instance is None:
+        return
+    instance_name = instance["metadata"]["name"]
+    rendered_instance = [d for d in rendered
+                         if d.get("kind") == "ClusterRole" and d["metadata"]["name"] == instance_name]
+    check(len(rendered_instance) == 1,
+          f"helm template: expected one ClusterRole named {instance_name} (the operator binds instances to it by that name)")
+    if rendered_instance:
+        rules_diff(instance, rendered_instance[0], instance_role_path, f"ClusterRole {instance_name}")
+    operator_docs = [d for d in rendered if d not in rendered_instance]
     kinds = sorted(d.get("kind") for d in config)
     check(kinds == ["ClusterRole", "Role"],
           f"{role_path} holds {kinds}; the chart renders the rules of one ClusterRole and one Role only: update charts/geodb")
     for kind in ("ClusterRole", "Role"):
-        want, got = one(config, kind, role_path), one(rendered, kind, "helm template")
+        want, got = one(config, kind, role_path), one(operator_docs, kind, "helm template")
         if want is None or got is None:
             continue
-        if want.get("rules") != got.get("rules"):
-            diff = difflib.unified_diff(
-                yaml.safe_dump(want.get("rules"), sort_keys=True).splitlines(),
-                yaml.safe_dump(got.get("rules"), sort_keys=True).splitlines(),
-                f"{role_path} {kind} rules", f"chart {kind} rules", lineterm="")
-            problems.append(f"{kind} rules differ (run `make chart-rbac`):\n" + "\n".join(diff))
+        rules_diff(want, got, role_path, kind)
 
 
 def deployment_checks(docs, namespace):
@@ -161,8 +177,8 @@ def main():
     if len(sys.argv) < 4:
         sys.exit(__doc__)
     command = sys.argv[1]
-    if command == "rbac":
-        rbac(sys.argv[2], sys.argv[3])
+    if command == "rbac" and len(sys.argv) == 5:
+        rbac(sys.argv[2], sys.argv[3], sys.argv[4])
     elif command == "defaults":
         defaults(sys.argv[2], sys.argv[3])
     elif command == "full" and len(sys.argv) == 5:

@@ -6,8 +6,9 @@
 #   3. `helm template` with the default values and with charts/tests/values-full.yaml
 #      (every value changed), each validated by kubeconform -strict against the
 #      Kubernetes schemas (offline, see below) and checked by charts/check-rendered.py;
-#   4. the rendered ClusterRole and leader Role rules equal config/rbac/role.yaml's
-#      (the chart renders them from files/rbac-role.yaml, copied by `make chart-rbac`);
+#   4. the rendered ClusterRoles and leader Role rules equal those of config/rbac/role.yaml
+#      and instance-role.yaml (the chart renders them from files/rbac-role.yaml and
+#      files/rbac-instance-role.yaml, copied by `make chart-rbac`);
 #   5. every file in charts/tests/bad/ is rejected by values.schema.json: `helm template`
 #      fails and its error names the field given on the file's `# expect:` line.
 #
@@ -136,11 +137,11 @@ if render defaults geodb geodb-system; then
 	else
 		fail "rendered defaults (charts/check-rendered.py defaults)"
 	fi
-	# ---- 4. RBAC rules are config/rbac/role.yaml's ----
-	if python3 "$ROOT/charts/check-rendered.py" rbac "$WORK/defaults.yaml" "$ROOT/config/rbac/role.yaml"; then
-		pass "ClusterRole and leader Role rules equal config/rbac/role.yaml's"
+	# ---- 4. RBAC rules are config/rbac/'s ----
+	if python3 "$ROOT/charts/check-rendered.py" rbac "$WORK/defaults.yaml" "$ROOT/config/rbac/role.yaml" "$ROOT/config/rbac/instance-role.yaml"; then
+		pass "ClusterRoles and leader Role rules equal config/rbac/'s"
 	else
-		fail "chart RBAC rules differ from config/rbac/role.yaml"
+		fail "chart RBAC rules differ from config/rbac/"
 	fi
 	# The schemas must be strict, or the validation above proves little: an unknown field
 	# in the Deployment's pod spec has to be rejected.

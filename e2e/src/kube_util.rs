@@ -123,6 +123,7 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
 pub async fn install_operator_rbac_for_user(client: &Client, user: &str) -> anyhow::Result<()> {
     apply_file(client, "config/manager/namespace.yaml").await?;
     apply_file(client, "config/rbac/role.yaml").await?;
+    apply_file(client, "config/rbac/instance-role.yaml").await?;
     let bindings = format!(
         r#"
 apiVersion: rbac.authorization.k8s.io/v1

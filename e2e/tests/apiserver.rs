@@ -121,20 +121,66 @@ async fn scenario_creates_every_object(client: &Client, op: &Operator, ns: &str)
         names::<Deployment>(client, ns, cluster).await,
         ["geo-pooler", "geo-pooler-ro"]
     );
-    // The instance pods' identity: it may read this GeoDatabase and nothing else.
-    let role = get::<k8s_openapi::api::rbac::v1::Role>(client, ns, "geo-instance")
+    // The instance pods' identity: bound in this namespace to the ClusterRole that reads
+    // GeoDatabases, and to nothing else.
+    let binding = get::<k8s_openapi::api::rbac::v1::RoleBinding>(client, ns, "geo-instance")
         .await
         .unwrap();
-    let rule = &role.rules.as_ref().unwrap()[0];
-    assert_eq!(rule.verbs, ["get"]);
     assert_eq!(
-        rule.resource_names.as_deref(),
-        Some(&["geo".to_owned()][..])
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("ClusterRole", "geodb-instance")
+    );
+    let instance_user = format!("system:serviceaccount:{ns}:geo-instance");
+    assert!(
+        may(
+            client,
+            &instance_user,
+            ns,
+            "get",
+            "geodb.io",
+            "geodatabases",
+            "geo"
+        )
+        .await
     );
     assert!(
-        get::<k8s_openapi::api::rbac::v1::RoleBinding>(client, ns, "geo-instance")
-            .await
-            .is_some()
+        !may(
+            client,
+            &instance_user,
+            ns,
+            "patch",
+            "geodb.io",
+            "geodatabases",
+            "geo"
+        )
+        .await
+    );
+    assert!(
+        !may(
+            client,
+            &instance_user,
+            ns,
+            "get",
+            "",
+            "secrets",
+            "geo-superuser"
+        )
+        .await
+    );
+    assert!(
+        !may(
+            client,
+            &instance_user,
+            "default",
+            "get",
+            "geodb.io",
+            "geodatabases",
+            "geo"
+        )
+        .await
     );
 
     // Owner references and server-side apply under one field manager.

@@ -13,6 +13,7 @@ use geodb::controller::{self, Context};
 use geodb::http::{self, HttpState};
 use geodb::leader::LeaderElection;
 use geodb::metrics::Metrics;
+use geodb::names::INSTANCE_CLUSTER_ROLE;
 use kube::CustomResourceExt;
 use prometheus_client::registry::Registry;
 use tracing::{error, info};
@@ -130,6 +131,14 @@ async fn operator(args: OperatorArgs) -> Result<(), String> {
     let crd_name = GeoDatabase::crd_name();
     crds.get(crd_name).await.map_err(|e| {
         format!("CRD {crd_name} is not installed or not readable ({e}); install crds/ first")
+    })?;
+    // Likewise the ClusterRole every GeoDatabase's instance pods are bound to.
+    let cluster_roles: kube::Api<k8s_openapi::api::rbac::v1::ClusterRole> =
+        kube::Api::all(client.clone());
+    cluster_roles.get(INSTANCE_CLUSTER_ROLE).await.map_err(|e| {
+        format!(
+            "ClusterRole {INSTANCE_CLUSTER_ROLE} is not installed or not readable ({e}); install config/rbac/ first"
+        )
     })?;
     ready.store(true, Ordering::Relaxed);
 

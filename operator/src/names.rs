@@ -26,6 +26,9 @@ pub const MANAGED_BY: &str = "geodb-operator";
 /// configuration change rolls the pods.
 pub const ANNOTATION_CONFIG_HASH: &str = "geodb.io/config-hash";
 
+/// ClusterRole (installed with the operator) that instance pods are bound to in their
+/// namespace: read GeoDatabases.
+pub const INSTANCE_CLUSTER_ROLE: &str = "geodb-instance";
 pub const COMPONENT_DATABASE: &str = "database";
 pub const COMPONENT_POOLER: &str = "pooler";
 pub const COMPONENT_POOLER_RO: &str = "pooler-ro";
@@ -103,7 +106,7 @@ impl Names {
     pub fn pod(instance: &str) -> String {
         format!("{instance}-0")
     }
-    /// ServiceAccount (and Role, RoleBinding) of the instance pods.
+    /// ServiceAccount (and RoleBinding) of the instance pods.
     pub fn instance_service_account(&self) -> String {
         format!("{}-instance", self.cluster)
     }

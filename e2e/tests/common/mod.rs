@@ -179,3 +179,32 @@ pub async fn dump_namespace(client: &Client, cp: &ControlPlane, namespace: &str)
         cp.logs_tail("kube-controller-manager", 20)
     );
 }
+
+/// Whether RBAC lets `user` do `verb` on the named object (a SubjectAccessReview).
+pub async fn may(
+    client: &Client,
+    user: &str,
+    namespace: &str,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    name: &str,
+) -> bool {
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    let review: SubjectAccessReview = serde_json::from_value(serde_json::json!({
+        "spec": {
+            "user": user,
+            "resourceAttributes": {
+                "namespace": namespace, "verb": verb, "group": group,
+                "resource": resource, "name": name,
+            },
+        },
+    }))
+    .unwrap();
+    Api::<SubjectAccessReview>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &review)
+        .await
+        .unwrap()
+        .status
+        .is_some_and(|s| s.allowed)
+}

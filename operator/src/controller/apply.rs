@@ -395,13 +395,6 @@ pub async fn converge(
     let applier = Applier::new(client, &cluster.namespace, cache);
 
     let credentials = builders::secrets::credential_secrets(cluster);
-    try_join_all(
-        credentials.iter().map(|secret| {
-            applier.create_once(secret, observed.secret(&secret.name_any()).is_some())
-        }),
-    )
-    .await?;
-
     let mut config_maps = vec![builders::config::config_map(cluster)];
     let mut secrets = builders::secrets::connection_secrets(cluster);
     let mut services = builders::services::services(cluster);
@@ -419,16 +412,18 @@ pub async fn converge(
         .iter()
         .map(|instance| builders::instance::statefulset(cluster, instance))
         .collect();
+    let service_account = builders::rbac::service_account(cluster);
+    let role_binding = builders::rbac::role_binding(cluster);
 
-    let (service_account, role, role_binding) = (
-        builders::rbac::service_account(cluster),
-        builders::rbac::role(cluster),
-        builders::rbac::role_binding(cluster),
-    );
-    // Everything the StatefulSets mount or are reached through, concurrently.
+    // Everything the StatefulSets' pods mount, run as or are reached through, at once:
+    // none of these objects depends on another (the connection Secrets carry passwords
+    // already read or generated).
     tokio::try_join!(
+        try_join_all(credentials.iter().map(|secret| {
+            applier.create_once(secret, observed.secret(&secret.name_any()).is_some())
+        })),
         applier.apply_unwatched(&service_account),
-        applier.apply_unwatched(&role),
+        applier.apply_unwatched(&role_binding),
         try_join_all(
             config_maps
                 .iter()
@@ -451,9 +446,8 @@ pub async fn converge(
         ),
     )?;
 
-    // Then the StatefulSets, and the RoleBinding (refused until its Role exists).
-    let binding = applier.apply_unwatched(&role_binding);
-    let instances = try_join_all(statefulsets.iter().map(|sts| async {
+    // Then the StatefulSets: their pods start with everything above in place.
+    try_join_all(statefulsets.iter().map(|sts| async {
         let live = find(&observed.statefulsets, &sts.name_any());
         if let Some(live) = live {
             if live.meta().deletion_timestamp.is_some() {
@@ -468,8 +462,8 @@ pub async fn converge(
             }
         }
         applier.apply(sts, live).await
-    }));
-    tokio::try_join!(binding, instances)?;
+    }))
+    .await?;
 
     let mut wanted_secrets = names_of(&secrets);
     wanted_secrets.extend(names_of(&credentials));
