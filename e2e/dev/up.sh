@@ -21,7 +21,7 @@ if ! alive localcp; then
 		sleep 0.1
 	done
 fi
-kubectl apply --server-side -f crds/ -f config/manager/namespace.yaml >/dev/null
+kubectl apply --server-side -f crds/ -f config/manager/namespace.yaml -f config/rbac/instance-role.yaml >/dev/null
 kubectl wait --for condition=Established crd/geodatabases.geodb.io --timeout=60s >/dev/null
 
 if ! alive operator; then

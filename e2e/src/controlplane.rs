@@ -202,7 +202,7 @@ impl ControlPlane {
         // etcd. kube-apiserver retries its etcd connection, so both start
         // concurrently and only /readyz of the apiserver is awaited.
         let peer_url = format!("http://127.0.0.1:{etcd_peer}");
-        let etcd_args = vec![
+        let mut etcd_args = vec![
             "--name=geodb".to_string(),
             format!("--data-dir={}", dir.join("etcd").display()),
             format!("--listen-client-urls={}", cp.etcd_url),
@@ -214,6 +214,11 @@ impl ControlPlane {
             "--unsafe-no-fsync=true".to_string(),
             "--log-level=warn".to_string(),
         ];
+        // etcd's default (a snapshot every 10,000 entries) stays; this is for telling its
+        // snapshot pause apart in benchmarks (docs/development.md).
+        if let Ok(n) = std::env::var("GEODB_ETCD_SNAPSHOT_COUNT") {
+            etcd_args.push(format!("--snapshot-count={n}"));
+        }
         cp.spawn(ETCD, &bins.etcd, &etcd_args)?;
 
         let mut api_args = vec![

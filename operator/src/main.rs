@@ -16,7 +16,7 @@ use geodb::metrics::Metrics;
 use geodb::names::INSTANCE_CLUSTER_ROLE;
 use kube::CustomResourceExt;
 use prometheus_client::registry::Registry;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -180,6 +180,13 @@ async fn operator(args: OperatorArgs) -> Result<(), String> {
         ready.store(true, Ordering::Relaxed);
         info!("watch caches synced");
     });
+    let failed = geodb::kube_client::warm_up(&client, geodb::kube_client::WARM_CONNECTIONS).await;
+    if failed > 0 {
+        warn!(
+            failed,
+            "some API server connections could not be opened ahead of time"
+        );
+    }
     info!(namespace = ?args.namespace, "starting controller");
     controller::run(ctx, args.namespace, async move {
         let _ = stop_rx.await;

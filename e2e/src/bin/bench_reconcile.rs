@@ -224,6 +224,20 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let create_phase = started.elapsed();
 
+    // In create order, for the report's context: where the slow ones fall.
+    let in_create_order: Vec<u64> = {
+        let done = converged.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        (0..count)
+            .filter_map(|i| {
+                let name = format!("bench-{i:03}");
+                Some(
+                    done.get(&name)?
+                        .duration_since(*sent.get(&name)?)
+                        .as_millis() as u64,
+                )
+            })
+            .collect()
+    };
     let mut latencies: Vec<f64> = {
         let done = converged.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         sent.iter()
@@ -313,8 +327,7 @@ async fn main() -> anyhow::Result<()> {
         "geodb_reconcile_errors_total",
         &["error=\"stale_view\""],
     );
-    let reconcile_errors =
-        metric_sum(&after, "geodb_reconcile_errors_total", &[]) - stale_views;
+    let reconcile_errors = metric_sum(&after, "geodb_reconcile_errors_total", &[]) - stale_views;
     if let Ok(path) = std::env::var("BENCH_APISERVER_METRICS_COPY") {
         let text = admin
             .request_text(http::Request::get("/metrics").body(Vec::new())?)
@@ -363,6 +376,7 @@ async fn main() -> anyhow::Result<()> {
             "etcd": geodb_e2e::controlplane::ETCD_VERSION,
             "controllers": "kube-controller-manager runs (StatefulSet pods and PVCs are created; no scheduler, no kubelet)",
             "operator_build": "release",
+            "create_to_applied_ms_in_create_order": in_create_order,
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         },
     });
