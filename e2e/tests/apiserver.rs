@@ -134,54 +134,25 @@ async fn scenario_creates_every_object(client: &Client, op: &Operator, ns: &str)
         ("ClusterRole", "geodb-instance")
     );
     let instance_user = format!("system:serviceaccount:{ns}:geo-instance");
-    assert!(
-        may(
-            client,
-            &instance_user,
-            ns,
-            "get",
-            "geodb.io",
-            "geodatabases",
-            "geo"
-        )
-        .await
-    );
-    assert!(
-        !may(
-            client,
-            &instance_user,
-            ns,
-            "patch",
-            "geodb.io",
-            "geodatabases",
-            "geo"
-        )
-        .await
-    );
-    assert!(
-        !may(
-            client,
-            &instance_user,
-            ns,
-            "get",
-            "",
-            "secrets",
-            "geo-superuser"
-        )
-        .await
-    );
-    assert!(
-        !may(
-            client,
-            &instance_user,
-            "default",
-            "get",
-            "geodb.io",
-            "geodatabases",
-            "geo"
-        )
-        .await
-    );
+    for (namespace, verb, group, resource, name, allowed) in [
+        (ns, "get", "geodb.io", "geodatabases", "geo", true),
+        (ns, "patch", "geodb.io", "geodatabases", "geo", false),
+        (ns, "get", "", "secrets", "geo-superuser", false),
+        ("default", "get", "geodb.io", "geodatabases", "geo", false),
+    ] {
+        let access = Access {
+            namespace,
+            verb,
+            group,
+            resource,
+            name,
+        };
+        assert_eq!(
+            may(client, &instance_user, &access).await,
+            allowed,
+            "{instance_user}: {access:?}"
+        );
+    }
 
     // Owner references and server-side apply under one field manager.
     let sts = get::<StatefulSet>(client, ns, "geo-2").await.unwrap();

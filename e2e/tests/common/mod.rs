@@ -180,23 +180,25 @@ pub async fn dump_namespace(client: &Client, cp: &ControlPlane, namespace: &str)
     );
 }
 
-/// Whether RBAC lets `user` do `verb` on the named object (a SubjectAccessReview).
-pub async fn may(
-    client: &Client,
-    user: &str,
-    namespace: &str,
-    verb: &str,
-    group: &str,
-    resource: &str,
-    name: &str,
-) -> bool {
+/// A request on one named object, for [`may`].
+#[derive(Debug)]
+pub struct Access<'a> {
+    pub namespace: &'a str,
+    pub verb: &'a str,
+    pub group: &'a str,
+    pub resource: &'a str,
+    pub name: &'a str,
+}
+
+/// Whether RBAC lets `user` make the request `access` (a SubjectAccessReview).
+pub async fn may(client: &Client, user: &str, access: &Access<'_>) -> bool {
     use k8s_openapi::api::authorization::v1::SubjectAccessReview;
     let review: SubjectAccessReview = serde_json::from_value(serde_json::json!({
         "spec": {
             "user": user,
             "resourceAttributes": {
-                "namespace": namespace, "verb": verb, "group": group,
-                "resource": resource, "name": name,
+                "namespace": access.namespace, "verb": access.verb, "group": access.group,
+                "resource": access.resource, "name": access.name,
             },
         },
     }))
