@@ -127,13 +127,21 @@ def env_of(container):
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
 
-def defaults(path, namespace):
+def rendered(path, namespace):
+    """The rendering's documents, pod spec, container, Deployment and Service, after the
+    checks that hold for any values; None when those objects are missing."""
     docs = load(path)
     pod, container = deployment_checks(docs, namespace)
     if pod is None:
+        return None
+    return docs, pod, container, one(docs, "Deployment", "helm template"), one(docs, "Service", "helm template")
+
+
+def defaults(path, namespace):
+    found = rendered(path, namespace)
+    if found is None:
         return
-    dep = one(docs, "Deployment", "helm template")
-    svc = one(docs, "Service", "helm template")
+    _, pod, container, dep, svc = found
     check(dep["spec"]["replicas"] == 2, "replicas: want 2")
     check(container["image"] == "geodb/operator:dev", f"image {container['image']}: want geodb/operator:dev")
     check(container["imagePullPolicy"] == "IfNotPresent", "imagePullPolicy: want IfNotPresent")
@@ -147,12 +155,10 @@ def defaults(path, namespace):
 
 
 def full(path, namespace, values_path):
-    docs = load(path)
-    pod, container = deployment_checks(docs, namespace)
-    if pod is None:
+    found = rendered(path, namespace)
+    if found is None:
         return
-    dep = one(docs, "Deployment", "helm template")
-    svc = one(docs, "Service", "helm template")
+    docs, pod, container, dep, svc = found
     with open(values_path, encoding="utf-8") as f:
         values = yaml.safe_load(f)
     check(dep["spec"]["replicas"] == values["replicaCount"], "replicas is not replicaCount")

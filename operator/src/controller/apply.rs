@@ -26,6 +26,26 @@ use crate::error::{Error, Result};
 use crate::names::{Names, FIELD_MANAGER, LABEL_ROLE, LABEL_SERVING_READS};
 use crate::quantity::parse_quantity;
 
+/// What the applier needs of an owned object's type: a namespaced API kind that can be
+/// sent and read back.
+pub trait OwnedKind:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + Debug
+{
+}
+
+impl<K> OwnedKind for K where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug
+{
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct CacheKey {
     kind: String,
@@ -130,11 +150,7 @@ impl<'a> Applier<'a> {
     /// Server-side apply `desired` unless it is already in place.
     pub async fn apply<K>(&self, desired: &K, live: Option<&K>) -> Result<()>
     where
-        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + Debug,
+        K: OwnedKind,
     {
         let (key, desired_hash) = self.key_and_hash(desired)?;
         let label = format!("{}/{}", key.kind, key.name);
@@ -160,11 +176,7 @@ impl<'a> Applier<'a> {
     /// Apply an object the operator does not watch: sent once per process and content.
     pub async fn apply_unwatched<K>(&self, desired: &K) -> Result<()>
     where
-        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + Debug,
+        K: OwnedKind,
     {
         let (key, desired_hash) = self.key_and_hash(desired)?;
         if self
@@ -197,11 +209,7 @@ impl<'a> Applier<'a> {
     /// Server-side apply `desired` and remember what was sent.
     async fn send<K>(&self, desired: &K, key: CacheKey, desired_hash: String) -> Result<K>
     where
-        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + Debug,
+        K: OwnedKind,
     {
         let applied = self
             .api::<K>()
@@ -243,13 +251,11 @@ impl<'a> Applier<'a> {
     }
 
     /// Delete owned objects of kind `K` whose names are not wanted.
-    pub async fn delete_unwanted<K>(&self, live: &[K], wanted: &BTreeSet<String>) -> Result<()>
-    where
-        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + DeserializeOwned
-            + Debug,
-    {
+    pub async fn delete_unwanted<K: OwnedKind>(
+        &self,
+        live: &[K],
+        wanted: &BTreeSet<String>,
+    ) -> Result<()> {
         for obj in live {
             let name = obj.name_any();
             if wanted.contains(&name) || obj.meta().deletion_timestamp.is_some() {

@@ -390,6 +390,22 @@ mod tests {
     use crate::builders::fixtures::{cluster, geodatabase};
     use serde_json::json;
 
+    /// The converged status of `db` with nothing observed and no probe yet, at `seconds`.
+    fn status_of_fresh(
+        db: &GeoDatabase,
+        spec: serde_json::Value,
+        seconds: i64,
+    ) -> GeoDatabaseStatus {
+        converged_status(
+            db,
+            &cluster(spec),
+            &Observed::default(),
+            &ClusterHealth::default(),
+            None,
+            &at(seconds),
+        )
+    }
+
     fn at(seconds: i64) -> Time {
         Time(Timestamp::from_second(seconds).unwrap())
     }
@@ -398,14 +414,7 @@ mod tests {
     fn fresh_cluster_is_creating() {
         let spec = json!({"instances": 2, "storage": {"size": "1Gi"}});
         let db = geodatabase(spec.clone());
-        let status = converged_status(
-            &db,
-            &cluster(spec),
-            &Observed::default(),
-            &ClusterHealth::default(),
-            None,
-            &at(10),
-        );
+        let status = status_of_fresh(&db, spec, 10);
         assert_eq!(status.phase, Some(Phase::Creating));
         assert_eq!(status.current_primary.as_deref(), Some("geo-1"));
         assert_eq!(status.instances.len(), 2);
@@ -420,23 +429,9 @@ mod tests {
     fn transition_time_is_kept_while_status_holds() {
         let spec = json!({"storage": {"size": "1Gi"}});
         let mut db = geodatabase(spec.clone());
-        let first = converged_status(
-            &db,
-            &cluster(spec.clone()),
-            &Observed::default(),
-            &ClusterHealth::default(),
-            None,
-            &at(10),
-        );
+        let first = status_of_fresh(&db, spec.clone(), 10);
         db.status = Some(first.clone());
-        let second = converged_status(
-            &db,
-            &cluster(spec),
-            &Observed::default(),
-            &ClusterHealth::default(),
-            None,
-            &at(20),
-        );
+        let second = status_of_fresh(&db, spec, 20);
         assert_eq!(first, second);
     }
 
@@ -444,14 +439,7 @@ mod tests {
     fn invalid_spec_is_degraded_and_keeps_primary() {
         let spec = json!({"storage": {"size": "1Gi"}});
         let mut db = geodatabase(spec.clone());
-        db.status = Some(converged_status(
-            &db,
-            &cluster(spec),
-            &Observed::default(),
-            &ClusterHealth::default(),
-            None,
-            &at(10),
-        ));
+        db.status = Some(status_of_fresh(&db, spec, 10));
         let status = invalid_status(&db, &["bad thing".to_owned()], &at(20));
         assert_eq!(status.phase, Some(Phase::Degraded));
         assert_eq!(status.current_primary.as_deref(), Some("geo-1"));
