@@ -85,7 +85,21 @@ impl Endpoint {
 #[derive(Clone, Copy, Debug)]
 pub struct Ack {
     pub id: i64,
+    /// When the INSERT was sent.
+    pub sent: Instant,
+    /// When its acknowledgement was read.
     pub at: Instant,
+}
+
+/// An acknowledged write that is gone after a failover, timed against the fault.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LostWrite {
+    pub id: i64,
+    /// Seconds from the acknowledgement to the start of the fault (negative: after it).
+    pub acked_before_fault_s: f64,
+    /// Whether the INSERT was sent before the fault had taken effect. A write sent after
+    /// that cannot have reached the failed primary, so losing it is never acceptable.
+    pub sent_before_fault: bool,
 }
 
 /// Commits numbered rows, one at a time, and records each acknowledged id and each
@@ -126,11 +140,13 @@ impl Writer {
                 };
                 // Simple protocol: works through PgBouncer in transaction mode.
                 let statement = format!("INSERT INTO {table} (id) VALUES ({id})");
+                let sent = Instant::now();
                 let insert = c.simple_query(&statement);
                 match tokio::time::timeout(Duration::from_secs(2), insert).await {
                     Ok(Ok(_)) => {
                         acks2.lock().unwrap_or_else(|e| e.into_inner()).push(Ack {
                             id,
+                            sent,
                             at: Instant::now(),
                         });
                         id += 1;
@@ -634,9 +650,8 @@ pub struct DrillReport {
     /// Moments two instances accepted writes at once (must be empty).
     pub violations: Vec<String>,
     pub watcher_rounds: u64,
-    /// Acknowledged ids missing afterwards, with how long before the fault each was
-    /// acknowledged (negative: after it).
-    pub missing: Vec<(i64, f64)>,
+    /// Acknowledged writes missing afterwards.
+    pub missing: Vec<LostWrite>,
     pub acknowledged: usize,
     pub lost_bytes_reported: Option<i64>,
     pub failovers_before: i32,
@@ -716,19 +731,23 @@ impl Target {
                 .find(|i| i.name != old)
                 .map(|i| i.name.clone())
         });
+        // Find the process before the clock starts: scanning /proc takes a while on a busy
+        // node, and writes acknowledged meanwhile would look as if they followed the fault.
+        let target_pid = match fault {
+            Fault::KillPostmaster | Fault::OperatorKilled => Some(postmaster_pid(ns, &old_pod)?.0),
+            Fault::NetworkCut => Some(postmaster_pid(ns, &old_pod)?.1),
+            Fault::DeletePod | Fault::Switchover => None,
+        };
         let fault_at = Instant::now();
         let mut cut_pid = None;
-        match fault {
-            Fault::DeletePod => delete_pod(client, ns, &old_pod).await?,
-            Fault::KillPostmaster | Fault::OperatorKilled => {
-                sigkill(postmaster_pid(ns, &old_pod)?.0)?
-            }
-            Fault::NetworkCut => {
-                let (_, instance_pid) = postmaster_pid(ns, &old_pod)?;
+        match (fault, target_pid) {
+            (Fault::DeletePod, _) => delete_pod(client, ns, &old_pod).await?,
+            (Fault::KillPostmaster | Fault::OperatorKilled, Some(pid)) => sigkill(pid)?,
+            (Fault::NetworkCut, Some(instance_pid)) => {
                 network_cut(instance_pid, true)?;
                 cut_pid = Some(instance_pid);
             }
-            Fault::Switchover => {
+            (Fault::Switchover, _) => {
                 let target = switchover_target
                     .clone()
                     .context("no replica to switch over to")?;
@@ -740,7 +759,9 @@ impl Target {
                     )
                     .await?;
             }
+            (_, None) => bail!("no process found for {old_pod}"),
         }
+        let fault_done = Instant::now();
         // The network comes back once another instance is the primary.
         let outcome = async {
             if let Some(pid) = cut_pid {
@@ -790,13 +811,14 @@ impl Target {
         let missing = acks
             .iter()
             .filter(|a| missing_ids.contains(&a.id))
-            .map(|a| {
-                let before = if a.at <= fault_at {
+            .map(|a| LostWrite {
+                id: a.id,
+                acked_before_fault_s: if a.at <= fault_at {
                     (fault_at - a.at).as_secs_f64()
                 } else {
                     -(a.at - fault_at).as_secs_f64()
-                };
-                (a.id, before)
+                },
+                sent_before_fault: a.sent <= fault_done,
             })
             .collect();
         let status_after = after.status.clone().unwrap_or_default();
