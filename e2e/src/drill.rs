@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use geodb::api::{GeoDatabase, Role};
+use geodb::leftover_processes::{children_of, parse_stat};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -97,9 +98,9 @@ pub struct LostWrite {
     pub id: i64,
     /// Seconds from the acknowledgement to the start of the fault (negative: after it).
     pub acked_before_fault_s: f64,
-    /// Whether the INSERT was sent before the fault had taken effect. A write sent after
-    /// that cannot have reached the failed primary, so losing it is never acceptable.
-    pub sent_before_fault: bool,
+    /// Whether the INSERT was sent while the old primary could still take it. A write
+    /// sent after that cannot have reached it, so losing it is never acceptable.
+    pub sent_while_old_primary_ran: bool,
 }
 
 /// Commits numbered rows, one at a time, and records each acknowledged id and each
@@ -375,19 +376,49 @@ pub fn postmaster_pid(ns: &str, pod: &str) -> anyhow::Result<(i32, i32)> {
         if !(has(&want_name) && has(&want_ns)) {
             continue;
         }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid: i32 = stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| parse_stat(&stat))
+            .map_or(0, |stat| stat.parent);
         let parent = std::fs::read_to_string(format!("/proc/{ppid}/comm")).unwrap_or_default();
         if parent.trim() == "geodb" {
             return Ok((pid, ppid));
         }
     }
     bail!("no postmaster found for pod {ns}/{pod}")
+}
+
+/// Whether process `pid` has exited (gone, or a zombie nobody reaped).
+fn exited(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| parse_stat(&stat))
+        .is_none_or(|stat| stat.state == 'Z')
+}
+
+/// Wait until every process in `pids` has exited; returns when that was seen. Polls
+/// every millisecond: the moment bounds which writes the old primary may have taken.
+async fn all_exited(pids: &[i32], timeout: Duration) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let alive: Vec<i32> = pids.iter().copied().filter(|p| !exited(*p)).collect();
+        if alive.is_empty() {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("processes {alive:?} still running {timeout:?} after the kill");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Zombie children of `pid`: exited processes it never reaped.
+pub fn zombies_under(pid: i32) -> Vec<i32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|p| p.state == 'Z')
+        .map(|p| p.pid)
+        .collect()
 }
 
 pub fn sigkill(pid: i32) -> anyhow::Result<()> {
@@ -652,6 +683,11 @@ pub struct DrillReport {
     pub watcher_rounds: u64,
     /// Acknowledged writes missing afterwards.
     pub missing: Vec<LostWrite>,
+    /// From the fault to the moment the old primary could take no more writes: every
+    /// process of the killed server exited, or the network cut was in place.
+    pub old_primary_stopped_after: Option<Duration>,
+    /// Exited processes left unreaped in the old primary's container after recovery.
+    pub zombies_left: Vec<i32>,
     pub acknowledged: usize,
     pub lost_bytes_reported: Option<i64>,
     pub failovers_before: i32,
@@ -731,23 +767,33 @@ impl Target {
                 .find(|i| i.name != old)
                 .map(|i| i.name.clone())
         });
-        // Find the process before the clock starts: scanning /proc takes a while on a busy
-        // node, and writes acknowledged meanwhile would look as if they followed the fault.
-        let target_pid = match fault {
-            Fault::KillPostmaster | Fault::OperatorKilled => Some(postmaster_pid(ns, &old_pod)?.0),
-            Fault::NetworkCut => Some(postmaster_pid(ns, &old_pod)?.1),
-            Fault::DeletePod | Fault::Switchover => None,
+        // Find the processes before the clock starts: scanning /proc takes a while on a
+        // busy node, and writes acknowledged meanwhile would look as if they followed the
+        // fault.
+        let (postmaster, instance_pid) = match fault {
+            Fault::KillPostmaster | Fault::OperatorKilled | Fault::NetworkCut => {
+                let (postmaster, instance) = postmaster_pid(ns, &old_pod)?;
+                (Some(postmaster), Some(instance))
+            }
+            Fault::DeletePod | Fault::Switchover => (None, None),
         };
+        let old_server: Vec<i32> = postmaster
+            .map(|pm| {
+                std::iter::once(pm)
+                    .chain(children_of(pm).into_iter().map(|c| c.pid))
+                    .collect()
+            })
+            .unwrap_or_default();
         let fault_at = Instant::now();
         let mut cut_pid = None;
-        match (fault, target_pid) {
-            (Fault::DeletePod, _) => delete_pod(client, ns, &old_pod).await?,
-            (Fault::KillPostmaster | Fault::OperatorKilled, Some(pid)) => sigkill(pid)?,
-            (Fault::NetworkCut, Some(instance_pid)) => {
-                network_cut(instance_pid, true)?;
-                cut_pid = Some(instance_pid);
+        match (fault, postmaster, instance_pid) {
+            (Fault::DeletePod, _, _) => delete_pod(client, ns, &old_pod).await?,
+            (Fault::KillPostmaster | Fault::OperatorKilled, Some(pid), _) => sigkill(pid)?,
+            (Fault::NetworkCut, _, Some(pid)) => {
+                network_cut(pid, true)?;
+                cut_pid = Some(pid);
             }
-            (Fault::Switchover, _) => {
+            (Fault::Switchover, _, _) => {
                 let target = switchover_target
                     .clone()
                     .context("no replica to switch over to")?;
@@ -759,9 +805,18 @@ impl Target {
                     )
                     .await?;
             }
-            (_, None) => bail!("no process found for {old_pod}"),
+            _ => bail!("no process found for {old_pod}"),
         }
-        let fault_done = Instant::now();
+        // The last moment the old primary could take a write: when the last process of
+        // the killed server exited (a backend that has not yet noticed the postmaster's
+        // death still commits what its client sends), or when the cut was in place.
+        let old_primary_stopped_at = match fault {
+            Fault::KillPostmaster | Fault::OperatorKilled => {
+                Some(all_exited(&old_server, Duration::from_secs(10)).await?)
+            }
+            Fault::NetworkCut => Some(Instant::now()),
+            Fault::DeletePod | Fault::Switchover => None,
+        };
         // The network comes back once another instance is the primary.
         let outcome = async {
             if let Some(pid) = cut_pid {
@@ -818,7 +873,7 @@ impl Target {
                 } else {
                     -(a.at - fault_at).as_secs_f64()
                 },
-                sent_before_fault: a.sent <= fault_done,
+                sent_while_old_primary_ran: old_primary_stopped_at.is_none_or(|t| a.sent <= t),
             })
             .collect();
         let status_after = after.status.clone().unwrap_or_default();
@@ -832,6 +887,8 @@ impl Target {
             violations,
             watcher_rounds,
             missing,
+            old_primary_stopped_after: old_primary_stopped_at.map(|t| t - fault_at),
+            zombies_left: instance_pid.map(zombies_under).unwrap_or_default(),
             acknowledged: acks.len(),
             lost_bytes_reported: status_after
                 .last_failover

@@ -62,6 +62,11 @@ fn check(report: &DrillReport, synchronous: bool) {
         report.violations
     );
     assert!(
+        report.zombies_left.is_empty(),
+        "{fault}: exited processes never reaped in the old primary's pod: {:?}",
+        report.zombies_left
+    );
+    assert!(
         report.watcher_rounds > 10,
         "{fault}: the watcher barely ran"
     );
@@ -97,8 +102,8 @@ fn check(report: &DrillReport, synchronous: bool) {
             report
                 .missing
                 .iter()
-                .all(|lost| lost.sent_before_fault && lost.acked_before_fault_s < 2.0),
-            "{fault}: lost writes sent after the fault or older than the replication lag: {:?}",
+                .all(|lost| lost.sent_while_old_primary_ran && lost.acked_before_fault_s < 2.0),
+            "{fault}: lost writes sent after the old primary stopped or older than the replication lag: {:?}",
             report.missing
         );
     }

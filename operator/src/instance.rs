@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::api::GeoDatabase;
 
 use crate::builders::config::{BOOTSTRAPPED_KEY, POSTGRESQL_CONF};
+use crate::leftover_processes;
 use crate::names::{POSTGRES_PORT, REPLICATION_USER, SUPERUSER};
 
 #[derive(Debug, thiserror::Error)]
@@ -698,6 +699,10 @@ async fn supervise(
                 let status = status.map_err(|e| InstanceError::Command { command: "postgres".into(), detail: e.to_string() })?;
                 let was_primary = !is_standby(settings);
                 warn!(%status, was_primary, "PostgreSQL exited");
+                let left = blocking("reaping", || Ok(leftover_processes::kill_and_reap_children())).await?;
+                if left > 0 {
+                    warn!(processes = left, "killed the processes the postmaster left behind");
+                }
                 return Ok(Ended::Exited { was_primary });
             }
             _ = tick.tick() => {
@@ -737,6 +742,9 @@ pub async fn run_instance(settings: Settings) -> Result<ExitStatus> {
         command: "signal".into(),
         detail: e.to_string(),
     })?;
+    if let Err(error) = leftover_processes::become_subreaper() {
+        warn!(%error, "cannot become a child subreaper: processes a crashed server leaves may outlive it");
+    }
     let api = kube_api(&settings).await;
     if api.is_none() {
         warn!("no Kubernetes API access: running in the role the data directory has");

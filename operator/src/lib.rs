@@ -13,6 +13,7 @@ pub mod http;
 pub mod instance;
 pub mod kube_client;
 pub mod leader;
+pub mod leftover_processes;
 pub mod metrics;
 pub mod names;
 pub mod quantity;

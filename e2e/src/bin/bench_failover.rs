@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let mut rto_rw: Vec<(Fault, f64)> = Vec::new();
     let mut rto_pooler: Vec<(Fault, f64)> = Vec::new();
     let mut pauses: Vec<(Fault, f64)> = Vec::new();
+    let mut server_exits_ms: Vec<f64> = Vec::new();
     let (mut violations, mut lost_acked, mut extra_promotions) = (0usize, 0usize, 0usize);
     let mut lag_out = Vec::new();
     let mut lag_back = Vec::new();
@@ -86,6 +87,11 @@ async fn main() -> anyhow::Result<()> {
                 rto_pooler.push((fault, rto.as_secs_f64()));
             }
             pauses.push((fault, report.write_pause.as_secs_f64()));
+            if matches!(fault, Fault::KillPostmaster | Fault::OperatorKilled) {
+                if let Some(stopped) = report.old_primary_stopped_after {
+                    server_exits_ms.push(stopped.as_secs_f64() * 1000.0);
+                }
+            }
         }
         let (left, back, replica) = target
             .lagging_replica(timeout)
@@ -137,6 +143,11 @@ async fn main() -> anyhow::Result<()> {
         &of(&pauses, Fault::Switchover),
     );
     p50_and_max("lagging_replica_out_of_ro_{}_s".into(), &lag_out);
+    // After a SIGKILL of the postmaster, how long its backends can still commit.
+    p50_and_max(
+        "killed_primary_processes_exit_{}_ms".into(),
+        &server_exits_ms,
+    );
     p50_and_max("lagging_replica_back_in_ro_{}_s".into(), &lag_back);
     figures.insert("two_writable_instances_count".into(), json!(violations));
     figures.insert("lost_acknowledged_writes_count".into(), json!(lost_acked));
