@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
+use geodb::agent::reaper::{children_of, parse_stat};
 use geodb::api::{GeoDatabase, Role};
-use geodb::leftover_processes::{children_of, parse_stat};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;

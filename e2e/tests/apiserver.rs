@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use geodb::api::{GeoDatabase, Phase, Role};
-use geodb::leader::LeaderElection;
+use geodb::runtime::leader::LeaderElection;
 use geodb_e2e::controlplane::ControlPlane;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
@@ -639,7 +639,7 @@ async fn scenario_semantic_errors_degrade(client: &Client, ns: &str) {
     .await;
 }
 
-async fn scenario_deletion_policy(client: &Client, ns: &str) {
+async fn scenario_deletion_policy(client: &Client, op: &Operator, ns: &str) {
     let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
     for (name, policy) in [("keep", "Retain"), ("drop", "Delete")] {
         let mut db = sample();
@@ -666,6 +666,13 @@ async fn scenario_deletion_policy(client: &Client, ns: &str) {
                 (db_gone && names::<StatefulSet>(client, ns, &selector).await.is_empty())
                     .then_some(())
             },
+        )
+        .await;
+        // Nothing of it stays in the operator's memory: probes, applied objects, backoff.
+        wait_for(
+            &format!("{name}: the operator forgets it"),
+            CONVERGE,
+            || async { (!op.ctx.keeps(ns, name)).then_some(()) },
         )
         .await;
         let pvcs = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
@@ -760,7 +767,7 @@ async fn operator_against_a_real_apiserver() {
         ),
         (
             "deletion",
-            Box::pin(scenario_deletion_policy(&admin, "t-deletion")),
+            Box::pin(scenario_deletion_policy(&admin, &operator, "t-deletion")),
         ),
         ("leader", Box::pin(scenario_leader_election(&cp))),
     ];

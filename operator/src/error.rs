@@ -15,11 +15,12 @@ pub enum Error {
     #[error("Secret {name} exists but has no usable {key}")]
     MalformedSecret { name: String, key: &'static str },
 
-    #[error("PostgreSQL on {instance} failed while {action}: {detail}")]
+    #[error("PostgreSQL on {instance} failed while {action}: {source}")]
     Postgres {
         instance: String,
         action: &'static str,
-        detail: String,
+        #[source]
+        source: crate::postgres::PgError,
     },
 
     #[error("the GeoDatabase changed while it was being reconciled")]

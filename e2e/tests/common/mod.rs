@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use geodb::api::GeoDatabase;
 use geodb::controller::{self, Context};
-use geodb::metrics::Metrics;
+use geodb::runtime::metrics::Metrics;
 use geodb_e2e::controlplane::ControlPlane;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -56,10 +56,19 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(cp: &ControlPlane) -> Self {
+        // The operator's log goes to the test's output, shown when a scenario fails.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("geodb=info")),
+            )
+            .with_test_writer()
+            .try_init();
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
         let client =
-            geodb::kube_client::counting_client(cp.operator_config(), metrics.clone()).unwrap();
+            geodb::runtime::kube_client::counting_client(cp.operator_config(), metrics.clone())
+                .unwrap();
         let ctx = Context::new(client, metrics.clone(), Some("test".into()));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(controller::run(ctx.clone(), None, async move {

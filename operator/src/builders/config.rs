@@ -6,18 +6,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::{content_hash, Cluster};
 use crate::names::{COMPONENT_DATABASE, POSTGRES_PORT, REPLICATION_USER};
-
-pub const POSTGRESQL_CONF: &str = "postgresql.conf";
-pub const PG_HBA_CONF: &str = "pg_hba.conf";
-pub const PG_IDENT_CONF: &str = "pg_ident.conf";
-/// ConfigMap key set to `true` once the cluster's first primary has run: from then on an
-/// instance with an empty volume clones the primary instead of running initdb. It is not
-/// part of the configuration hash, so setting it rolls no pod.
-pub const BOOTSTRAPPED_KEY: &str = "bootstrapped";
-/// Where the ConfigMap is mounted in instance pods.
-pub const CONFIG_DIR: &str = "/etc/geodb/config";
-/// Unix socket directory (an emptyDir: the root filesystem is read-only).
-pub const SOCKET_DIR: &str = "/var/run/postgresql";
+use crate::pod_contract::{
+    BOOTSTRAPPED_KEY, CONFIG_DIR, PG_HBA_CONF, PG_IDENT_CONF, POSTGRESQL_CONF, SOCKET_DIR,
+};
 
 /// Settings the operator needs; user parameters cannot override them (the schema refuses
 /// the reserved names) and come after them.

@@ -18,18 +18,17 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use super::config::{config_hash, CONFIG_DIR, SOCKET_DIR};
+use super::config::config_hash;
 use super::Cluster;
 use crate::api::DeletionPolicy;
 use crate::names::{
     instance_labels, Names, ANNOTATION_CONFIG_HASH, LABEL_CLUSTER, LABEL_INSTANCE, PGDATA_VOLUME,
     POSTGRES_PORT,
 };
-
-/// UID/GID of the `postgres` user in the geodb PostGIS image.
-pub const POSTGRES_UID: i64 = 999;
-pub const DATA_DIR: &str = "/var/lib/postgresql/data";
-pub const SECRETS_DIR: &str = "/etc/geodb/secrets";
+use crate::pod_contract::{
+    env as var, Credential, CONFIG_DIR, DATA_DIR, PASSWORD_FILE, PGDATA, POSTGRES_UID, SECRETS_DIR,
+    SHM_DIR, SOCKET_DIR, TMP_DIR,
+};
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
@@ -123,12 +122,12 @@ pub fn restricted_pod_security(uid: i64) -> PodSecurityContext {
 
 fn secrets_volume(cluster: &Cluster) -> Volume {
     let n = &cluster.names;
-    let project = |secret: String, dir: &str| VolumeProjection {
+    let project = |secret: String, role: Credential| VolumeProjection {
         secret: Some(SecretProjection {
             name: secret,
             items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
-                key: "password".into(),
-                path: format!("{dir}/password"),
+                key: PASSWORD_FILE.into(),
+                path: role.password_path(),
                 mode: Some(0o400),
             }]),
             ..SecretProjection::default()
@@ -139,9 +138,9 @@ fn secrets_volume(cluster: &Cluster) -> Volume {
         name: "secrets".into(),
         projected: Some(ProjectedVolumeSource {
             sources: Some(vec![
-                project(n.superuser_secret(), "superuser"),
-                project(n.replication_secret(), "replication"),
-                project(n.app_secret(), "app"),
+                project(n.superuser_secret(), Credential::Superuser),
+                project(n.replication_secret(), Credential::Replication),
+                project(n.app_secret(), Credential::App),
             ]),
             ..ProjectedVolumeSource::default()
         }),
@@ -173,36 +172,27 @@ pub fn data_claim(cluster: &Cluster, instance: &str) -> PersistentVolumeClaim {
     }
 }
 
-pub fn statefulset(cluster: &Cluster, instance: &str) -> StatefulSet {
-    let labels = instance_labels(&cluster.names.cluster, instance);
-    let selector = BTreeMap::from([
-        (LABEL_CLUSTER.to_owned(), cluster.names.cluster.clone()),
-        (LABEL_INSTANCE.to_owned(), instance.to_owned()),
-    ]);
-    let pvc_policy = match cluster.spec.deletion_policy {
-        DeletionPolicy::Retain => "Retain",
-        DeletionPolicy::Delete => "Delete",
-    };
-    let container = Container {
+fn container(cluster: &Cluster, instance: &str) -> Container {
+    Container {
         name: "postgres".into(),
         image: Some(cluster.spec.image().to_owned()),
         image_pull_policy: Some(cluster.spec.image_pull_policy.as_str().to_owned()),
         command: Some(vec!["geodb".into(), "instance".into()]),
         env: Some(vec![
-            env("GEODB_CLUSTER", cluster.names.cluster.clone()),
-            env("GEODB_INSTANCE", instance),
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            env("GEODB_BOOTSTRAP_INSTANCE", cluster.names.instance(1)),
-            env("GEODB_RW_HOST", cluster.names.rw_service()),
-            env("GEODB_SLOT", Names::slot(instance)),
-            env("GEODB_DATABASE", cluster.spec.database.name.clone()),
-            env("GEODB_DATABASE_OWNER", cluster.spec.database.owner.clone()),
-            env("GEODB_CONFIG_DIR", CONFIG_DIR),
-            env("GEODB_SECRETS_DIR", SECRETS_DIR),
-            env("PGDATA", format!("{DATA_DIR}/pgdata")),
-            env("PGHOST", SOCKET_DIR),
-            env("PGPORT", POSTGRES_PORT.to_string()),
+            env(var::CLUSTER, cluster.names.cluster.clone()),
+            env(var::INSTANCE, instance),
+            field_env(var::POD_NAME, "metadata.name"),
+            field_env(var::POD_NAMESPACE, "metadata.namespace"),
+            env(var::BOOTSTRAP_INSTANCE, cluster.names.instance(1)),
+            env(var::RW_HOST, cluster.names.rw_service()),
+            env(var::SLOT, Names::slot(instance)),
+            env(var::DATABASE, cluster.spec.database.name.clone()),
+            env(var::DATABASE_OWNER, cluster.spec.database.owner.clone()),
+            env(var::CONFIG_DIR, CONFIG_DIR),
+            env(var::SECRETS_DIR, SECRETS_DIR),
+            env(var::PGDATA, PGDATA),
+            env(var::PGHOST, SOCKET_DIR),
+            env(var::PGPORT, POSTGRES_PORT.to_string()),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("postgres".into()),
@@ -220,13 +210,16 @@ pub fn statefulset(cluster: &Cluster, instance: &str) -> StatefulSet {
             mount("config", CONFIG_DIR, true),
             mount("secrets", SECRETS_DIR, true),
             mount("run", SOCKET_DIR, false),
-            mount("tmp", "/tmp", false),
-            mount("shm", "/dev/shm", false),
+            mount("tmp", TMP_DIR, false),
+            mount("shm", SHM_DIR, false),
         ]),
         ..Container::default()
-    };
-    let pod_spec = PodSpec {
-        containers: vec![container],
+    }
+}
+
+fn pod_spec(cluster: &Cluster, instance: &str) -> PodSpec {
+    PodSpec {
+        containers: vec![container(cluster, instance)],
         security_context: Some(restricted_pod_security(POSTGRES_UID)),
         // The instance reads its GeoDatabase (and only that: see builders::rbac).
         service_account_name: Some(cluster.names.instance_service_account()),
@@ -248,6 +241,18 @@ pub fn statefulset(cluster: &Cluster, instance: &str) -> StatefulSet {
             empty_dir("shm", true),
         ]),
         ..PodSpec::default()
+    }
+}
+
+pub fn statefulset(cluster: &Cluster, instance: &str) -> StatefulSet {
+    let labels = instance_labels(&cluster.names.cluster, instance);
+    let selector = BTreeMap::from([
+        (LABEL_CLUSTER.to_owned(), cluster.names.cluster.clone()),
+        (LABEL_INSTANCE.to_owned(), instance.to_owned()),
+    ]);
+    let pvc_policy = match cluster.spec.deletion_policy {
+        DeletionPolicy::Retain => "Retain",
+        DeletionPolicy::Delete => "Delete",
     };
     StatefulSet {
         metadata: cluster.meta(instance.to_owned(), labels.clone()),
@@ -278,7 +283,7 @@ pub fn statefulset(cluster: &Cluster, instance: &str) -> StatefulSet {
                     )])),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(pod_spec),
+                spec: Some(pod_spec(cluster, instance)),
             },
             volume_claim_templates: Some(vec![data_claim(cluster, instance)]),
             ..StatefulSetSpec::default()
@@ -307,7 +312,7 @@ pub fn claimed_size(sts: &StatefulSet) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::cluster;
+    use crate::builders::fixtures::{cluster, template_hash};
     use serde_json::json;
 
     #[test]
@@ -369,17 +374,7 @@ mod tests {
         let b = cluster(
             json!({"storage": {"size": "1Gi"}, "postgresql": {"parameters": {"work_mem": "16MB"}}}),
         );
-        let hash = |c: &Cluster| {
-            statefulset(c, "geo-1")
-                .spec
-                .unwrap()
-                .template
-                .metadata
-                .unwrap()
-                .annotations
-                .unwrap()[ANNOTATION_CONFIG_HASH]
-                .clone()
-        };
+        let hash = |c: &Cluster| template_hash(&statefulset(c, "geo-1").spec.unwrap().template);
         assert_ne!(hash(&a), hash(&b));
     }
 }

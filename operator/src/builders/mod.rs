@@ -10,6 +10,9 @@ pub mod services;
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -90,6 +93,52 @@ impl Cluster {
     }
 }
 
+/// Everything a cluster should have, as built from its `Cluster`.
+#[derive(Clone, Debug)]
+pub struct Resources {
+    /// The roles' credentials: created once, never rewritten.
+    pub credentials: Vec<Secret>,
+    /// The instance pods' identity and its binding (not watched).
+    pub service_account: ServiceAccount,
+    pub role_binding: RoleBinding,
+    pub config_maps: Vec<ConfigMap>,
+    /// Connection Secrets and the pooler's auth Secret.
+    pub secrets: Vec<Secret>,
+    pub services: Vec<Service>,
+    pub deployments: Vec<Deployment>,
+    pub statefulsets: Vec<StatefulSet>,
+}
+
+/// Build every object of `cluster`.
+pub fn build(cluster: &Cluster) -> Resources {
+    let mut config_maps = vec![config::config_map(cluster)];
+    let mut secrets = secrets::connection_secrets(cluster);
+    let mut services = services::services(cluster);
+    let mut deployments = Vec::new();
+    if cluster.spec.pooler.enabled {
+        secrets.push(pooler::auth_secret(cluster));
+        for access in pooler::Access::BOTH {
+            config_maps.push(pooler::config_map(cluster, access));
+            services.push(pooler::service(cluster, access));
+            deployments.push(pooler::deployment(cluster, access));
+        }
+    }
+    Resources {
+        credentials: secrets::credential_secrets(cluster),
+        service_account: rbac::service_account(cluster),
+        role_binding: rbac::role_binding(cluster),
+        config_maps,
+        secrets,
+        services,
+        deployments,
+        statefulsets: cluster
+            .instances
+            .iter()
+            .map(|instance| instance::statefulset(cluster, instance))
+            .collect(),
+    }
+}
+
 /// Stable short hash of some content, for annotations and change detection.
 pub fn content_hash(parts: &[&[u8]]) -> String {
     let mut hasher = Sha256::new();
@@ -122,6 +171,18 @@ pub(crate) mod fixtures {
         db
     }
 
+    /// The configuration hash annotation of a pod template.
+    pub fn template_hash(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> String {
+        template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[crate::names::ANNOTATION_CONFIG_HASH]
+            .clone()
+    }
+
     pub fn cluster(spec: serde_json::Value) -> Cluster {
         let db = geodatabase(spec);
         let instances: Vec<String> = (1..=db.spec.instances as u32)
@@ -138,6 +199,23 @@ pub(crate) mod fixtures {
             },
         )
         .unwrap()
+    }
+
+    #[test]
+    fn build_makes_every_object() {
+        let r = build(&cluster(
+            serde_json::json!({"instances": 3, "storage": {"size": "1Gi"}}),
+        ));
+        assert_eq!(r.statefulsets.len(), 3);
+        assert_eq!(r.credentials.len(), 3);
+        // Instance config and two poolers; rw, ro, 3 headless, 2 pooler Services.
+        assert_eq!(r.config_maps.len(), 3);
+        assert_eq!(r.services.len(), 7);
+        assert_eq!(r.deployments.len(), 2);
+        let without = build(&cluster(
+            serde_json::json!({"storage": {"size": "1Gi"}, "pooler": {"enabled": false}}),
+        ));
+        assert!(without.deployments.is_empty());
     }
 
     #[test]

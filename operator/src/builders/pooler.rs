@@ -13,12 +13,13 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::instance::{restricted_container_security, restricted_pod_security, POSTGRES_UID};
+use super::instance::{restricted_container_security, restricted_pod_security};
 use super::{content_hash, Cluster};
 use crate::names::{
     cluster_labels, ANNOTATION_CONFIG_HASH, COMPONENT_POOLER, COMPONENT_POOLER_RO, LABEL_CLUSTER,
     LABEL_COMPONENT, POOLER_PORT, POSTGRES_PORT,
 };
+use crate::pod_contract::POSTGRES_UID;
 
 /// Which Service a pooler sends connections to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,12 +139,8 @@ fn tcp_probe(period: i32) -> Probe {
     }
 }
 
-pub fn deployment(cluster: &Cluster, access: Access) -> Deployment {
-    let hash = content_hash(&[
-        pgbouncer_ini(cluster, access).as_bytes(),
-        userlist(cluster).as_bytes(),
-    ]);
-    let container = Container {
+fn container(cluster: &Cluster) -> Container {
+    Container {
         name: "pgbouncer".into(),
         image: Some(cluster.spec.image().to_owned()),
         image_pull_policy: Some(cluster.spec.image_pull_policy.as_str().to_owned()),
@@ -175,7 +172,14 @@ pub fn deployment(cluster: &Cluster, access: Access) -> Deployment {
             },
         ]),
         ..Container::default()
-    };
+    }
+}
+
+pub fn deployment(cluster: &Cluster, access: Access) -> Deployment {
+    let hash = content_hash(&[
+        pgbouncer_ini(cluster, access).as_bytes(),
+        userlist(cluster).as_bytes(),
+    ]);
     Deployment {
         metadata: cluster.component_meta(access.name(cluster), access.component()),
         spec: Some(DeploymentSpec {
@@ -191,7 +195,7 @@ pub fn deployment(cluster: &Cluster, access: Access) -> Deployment {
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    containers: vec![container],
+                    containers: vec![container(cluster)],
                     security_context: Some(restricted_pod_security(POSTGRES_UID)),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
@@ -245,7 +249,7 @@ pub fn service(cluster: &Cluster, access: Access) -> Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::cluster;
+    use crate::builders::fixtures::{cluster, template_hash};
     use serde_json::json;
 
     #[test]
@@ -272,17 +276,8 @@ mod tests {
     fn deployment_rolls_on_config_change() {
         let a = cluster(json!({"storage": {"size": "1Gi"}}));
         let b = cluster(json!({"storage": {"size": "1Gi"}, "pooler": {"defaultPoolSize": 5}}));
-        let hash = |c: &Cluster| {
-            deployment(c, Access::ReadWrite)
-                .spec
-                .unwrap()
-                .template
-                .metadata
-                .unwrap()
-                .annotations
-                .unwrap()[ANNOTATION_CONFIG_HASH]
-                .clone()
-        };
+        let hash =
+            |c: &Cluster| template_hash(&deployment(c, Access::ReadWrite).spec.unwrap().template);
         assert_ne!(hash(&a), hash(&b));
         assert_eq!(
             deployment(&a, Access::ReadWrite).spec.unwrap().replicas,

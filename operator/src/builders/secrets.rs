@@ -9,7 +9,7 @@ use super::Cluster;
 use crate::names::{COMPONENT_DATABASE, POOLER_PORT, POSTGRES_PORT, REPLICATION_USER, SUPERUSER};
 
 pub const KEY_USERNAME: &str = "username";
-pub const KEY_PASSWORD: &str = "password";
+pub const KEY_PASSWORD: &str = crate::pod_contract::PASSWORD_FILE;
 
 fn basic_auth(cluster: &Cluster, name: String, user: &str, password: &str) -> Secret {
     Secret {

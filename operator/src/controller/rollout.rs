@@ -8,11 +8,17 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
+use kube::runtime::events::EventType;
 use kube::{Api, Client, ResourceExt};
+use tracing::info;
 
-use super::health::ClusterHealth;
+use super::read::{pod_ready, Observed};
+use super::Context;
+use crate::api::GeoDatabase;
+use crate::builders::Cluster;
 use crate::error::{Error, Result};
 use crate::names::Names;
+use crate::postgres::probe::ClusterHealth;
 
 const REVISION_LABEL: &str = "controller-revision-hash";
 
@@ -59,13 +65,13 @@ pub fn next_to_roll(
         .cloned()
 }
 
+/// Where each instance stands: outdated (its pod runs an older revision) and settled.
 pub fn observe(
     instances: &[String],
     primary: &str,
     statefulsets: &[StatefulSet],
     pods: &[Pod],
     health: &ClusterHealth,
-    pod_ready: impl Fn(&Pod) -> bool,
 ) -> BTreeMap<String, InstanceRollout> {
     instances
         .iter()
@@ -82,12 +88,51 @@ pub fn observe(
         .collect()
 }
 
-pub async fn delete_pod(client: &Client, namespace: &str, instance: &str) -> Result<()> {
+async fn delete_pod(client: &Client, namespace: &str, instance: &str) -> Result<()> {
     Api::<Pod>::namespaced(client.clone(), namespace)
         .delete(&Names::pod(instance), &DeleteParams::default())
         .await
         .map_err(Error::kube("deleting an outdated instance pod"))?;
     Ok(())
+}
+
+/// Roll the next outdated pod, if its turn has come. Returns whether any pod is still
+/// outdated (the reconcile looks again soon).
+pub async fn step(
+    ctx: &Context,
+    db: &GeoDatabase,
+    cluster: &Cluster,
+    observed: &Observed,
+    health: &ClusterHealth,
+) -> Result<bool> {
+    let state = observe(
+        &cluster.instances,
+        &cluster.primary,
+        &observed.owned.statefulsets,
+        &observed.related.pods,
+        health,
+    );
+    let rolling = state.values().any(|s| s.outdated);
+    let Some(instance) = next_to_roll(&cluster.instances, &cluster.primary, &state) else {
+        return Ok(rolling);
+    };
+    delete_pod(&ctx.client, &cluster.namespace, &instance).await?;
+    let primary = instance == cluster.primary;
+    info!(%instance, primary, "rolling out the new pod template");
+    ctx.metrics.record_action("pod_rolled");
+    let note = if primary {
+        " (the primary goes last: a replica takes over)"
+    } else {
+        ""
+    };
+    ctx.event(
+        db,
+        EventType::Normal,
+        "RollingUpdate",
+        format!("restarting {instance} with the new pod template{note}"),
+    )
+    .await;
+    Ok(rolling)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use kube::client::ClientBuilder;
 use kube::{Client, Config};
 use tower::{Layer, Service};
 
-use crate::metrics::{MethodLabels, Metrics};
+use crate::runtime::metrics::{MethodLabels, Metrics};
 
 #[derive(Clone)]
 pub struct CountRequestsLayer {

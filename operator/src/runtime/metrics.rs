@@ -73,72 +73,82 @@ impl Metrics {
             transition_duration: Histogram::new(exponential_buckets(0.25, 2.0, 10)),
             promotions_refused: Family::default(),
         });
+        metrics.register_instance_metrics(registry);
+        metrics.register_operator_metrics(registry);
+        metrics
+    }
+
+    /// What the operator measures of every instance.
+    fn register_instance_metrics(&self, registry: &mut Registry) {
         registry.register(
             "geodb_instance_up",
             "1 when the instance's PostgreSQL answered the operator's last probe",
-            metrics.instance_up.clone(),
+            self.instance_up.clone(),
         );
         registry.register(
             "geodb_instance_is_primary",
             "1 when the instance runs as a primary (not in recovery)",
-            metrics.instance_is_primary.clone(),
+            self.instance_is_primary.clone(),
         );
         registry.register(
             "geodb_instance_timeline",
             "PostgreSQL timeline of the instance",
-            metrics.instance_timeline.clone(),
+            self.instance_timeline.clone(),
         );
         registry.register(
             "geodb_replica_lag_bytes",
             "WAL bytes between the primary's position and the replica's replayed position",
-            metrics.replica_lag_bytes.clone(),
+            self.replica_lag_bytes.clone(),
         );
         registry.register(
             "geodb_replica_lag_seconds",
             "Age of the last replayed transaction while the replica has WAL to replay",
-            metrics.replica_lag_seconds.clone(),
+            self.replica_lag_seconds.clone(),
         );
         registry.register(
             "geodb_primary_transitions",
             "Completed failovers and switchovers",
-            metrics.transitions.clone(),
+            self.transitions.clone(),
         );
         registry.register(
             "geodb_primary_transition_duration_seconds",
             "Time from the start of a failover or switchover to the promoted primary",
-            metrics.transition_duration.clone(),
+            self.transition_duration.clone(),
         );
         registry.register(
             "geodb_promotions_refused",
             "Failovers the operator refused to make, once per refusal reason",
-            metrics.promotions_refused.clone(),
+            self.promotions_refused.clone(),
         );
+    }
+
+    /// The operator's own work.
+    fn register_operator_metrics(&self, registry: &mut Registry) {
         registry.register(
             "geodb_reconciliations",
             "GeoDatabase reconciliations started",
-            metrics.reconciliations.clone(),
+            self.reconciliations.clone(),
         );
         registry.register(
             "geodb_reconcile_errors",
             "Failed reconciliations by error",
-            metrics.reconcile_errors.clone(),
+            self.reconcile_errors.clone(),
         );
         registry.register(
             "geodb_reconcile_duration_seconds",
             "Duration of one reconciliation",
-            metrics.reconcile_duration.clone(),
+            self.reconcile_duration.clone(),
         );
         registry.register(
             "geodb_kube_api_requests",
             "Requests the operator sent to the Kubernetes API, by HTTP method",
-            metrics.kube_requests.clone(),
+            self.kube_requests.clone(),
         );
         registry.register(
             "geodb_actions",
             "Changes the operator made, by action",
-            metrics.actions.clone(),
+            self.actions.clone(),
         );
-        metrics
     }
 
     pub fn record_error(&self, label: &str) {

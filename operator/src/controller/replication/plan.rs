@@ -1,5 +1,5 @@
-//! Failover and switchover. `plan` decides from the status, the pods and the measured
-//! health (pure); `execute` carries the decision out.
+//! The failover and switchover plan: a pure decision from the status, the pods and the
+//! measured health (`execute` carries it out).
 //!
 //! The order keeps one writable instance at most:
 //! 1. `status.targetPrimary` is written first (with a resourceVersion precondition). Every
@@ -8,7 +8,7 @@
 //! 2. The old primary leaves the `-rw` Service (its role label changes) at once.
 //! 3. The target is promoted only once the old primary is seen fenced: in recovery, gone,
 //!    refusing connections, or unreachable for `failoverDelaySeconds` (by then it has
-//!    fenced itself: see `instance::Desired::fence_after`).
+//!    fenced itself: see `agent::desired::Desired::fence_after`).
 //! 4. `status.currentPrimary` follows once the target runs as a primary.
 //!
 //! A restarted operator finds `targetPrimary != currentPrimary` and resumes at step 3; the
@@ -17,17 +17,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kube::api::{Patch, PatchParams};
-use kube::runtime::events::EventType;
-use kube::{Api, ResourceExt};
-use serde_json::json;
-use tracing::{info, warn};
-
-use super::health::{self, format_lsn, ClusterHealth};
-use super::Context;
-use crate::api::{FailoverKind, FailoverRecord, GeoDatabase, GeoDatabaseSpec, GeoDatabaseStatus};
-use crate::error::{Error, Result};
-use crate::metrics::TransitionLabels;
+use crate::api::{FailoverKind, GeoDatabaseSpec, GeoDatabaseStatus};
+use crate::controller::status::conditions::Reason;
+use crate::controller::topology::lag_bytes;
+use crate::postgres::probe::ClusterHealth;
 
 /// A refusal to answer connections must last this long before the instance counts as
 /// down: it covers a PostgreSQL that was just being started when the target was written.
@@ -87,13 +80,13 @@ pub enum Plan {
     },
     /// A failover is needed and refused; retried until it qualifies or is forced.
     Refuse {
-        reason: &'static str,
+        reason: Reason,
         message: String,
     },
     /// `spec.primary` asks for a switchover that is refused; final for that request.
     RejectSwitchover {
         request: String,
-        reason: &'static str,
+        reason: Reason,
         message: String,
     },
     /// `spec.primary` changed and needs no switchover: remember it as handled.
@@ -114,7 +107,7 @@ impl Plan {
 }
 
 fn delay(spec: &GeoDatabaseSpec) -> Duration {
-    Duration::from_secs(u64::try_from(spec.replication.failover_delay_seconds).unwrap_or(5))
+    spec.replication.failover_delay()
 }
 
 /// The old primary cannot accept writes any more.
@@ -172,7 +165,7 @@ fn choose(v: &View<'_>, from: &str, exclude: &[&str], reason: String) -> Result<
     }
     let Some((to, lsn)) = best else {
         return Err(Plan::Refuse {
-            reason: "NoCandidate",
+            reason: Reason::NoCandidate,
             message: format!(
                 "the primary {from} is down and no replica can be promoted ({})",
                 skipped.join("; ")
@@ -184,7 +177,7 @@ fn choose(v: &View<'_>, from: &str, exclude: &[&str], reason: String) -> Result<
         let max = u64::try_from(v.spec.replication.max_lag_bytes).unwrap_or(0);
         if behind > max && !v.spec.replication.force_failover {
             return Err(Plan::Refuse {
-                reason: "ReplicasLagging",
+                reason: Reason::ReplicasLagging,
                 message: format!(
                     "the primary {from} is down and the most advanced replica {to} is {behind} bytes behind its last position (maxLagBytes {max}); set spec.replication.forceFailover: true to promote it anyway and lose those bytes"
                 ),
@@ -202,14 +195,14 @@ fn choose(v: &View<'_>, from: &str, exclude: &[&str], reason: String) -> Result<
 }
 
 fn check_switchover(v: &View<'_>, current: &str, request: &str) -> Result<Transition, Plan> {
-    let reject = |reason: &'static str, message: String| Plan::RejectSwitchover {
+    let reject = |reason: Reason, message: String| Plan::RejectSwitchover {
         request: request.to_owned(),
         reason,
         message: format!("switchover to {request} refused: {message}; nothing was changed"),
     };
     if !v.instances.iter().any(|i| i == request) {
         return Err(reject(
-            "SwitchoverTargetMissing",
+            Reason::SwitchoverTargetMissing,
             format!(
                 "it is not an instance of this GeoDatabase (instances: {})",
                 v.instances.join(", ")
@@ -218,7 +211,7 @@ fn check_switchover(v: &View<'_>, current: &str, request: &str) -> Result<Transi
     }
     let Some(primary) = v.health.sample(current).filter(|s| !s.in_recovery) else {
         return Err(reject(
-            "PrimaryUnavailable",
+            Reason::PrimaryUnavailable,
             format!("the primary {current} is not available; a failover handles that"),
         ));
     };
@@ -228,7 +221,7 @@ fn check_switchover(v: &View<'_>, current: &str, request: &str) -> Result<Transi
         .is_some_and(|p| p.ready && !p.terminating)
     {
         return Err(reject(
-            "SwitchoverTargetNotReady",
+            Reason::SwitchoverTargetNotReady,
             "its pod is not ready".to_owned(),
         ));
     }
@@ -238,14 +231,14 @@ fn check_switchover(v: &View<'_>, current: &str, request: &str) -> Result<Transi
         .filter(|s| s.in_recovery && s.receiving)
     else {
         return Err(reject(
-            "SwitchoverTargetNotStreaming",
+            Reason::SwitchoverTargetNotStreaming,
             "it is not streaming from the primary".to_owned(),
         ));
     };
-    let lag = health::lag_bytes(Some(primary), target).unwrap_or(0);
+    let lag = lag_bytes(Some(primary), target).unwrap_or(0);
     if lag > v.spec.replication.max_lag_bytes {
         return Err(reject(
-            "SwitchoverTargetLagging",
+            Reason::SwitchoverTargetLagging,
             format!(
                 "it is {lag} bytes behind the primary (maxLagBytes {})",
                 v.spec.replication.max_lag_bytes
@@ -262,418 +255,141 @@ fn check_switchover(v: &View<'_>, current: &str, request: &str) -> Result<Transi
     })
 }
 
-pub fn plan(v: &View<'_>) -> Plan {
-    let Some(current) = v.status.current_primary.as_deref() else {
-        return Plan::Steady;
-    };
-    let target = v.status.target_primary.as_deref().unwrap_or(current);
-    let delay = delay(v.spec);
+/// A choice of new primary, or the refusal to make one.
+fn begin(choice: Result<Transition, Plan>) -> Plan {
+    match choice {
+        Ok(transition) => Plan::Begin(transition),
+        Err(refusal) => refusal,
+    }
+}
 
-    if target != current {
-        if let Some(s) = v.health.sample(target) {
-            if !s.in_recovery {
-                return Plan::Complete {
-                    to: target.to_owned(),
-                    timeline: s.timeline,
-                };
-            }
-        }
-        // The chosen replica failed before it was promoted: it never became a primary,
-        // so choosing another is safe.
-        let target_lost = v.pods.get(target).is_none_or(|p| p.terminating)
-            || v.health
-                .get(target)
-                .is_some_and(|h| !h.reachable && h.failing_for(v.now) >= delay);
-        if target_lost {
-            return match choose(
-                v,
-                current,
-                &[target],
-                format!("{target} failed before it was promoted"),
-            ) {
-                Ok(transition) => Plan::Begin(transition),
-                Err(refusal) => refusal,
-            };
-        }
-        if !fenced(v, current) {
-            return Plan::AwaitFence {
-                old: current.to_owned(),
-                message: format!(
-                    "waiting for {current} to stop accepting writes before promoting {target}"
-                ),
-            };
-        }
-        return Plan::Promote {
+/// A transition to `target` is under way: complete it, replace a lost target, wait for
+/// the fence, or promote.
+fn continue_transition(v: &View<'_>, current: &str, target: &str) -> Plan {
+    if let Some(s) = v.health.sample(target).filter(|s| !s.in_recovery) {
+        return Plan::Complete {
             to: target.to_owned(),
+            timeline: s.timeline,
         };
     }
+    // The chosen replica failed before it was promoted: it never became a primary,
+    // so choosing another is safe.
+    let target_lost = v.pods.get(target).is_none_or(|p| p.terminating)
+        || v.health
+            .get(target)
+            .is_some_and(|h| !h.reachable && h.failing_for(v.now) >= delay(v.spec));
+    if target_lost {
+        let reason = format!("{target} failed before it was promoted");
+        return begin(choose(v, current, &[target], reason));
+    }
+    if !fenced(v, current) {
+        return Plan::AwaitFence {
+            old: current.to_owned(),
+            message: format!(
+                "waiting for {current} to stop accepting writes before promoting {target}"
+            ),
+        };
+    }
+    Plan::Promote {
+        to: target.to_owned(),
+    }
+}
 
-    let primary_pod = v.pods.get(current);
-    let terminating = primary_pod.is_some_and(|p| p.terminating);
+/// Replicas that heard from `current` within the failover delay.
+fn still_streaming<'v>(v: &'v View<'_>, current: &str) -> Vec<&'v str> {
+    let delay = delay(v.spec).as_secs_f64();
+    v.instances
+        .iter()
+        .filter(|name| *name != current)
+        .filter(|name| {
+            v.health
+                .sample(name)
+                .is_some_and(|s| s.receiving && s.last_message_age.is_some_and(|age| age < delay))
+        })
+        .map(String::as_str)
+        .collect()
+}
+
+/// The primary's pod is being deleted or its probes fail: watch, refuse, or fail over.
+/// `None` when the primary is healthy (or cannot be failed over).
+fn plan_failure(v: &View<'_>, current: &str) -> Option<Plan> {
+    let terminating = v.pods.get(current).is_some_and(|p| p.terminating);
     let failing_for = v
         .health
         .get(current)
         .filter(|h| !h.reachable)
         .map(|h| h.failing_for(v.now));
     let can_fail_over = v.bootstrapped && v.instances.len() > 1;
-    if can_fail_over && (terminating || failing_for.is_some()) {
-        let failing_for = failing_for.unwrap_or_default();
-        if !terminating && failing_for < delay {
-            return Plan::Watch {
-                message: format!(
-                    "the primary {current} has failed probes for {:.1}s ({}); failover after {}s",
-                    failing_for.as_secs_f64(),
-                    describe_failure(v, current),
-                    delay.as_secs()
-                ),
-            };
-        }
-        if !terminating {
-            let still_streaming: Vec<&str> = v
-                .instances
-                .iter()
-                .filter(|name| *name != current)
-                .filter(|name| {
-                    v.health.sample(name).is_some_and(|s| {
-                        s.receiving
-                            && s.last_message_age
-                                .is_some_and(|age| age < delay.as_secs_f64())
-                    })
-                })
-                .map(String::as_str)
-                .collect();
-            if !still_streaming.is_empty() {
-                return Plan::Refuse {
-                    reason: "ReplicasStillStreaming",
-                    message: format!(
-                        "the operator cannot reach the primary {current} ({}) but {} still stream from it: not failing over a primary that is alive",
-                        describe_failure(v, current),
-                        still_streaming.join(", ")
-                    ),
-                };
-            }
-        }
-        let reason = if terminating {
-            format!("the primary's pod of {current} is being deleted")
-        } else {
-            format!(
-                "the primary {current} failed probes for {:.1}s: {}",
+    if !can_fail_over || !(terminating || failing_for.is_some()) {
+        return None;
+    }
+    let failing_for = failing_for.unwrap_or_default();
+    let delay = delay(v.spec);
+    if terminating {
+        let reason = format!("the primary's pod of {current} is being deleted");
+        return Some(begin(choose(v, current, &[], reason)));
+    }
+    if failing_for < delay {
+        return Some(Plan::Watch {
+            message: format!(
+                "the primary {current} has failed probes for {:.1}s ({}); failover after {}s",
                 failing_for.as_secs_f64(),
-                describe_failure(v, current)
-            )
-        };
-        return match choose(v, current, &[], reason) {
+                describe_failure(v, current),
+                delay.as_secs()
+            ),
+        });
+    }
+    let streaming = still_streaming(v, current);
+    if !streaming.is_empty() {
+        return Some(Plan::Refuse {
+            reason: Reason::ReplicasStillStreaming,
+            message: format!(
+                "the operator cannot reach the primary {current} ({}) but {} still stream from it: not failing over a primary that is alive",
+                describe_failure(v, current),
+                streaming.join(", ")
+            ),
+        });
+    }
+    let reason = format!(
+        "the primary {current} failed probes for {:.1}s: {}",
+        failing_for.as_secs_f64(),
+        describe_failure(v, current)
+    );
+    Some(begin(choose(v, current, &[], reason)))
+}
+
+/// `spec.primary` changed since it was last handled: switch over, refuse, or note it.
+fn plan_request(v: &View<'_>, current: &str) -> Plan {
+    if v.spec.primary == v.status.handled_primary_request {
+        return Plan::Steady;
+    }
+    match v.spec.primary.as_deref() {
+        Some(request) if request != current => match check_switchover(v, current, request) {
             Ok(transition) => Plan::Begin(transition),
-            Err(refusal) => refusal,
-        };
-    }
-
-    if v.spec.primary != v.status.handled_primary_request {
-        return match v.spec.primary.as_deref() {
-            Some(request) if request != current => match check_switchover(v, current, request) {
-                Ok(transition) => Plan::Begin(transition),
-                Err(rejection) => rejection,
-            },
-            _ => Plan::Acknowledge {
-                request: v.spec.primary.clone(),
-            },
-        };
-    }
-    Plan::Steady
-}
-
-/// The `PrimaryTransition` condition a plan leads to: (status, reason, message).
-pub type TransitionCondition = (bool, &'static str, String);
-
-/// Carry out `plan`. Status fields it commits are written at once (with a
-/// resourceVersion precondition) and mirrored into `db`, so the rest of the reconcile
-/// sees them.
-pub async fn execute(
-    ctx: &Context,
-    db: &mut GeoDatabase,
-    plan: &Plan,
-    health: &ClusterHealth,
-    superuser_password: &str,
-) -> Result<Option<TransitionCondition>> {
-    let status = db.status.clone().unwrap_or_default();
-    match plan {
-        Plan::Steady => Ok(None),
-        Plan::Watch { message } => Ok(Some((true, "PrimaryFailing", message.clone()))),
-        Plan::AwaitFence { message, .. } => Ok(Some((true, "Fencing", message.clone()))),
-        Plan::Acknowledge { request } => {
-            commit(ctx, db, json!({"handledPrimaryRequest": request})).await?;
-            Ok(None)
-        }
-        Plan::RejectSwitchover {
-            request,
-            reason,
-            message,
-        } => {
-            commit(ctx, db, json!({"handledPrimaryRequest": request})).await?;
-            warn!(%message, "switchover refused");
-            ctx.metrics.record_action("switchover_refused");
-            ctx.event(db, EventType::Warning, reason, message.clone())
-                .await;
-            Ok(Some((false, reason, message.clone())))
-        }
-        Plan::Refuse { reason, message } => {
-            // One Event per refusal reason and message, not one per retry.
-            let was = db
-                .status
-                .as_ref()
-                .and_then(|s| {
-                    s.conditions
-                        .iter()
-                        .find(|c| c.type_ == super::status::PRIMARY_TRANSITION)
-                })
-                .map(|c| (c.reason.clone(), c.message.clone()));
-            if was.as_ref().map(|(r, _)| r.as_str()) != Some(*reason) {
-                warn!(%message, "failover refused");
-                let labels = transition_labels(db, FailoverKind::Failover);
-                ctx.metrics.promotions_refused.get_or_create(&labels).inc();
-                ctx.event(db, EventType::Warning, "FailoverRefused", message.clone())
-                    .await;
-            }
-            Ok(Some((true, reason, message.clone())))
-        }
-        Plan::Begin(t) => {
-            let record = FailoverRecord {
-                kind: t.kind,
-                from: t.from.clone(),
-                to: t.to.clone(),
-                reason: t.reason.clone(),
-                started_at: super::status::now().0.to_string(),
-                completed_at: None,
-                old_primary_lsn: t.old_lsn.map(format_lsn),
-                promoted_lsn: t.promoted_lsn.map(format_lsn),
-                lost_bytes: match (t.kind, t.old_lsn, t.promoted_lsn) {
-                    (FailoverKind::Failover, Some(old), Some(new)) => {
-                        Some(i64::try_from(old.saturating_sub(new)).unwrap_or(i64::MAX))
-                    }
-                    _ => None,
-                },
-                timeline: None,
-            };
-            let mut fields = json!({
-                "targetPrimary": t.to,
-                "lastFailover": record,
-                "failovers": status.failovers.saturating_add(1),
-            });
-            if t.kind == FailoverKind::Switchover {
-                fields["handledPrimaryRequest"] = json!(t.to);
-            }
-            commit(ctx, db, fields).await?;
-            if failpoint("exit-after-failover-begin") {
-                // For the drill that kills the operator in the middle of a failover.
-                warn!("failpoint exit-after-failover-begin: exiting");
-                std::process::exit(1);
-            }
-            let kind = kind_word(t.kind);
-            let message = format!(
-                "{kind} from {} to {} started: {}{}",
-                t.from,
-                t.to,
-                t.reason,
-                record
-                    .lost_bytes
-                    .filter(|lost| *lost > 0)
-                    .map(|lost| format!("; up to {lost} bytes of WAL not received by {}", t.to))
-                    .unwrap_or_default()
-            );
-            info!(from = %t.from, to = %t.to, reason = %t.reason, "{kind} started");
-            ctx.metrics.record_action(&format!("{kind}_started"));
-            ctx.event(
-                db,
-                EventType::Warning,
-                &format!("{}Started", capitalized(kind)),
-                message.clone(),
-            )
-            .await;
-            Ok(Some((true, "Switching", message)))
-        }
-        Plan::Promote { to } => {
-            let address = health
-                .get(to)
-                .map(|h| h.address.clone())
-                .unwrap_or_default();
-            promote(&address, superuser_password, to).await?;
-            info!(instance = %to, "promoted");
-            ctx.event(db, EventType::Normal, "Promoted", format!("promoted {to}"))
-                .await;
-            Ok(Some((true, "Switching", format!("promoting {to}"))))
-        }
-        Plan::Complete { to, timeline } => {
-            let mut record = status.last_failover.clone();
-            let mut took = None;
-            if let Some(record) = record.as_mut() {
-                let finished = super::status::now().0;
-                record.completed_at = Some(finished.to_string());
-                record.timeline = *timeline;
-                took = record
-                    .started_at
-                    .parse::<k8s_openapi::jiff::Timestamp>()
-                    .ok()
-                    .map(|started| finished.duration_since(started).as_secs_f64());
-            }
-            commit(
-                ctx,
-                db,
-                json!({"currentPrimary": to, "timeline": timeline, "lastFailover": record}),
-            )
-            .await?;
-            let kind = record
-                .as_ref()
-                .map(|r| r.kind)
-                .unwrap_or(FailoverKind::Failover);
-            ctx.metrics
-                .transitions
-                .get_or_create(&transition_labels(db, kind))
-                .inc();
-            if let Some(seconds) = took {
-                ctx.metrics.transition_duration.observe(seconds);
-            }
-            let message = format!(
-                "{to} is the primary{}{}",
-                timeline
-                    .map(|t| format!(" on timeline {t}"))
-                    .unwrap_or_default(),
-                took.map(|s| format!(" ({} took {s:.1}s)", kind_word(kind)))
-                    .unwrap_or_default()
-            );
-            info!(primary = %to, ?timeline, "{} completed", kind_word(kind));
-            ctx.event(
-                db,
-                EventType::Normal,
-                &format!("{}Completed", capitalized(kind_word(kind))),
-                message.clone(),
-            )
-            .await;
-            Ok(Some((false, "Completed", message)))
-        }
+            Err(rejection) => rejection,
+        },
+        _ => Plan::Acknowledge {
+            request: v.spec.primary.clone(),
+        },
     }
 }
 
-/// A fault injected on purpose by the e2e drills (`GEODB_FAILPOINT`).
-fn failpoint(name: &str) -> bool {
-    std::env::var("GEODB_FAILPOINT").is_ok_and(|value| value == name)
-}
-
-fn kind_word(kind: FailoverKind) -> &'static str {
-    match kind {
-        FailoverKind::Failover => "failover",
-        FailoverKind::Switchover => "switchover",
-    }
-}
-
-fn capitalized(word: &str) -> String {
-    let mut chars = word.chars();
-    chars
-        .next()
-        .map(|c| c.to_uppercase().chain(chars).collect())
-        .unwrap_or_default()
-}
-
-fn transition_labels(db: &GeoDatabase, kind: FailoverKind) -> TransitionLabels {
-    TransitionLabels {
-        namespace: db.namespace().unwrap_or_default(),
-        cluster: db.name_any(),
-        kind: kind_word(kind).to_owned(),
-    }
-}
-
-/// Merge `fields` into the status, failing on a concurrent change.
-async fn commit(ctx: &Context, db: &mut GeoDatabase, fields: serde_json::Value) -> Result<()> {
-    let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
-    let api: Api<GeoDatabase> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = json!({
-        "metadata": {"resourceVersion": db.resource_version()},
-        "status": fields,
-    });
-    let updated = api
-        .patch_status(
-            &db.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(Error::kube("recording the primary in status"))?;
-    db.status = updated.status;
-    db.metadata.resource_version = updated.metadata.resource_version;
-    Ok(())
-}
-
-/// `pg_promote` on the target; a target that is no longer in recovery is done already.
-async fn promote(address: &str, password: &str, instance: &str) -> Result<()> {
-    let failed = |detail: String| Error::Postgres {
-        instance: instance.to_owned(),
-        action: "promoting",
-        detail,
+/// What to do about the primary now.
+pub fn plan(v: &View<'_>) -> Plan {
+    let Some(current) = v.status.current_primary.as_deref() else {
+        return Plan::Steady;
     };
-    if address.is_empty() {
-        return Err(failed("no running pod".into()));
+    let target = v.status.target_primary.as_deref().unwrap_or(current);
+    if target != current {
+        return continue_transition(v, current, target);
     }
-    let client = health::connect(address, password).await.map_err(failed)?;
-    let promoting = client.query_one("SELECT pg_promote(true, 30)", &[]);
-    match tokio::time::timeout(Duration::from_secs(35), promoting).await {
-        Ok(Ok(row)) if row.try_get::<_, bool>(0).unwrap_or(false) => Ok(()),
-        Ok(Ok(_)) => Err(failed("pg_promote returned false".into())),
-        Ok(Err(error)) if error.to_string().contains("recovery is not in progress") => Ok(()),
-        Ok(Err(error)) => Err(failed(error.to_string())),
-        Err(_) => Err(failed("pg_promote timed out".into())),
-    }
-}
-
-/// Create the replication slots of every replica on the primary; drop those of
-/// instances that are gone. Slots of live instances are never dropped.
-pub async fn converge_slots(
-    address: &str,
-    password: &str,
-    primary: &str,
-    wanted: &[String],
-    existing: &[String],
-) -> Result<Vec<String>> {
-    let create: Vec<&String> = wanted.iter().filter(|s| !existing.contains(s)).collect();
-    let drop: Vec<&String> = existing.iter().filter(|s| !wanted.contains(s)).collect();
-    if create.is_empty() && drop.is_empty() {
-        return Ok(Vec::new());
-    }
-    let failed = |detail: String| Error::Postgres {
-        instance: primary.to_owned(),
-        action: "managing replication slots",
-        detail,
-    };
-    let client = health::connect(address, password).await.map_err(failed)?;
-    let mut changed = Vec::new();
-    for slot in create {
-        client
-            .execute(
-                "SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-                &[slot],
-            )
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        changed.push(format!("created {slot}"));
-    }
-    for slot in drop {
-        // An active slot belongs to a replica still streaming: left for the next pass.
-        let dropped = client
-            .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                &[slot],
-            )
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        if dropped > 0 {
-            changed.push(format!("dropped {slot}"));
-        }
-    }
-    Ok(changed)
+    plan_failure(v, current).unwrap_or_else(|| plan_request(v, current))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::health::{InstanceHealth, Sample};
+    use crate::postgres::probe::{InstanceHealth, Sample};
 
     fn spec() -> GeoDatabaseSpec {
         serde_json::from_value(serde_json::json!({"instances": 3, "storage": {"size": "1Gi"}}))
@@ -863,7 +579,7 @@ mod tests {
         assert!(matches!(
             case.plan(),
             Plan::Refuse {
-                reason: "ReplicasStillStreaming",
+                reason: Reason::ReplicasStillStreaming,
                 ..
             }
         ));
@@ -884,7 +600,7 @@ mod tests {
         assert!(matches!(
             case.plan(),
             Plan::Refuse {
-                reason: "ReplicasLagging",
+                reason: Reason::ReplicasLagging,
                 ..
             }
         ));
@@ -906,7 +622,7 @@ mod tests {
         assert!(matches!(
             case.plan(),
             Plan::Refuse {
-                reason: "NoCandidate",
+                reason: Reason::NoCandidate,
                 ..
             }
         ));
@@ -1012,7 +728,7 @@ mod tests {
         assert!(matches!(
             case.plan(),
             Plan::RejectSwitchover {
-                reason: "SwitchoverTargetNotStreaming",
+                reason: Reason::SwitchoverTargetNotStreaming,
                 ..
             }
         ));
@@ -1020,7 +736,7 @@ mod tests {
         assert!(matches!(
             case.plan(),
             Plan::RejectSwitchover {
-                reason: "SwitchoverTargetMissing",
+                reason: Reason::SwitchoverTargetMissing,
                 ..
             }
         ));
@@ -1051,7 +767,7 @@ mod tests {
         assert!(matches!(
             case.plan(),
             Plan::RejectSwitchover {
-                reason: "SwitchoverTargetLagging",
+                reason: Reason::SwitchoverTargetLagging,
                 ..
             }
         ));

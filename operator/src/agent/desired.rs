@@ -1,0 +1,163 @@
+//! What the GeoDatabase asks of this instance, and what the agent does about it.
+
+use std::time::Duration;
+
+use kube::Api;
+use tracing::warn;
+
+use super::settings::Settings;
+use crate::api::GeoDatabase;
+
+/// Bound of one read of the GeoDatabase: a primary that cannot confirm its role in time
+/// counts the read as failed.
+pub const API_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// What the GeoDatabase says, as read by the instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    /// The instance that must be the primary (`status.targetPrimary`, else
+    /// `status.currentPrimary`, else the bootstrap instance).
+    pub primary: String,
+    pub instances: i32,
+    pub failover_delay: Duration,
+}
+
+impl Desired {
+    pub fn of(db: &GeoDatabase, bootstrap_instance: &str) -> Self {
+        Self {
+            primary: db
+                .status
+                .as_ref()
+                .and_then(|s| s.chosen_primary())
+                .unwrap_or(bootstrap_instance)
+                .to_owned(),
+            instances: db.spec.instances,
+            failover_delay: db.spec.replication.failover_delay(),
+        }
+    }
+
+    /// Without the API: a single instance in the role its data directory has.
+    pub fn alone(settings: &Settings) -> Self {
+        Self {
+            primary: settings.bootstrap_instance.clone(),
+            instances: 1,
+            failover_delay: Duration::from_secs(5),
+        }
+    }
+
+    /// A primary that can confirm neither its role (API) nor a replica for this long
+    /// stops accepting writes. It is well under the operator's failover delay, so the
+    /// isolated primary is down before anything else is promoted.
+    pub fn fence_after(&self) -> Duration {
+        (self.failover_delay / 2).max(Duration::from_secs(1))
+    }
+}
+
+/// What the supervisor does next, from the data directory and the desired primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Start PostgreSQL as it is (a primary, or a replica that the operator promotes).
+    Start,
+    /// The data directory was a primary's and another instance is the primary now:
+    /// rewind it (or clone afresh) and start as a replica.
+    Rejoin,
+    /// This instance crashed while primary: give the operator the chance to fail over.
+    Wait,
+}
+
+pub fn next_step(
+    me: &str,
+    desired: &Desired,
+    is_standby: bool,
+    crashed_primary_for: Option<Duration>,
+) -> Next {
+    if desired.primary != me {
+        return if is_standby {
+            Next::Start
+        } else {
+            Next::Rejoin
+        };
+    }
+    match crashed_primary_for {
+        Some(waited) if desired.instances > 1 && waited < desired.failover_delay * 2 => Next::Wait,
+        _ => Next::Start,
+    }
+}
+
+/// The API of this namespace's GeoDatabases, with the pod's service account.
+pub async fn kube_api(settings: &Settings) -> Option<Api<GeoDatabase>> {
+    let client = kube::Client::try_default().await.ok()?;
+    Some(Api::namespaced(client, &settings.namespace))
+}
+
+/// The GeoDatabase's view, or `None` when the API does not answer within `API_TIMEOUT`.
+pub async fn fetch(api: Option<&Api<GeoDatabase>>, settings: &Settings) -> Option<Desired> {
+    let api = api?;
+    match tokio::time::timeout(API_TIMEOUT, api.get(&settings.cluster)).await {
+        Ok(Ok(db)) => Some(Desired::of(&db, &settings.bootstrap_instance)),
+        Ok(Err(error)) => {
+            warn!(%error, "cannot read the GeoDatabase");
+            None
+        }
+        Err(_) => {
+            warn!("the API server did not answer in time");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(primary: &str) -> Desired {
+        Desired {
+            primary: primary.into(),
+            instances: 3,
+            failover_delay: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn a_former_primary_rejoins_and_a_replica_just_starts() {
+        assert_eq!(
+            next_step("geo-1", &desired("geo-2"), false, None),
+            Next::Rejoin
+        );
+        assert_eq!(
+            next_step("geo-1", &desired("geo-2"), true, None),
+            Next::Start
+        );
+        assert_eq!(
+            next_step("geo-2", &desired("geo-2"), true, None),
+            Next::Start
+        );
+        assert_eq!(
+            next_step("geo-1", &desired("geo-1"), false, None),
+            Next::Start
+        );
+    }
+
+    #[test]
+    fn a_crashed_primary_waits_for_a_failover_unless_alone() {
+        let d = desired("geo-1");
+        let waited = Some(Duration::from_secs(1));
+        assert_eq!(next_step("geo-1", &d, false, waited), Next::Wait);
+        assert_eq!(
+            next_step("geo-1", &d, false, Some(Duration::from_secs(11))),
+            Next::Start
+        );
+        let alone = Desired { instances: 1, ..d };
+        assert_eq!(next_step("geo-1", &alone, false, waited), Next::Start);
+    }
+
+    #[test]
+    fn fencing_comes_well_before_the_failover_delay() {
+        assert_eq!(desired("x").fence_after(), Duration::from_millis(2500));
+        let short = Desired {
+            failover_delay: Duration::from_secs(1),
+            ..desired("x")
+        };
+        assert_eq!(short.fence_after(), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,50 @@
+//! The binary's subcommands (the library does the work; these wire it up).
+
+pub mod operator;
+
+use std::path::Path;
+
+/// Logs as JSON lines (or plain text), filtered by `RUST_LOG`.
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// `geodb crdgen`: one YAML file per CRD into `out_dir`.
+pub fn crdgen(out_dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    for (name, content) in geodb::crdgen::files().map_err(|e| e.to_string())? {
+        let path = out_dir.join(name);
+        std::fs::write(&path, content).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// `geodb instance`: the agent, on a runtime with one worker (it is PID 1 of a small
+/// container).
+pub fn instance() -> Result<(), String> {
+    init_tracing("json");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let settings = geodb::agent::Settings::from_env().map_err(|e| e.to_string())?;
+        let status = geodb::agent::run(settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("PostgreSQL exited: {status}"))
+        }
+    })
+}

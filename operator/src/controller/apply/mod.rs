@@ -1,0 +1,125 @@
+//! Apply step: everything `builders::build` produced, in two waves (the StatefulSets
+//! last, once what their pods mount and are reached through exists), then pruning of
+//! what is no longer wanted, volume growth, and the role labels of the pods.
+
+mod applier;
+mod labels;
+mod volumes;
+
+use std::collections::BTreeMap;
+
+use futures::future::try_join_all;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::{Resource, ResourceExt};
+
+pub use applier::{AppliedCache, Applier, Changes};
+pub use volumes::release_volumes;
+
+use super::owned::{names_of, Wanted};
+use super::read::Observed;
+use super::topology::InstanceRole;
+use crate::builders::{instance::claimed_size, Cluster, Resources};
+use crate::error::Result;
+
+fn find<'o, K: Resource>(live: &'o [K], name: &str) -> Option<&'o K> {
+    live.iter().find(|o| o.name_any() == name)
+}
+
+/// A StatefulSet: applied, or recreated when its claim template asks for another size,
+/// or left while it is being recreated.
+async fn apply_statefulset(
+    applier: &Applier<'_>,
+    cluster: &Cluster,
+    sts: &StatefulSet,
+    live: Option<&StatefulSet>,
+) -> Result<()> {
+    if let Some(live) = live {
+        if live.meta().deletion_timestamp.is_some() {
+            // Being recreated after a resize; applied once it is gone.
+            applier.record(|c| c.requeue_soon = true);
+            return Ok(());
+        }
+        let size = &cluster.spec.storage.size;
+        let claimed = claimed_size(live);
+        if claimed.is_some() && claimed != Some(size.as_str()) {
+            return applier.recreate_for_resize(live, size).await;
+        }
+    }
+    applier.apply(sts, live).await
+}
+
+/// Converge everything a cluster owns.
+pub async fn apply(
+    applier: &Applier<'_>,
+    cluster: &Cluster,
+    resources: Resources,
+    observed: &Observed,
+    roles: &BTreeMap<String, InstanceRole>,
+) -> Result<()> {
+    let Resources {
+        credentials,
+        service_account,
+        role_binding,
+        config_maps,
+        secrets,
+        services,
+        deployments,
+        statefulsets,
+    } = resources;
+    let live = &observed.owned;
+    // Everything the StatefulSets' pods mount, run as or are reached through, at once:
+    // none of these objects depends on another (the connection Secrets carry passwords
+    // already read or generated).
+    tokio::try_join!(
+        try_join_all(credentials.iter().map(|secret| {
+            applier.create_once(secret, observed.secret(&secret.name_any()).is_some())
+        })),
+        applier.apply_unwatched(&service_account),
+        applier.apply_unwatched(&role_binding),
+        try_join_all(
+            config_maps
+                .iter()
+                .map(|o| applier.apply(o, find(&live.config_maps, &o.name_any())))
+        ),
+        try_join_all(
+            secrets
+                .iter()
+                .map(|o| applier.apply(o, find(&live.secrets, &o.name_any())))
+        ),
+        try_join_all(
+            services
+                .iter()
+                .map(|o| applier.apply(o, find(&live.services, &o.name_any())))
+        ),
+        try_join_all(
+            deployments
+                .iter()
+                .map(|o| applier.apply(o, find(&live.deployments, &o.name_any())))
+        ),
+    )?;
+    // Then the StatefulSets: their pods start with everything above in place.
+    try_join_all(statefulsets.iter().map(|sts| {
+        apply_statefulset(
+            applier,
+            cluster,
+            sts,
+            find(&live.statefulsets, &sts.name_any()),
+        )
+    }))
+    .await?;
+
+    let mut wanted_secrets = names_of(&secrets);
+    wanted_secrets.extend(names_of(&credentials));
+    let wanted = Wanted {
+        statefulsets: names_of(&statefulsets),
+        deployments: names_of(&deployments),
+        services: names_of(&services),
+        config_maps: names_of(&config_maps),
+        secrets: wanted_secrets,
+    };
+    live.prune(applier, &wanted).await?;
+    applier
+        .grow_volumes(cluster, &observed.related.pvcs)
+        .await?;
+    applier.label_roles(roles, &observed.related.pods).await
+}

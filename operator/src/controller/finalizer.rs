@@ -1,0 +1,79 @@
+//! The finalizer: added before anything is created, removed once the deletion policy
+//! has been honoured.
+
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use tracing::info;
+
+use super::apply::release_volumes;
+use super::{read, status, Context};
+use crate::api::{DeletionPolicy, GeoDatabase};
+use crate::error::{Error, Result};
+use crate::names::FINALIZER;
+
+pub fn has_finalizer(db: &GeoDatabase) -> bool {
+    db.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Add or remove our finalizer. The resourceVersion in the patch makes it fail on a
+/// concurrent change instead of overwriting someone else's finalizers.
+pub async fn set_finalizer(
+    api: &Api<GeoDatabase>,
+    db: &GeoDatabase,
+    present: bool,
+) -> Result<GeoDatabase> {
+    let mut finalizers: Vec<String> = db
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(FINALIZER.to_owned());
+    }
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": db.resource_version()}
+    });
+    let action = if present {
+        "adding the finalizer"
+    } else {
+        "removing the finalizer"
+    };
+    api.patch(
+        &db.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(Error::kube(action))
+}
+
+/// The GeoDatabase is being deleted: keep or delete data volumes per the deletion policy.
+/// Owned objects are removed by the garbage collector through their owner references.
+pub async fn cleanup(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
+    let observed = read::observe(ctx, db).await?;
+    status::write(&ctx.client, db, status::deleting(db)).await?;
+    let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
+    let policy = db.spec.deletion_policy;
+    let pvcs = &observed.related.pvcs;
+    let touched = release_volumes(&ctx.client, &namespace, policy, pvcs).await?;
+    let note = match policy {
+        DeletionPolicy::Delete => format!(
+            "deletionPolicy Delete: deleted data volumes [{}]",
+            touched.join(", ")
+        ),
+        DeletionPolicy::Retain => format!(
+            "deletionPolicy Retain: kept data volumes [{}]",
+            pvcs.iter()
+                .map(|p| p.name_any())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    info!(name = %db.name_any(), %namespace, %note, "GeoDatabase deleted");
+    ctx.metrics.record_action("deleted");
+    ctx.event(db, EventType::Normal, "Deleted", note).await;
+    Ok(Action::await_change())
+}

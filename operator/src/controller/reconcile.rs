@@ -1,0 +1,246 @@
+//! One reconciliation of a GeoDatabase, as a pipeline:
+//!
+//! ```text
+//! read -> validate -> decide (credentials, topology, replication) -> build -> apply -> status
+//! ```
+//!
+//! Only `read`, `replication`, `apply`, `rollout` and `status` talk to the API server;
+//! `validate`, `topology` and `builders` are pure.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use tracing::{info, warn, Instrument};
+
+use super::apply::{self, Applier};
+use super::finalizer::{cleanup, has_finalizer, set_finalizer};
+use super::health::Targets;
+use super::read::Observed;
+use super::replication::{self, plan::Plan};
+use super::status::conditions::{is_true, now, Type};
+use super::{credentials, events, read, rollout, status, topology, validate, Context};
+use crate::api::GeoDatabase;
+use crate::builders::{self, Cluster};
+use crate::error::{Error, Result};
+use crate::names::Names;
+use crate::pod_contract::BOOTSTRAPPED_KEY;
+
+/// Periodic resync of a converged GeoDatabase.
+const RESYNC: Duration = Duration::from_secs(300);
+/// Recheck of a GeoDatabase whose spec is invalid (a missing StorageClass may appear).
+const INVALID_RECHECK: Duration = Duration::from_secs(60);
+/// A reconcile that hangs (an API call that never answers) must not hold its object.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Reconciles slower than this log where their time went.
+const SLOW_RECONCILE: Duration = Duration::from_millis(500);
+
+/// One reconciliation of a GeoDatabase, wrapped in the finalizer that honours its
+/// deletion policy.
+pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.metrics.reconciliations.inc();
+    let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
+    let api: Api<GeoDatabase> = Api::namespaced(ctx.client.clone(), &namespace);
+    let key = ObjectRef::from_obj(db.as_ref());
+    // Every log line of this reconcile carries the object's namespace and name.
+    let span = tracing::info_span!("reconcile", namespace = %namespace, name = %db.name_any());
+    let pipeline = async {
+        if db.meta().deletion_timestamp.is_some() {
+            ctx.forget(&key);
+            if has_finalizer(&db) {
+                cleanup(&db, &ctx).await?;
+                set_finalizer(&api, &db, false).await?;
+            }
+            return Ok(Action::await_change());
+        }
+        if !has_finalizer(&db) {
+            // Added before anything is created, so nothing can be left behind untracked;
+            // the reconcile goes on at once with the object the update returned.
+            let updated = set_finalizer(&api, &db, true).await?;
+            return converge(&updated, &ctx).await;
+        }
+        converge(&db, &ctx).await
+    }
+    .instrument(span);
+    let result = match tokio::time::timeout(RECONCILE_TIMEOUT, pipeline).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout(RECONCILE_TIMEOUT)),
+    };
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.reset_backoff(&key);
+    }
+    result
+}
+
+/// The spec cannot be applied: Degraded with the problems, an Event when they change,
+/// nothing else touched.
+async fn refuse(ctx: &Context, db: &GeoDatabase, problems: &[String]) -> Result<Action> {
+    let degraded = |db: &GeoDatabase| {
+        db.status
+            .as_ref()
+            .and_then(|s| s.condition(Type::Degraded.as_str()))
+            .filter(|c| is_true(Some(c)))
+            .map(|c| c.message.clone())
+    };
+    let was = degraded(db);
+    let refused = status::invalid(db, problems, &now());
+    let message = refused
+        .condition(Type::Degraded.as_str())
+        .map(|c| c.message.clone());
+    status::write(&ctx.client, db, refused).await?;
+    if message != was {
+        warn!(?problems, "spec not applied");
+        ctx.metrics.record_action("invalid_spec");
+        ctx.event(
+            db,
+            EventType::Warning,
+            "InvalidSpec",
+            message.unwrap_or_default(),
+        )
+        .await;
+    }
+    Ok(Action::requeue(INVALID_RECHECK))
+}
+
+/// The first primary has run: recorded in the instance ConfigMap, or seen now.
+fn bootstrapped(cluster: &Cluster, observed: &Observed) -> bool {
+    let recorded = observed
+        .owned
+        .config_maps
+        .iter()
+        .find(|c| c.name_any() == cluster.names.config_map())
+        .and_then(|c| c.data.as_ref()?.get(BOOTSTRAPPED_KEY).cloned())
+        .is_some_and(|v| v == "true");
+    recorded
+        || observed
+            .instance_pod(&cluster.primary)
+            .is_some_and(read::pod_ready)
+}
+
+/// The builders' input: the spec with the instances, the primary and the passwords.
+async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<(Cluster, bool)> {
+    let names = Names::new(db);
+    let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
+    let (credentials, generated) =
+        credentials::credentials(ctx, &namespace, &names, observed).await?;
+    let wanted = usize::try_from(db.spec.instances).unwrap_or(1);
+    let chosen = db.status.as_ref().and_then(|s| s.chosen_primary());
+    let (instances, primary) =
+        topology::plan_instances(&names, wanted, &observed.instance_names(), chosen);
+    let mut cluster =
+        Cluster::new(db, instances, primary, credentials).ok_or(Error::MissingObjectKey)?;
+    cluster.bootstrapped = bootstrapped(&cluster, observed);
+    Ok((cluster, generated))
+}
+
+/// What the health monitor probes: the pod IP of every instance.
+fn probe_targets(cluster: &Cluster, observed: &Observed, db: &GeoDatabase) -> Targets {
+    Targets {
+        namespace: cluster.namespace.clone(),
+        cluster: cluster.names.cluster.clone(),
+        instances: cluster
+            .instances
+            .iter()
+            .map(|instance| {
+                let ip = observed
+                    .instance_pod(instance)
+                    .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+                    .unwrap_or_default();
+                (instance.clone(), ip)
+            })
+            .collect(),
+        primary: topology::current_primary(
+            &db.status.clone().unwrap_or_default(),
+            &cluster.primary,
+        ),
+        max_lag_bytes: cluster.spec.replication.max_lag_bytes,
+        superuser_password: cluster.credentials.superuser.clone(),
+    }
+}
+
+/// read -> validate -> decide -> build -> apply -> status
+async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
+    let observed = read::observe(ctx, db).await?;
+    let problems = validate::validate(&db.spec, observed.storage_class_exists);
+    if !problems.is_empty() {
+        return refuse(ctx, db, &problems).await;
+    }
+    let (mut cluster, generated) = decide(ctx, db, &observed).await?;
+    let key = ObjectRef::from_obj(db);
+    ctx.monitor
+        .track(key.clone(), probe_targets(&cluster, &observed, db));
+    let health = ctx.monitor.health(&key);
+    let mut db = db.clone();
+    let (plan, transition) = replication::step(ctx, &mut db, &cluster, &observed, &health).await?;
+    if let Some(target) = db.status.as_ref().and_then(|s| s.chosen_primary()) {
+        cluster.primary = target.to_owned();
+    }
+    let status_now = db.status.clone().unwrap_or_default();
+    let max_lag = cluster.spec.replication.max_lag_bytes;
+    let roles = topology::roles(
+        &cluster.instances,
+        &status_now,
+        &cluster.primary,
+        &health,
+        max_lag,
+    );
+
+    let applying = Instant::now();
+    let applier = Applier::new(
+        &ctx.client,
+        &cluster.namespace,
+        &cluster.names.cluster,
+        &ctx.applied,
+    );
+    apply::apply(
+        &applier,
+        &cluster,
+        builders::build(&cluster),
+        &observed,
+        &roles,
+    )
+    .await?;
+    let steady = matches!(plan, Plan::Steady | Plan::Acknowledge { .. });
+    let rolling = if steady {
+        replication::converge_slots(ctx, &cluster, &db, &health).await;
+        rollout::step(ctx, &db, &cluster, &observed, &health).await?
+    } else {
+        false
+    };
+    let changes = applier.into_changes();
+    let applied_in = applying.elapsed();
+    let computed = status::converged(status::Converged {
+        db: &db,
+        cluster: &cluster,
+        observed: &observed,
+        health: &health,
+        roles: &roles,
+        transition,
+        now: &now(),
+    });
+    status::write(&ctx.client, &db, computed).await?;
+    let status_in = applying.elapsed() - applied_in;
+    events::report_changes(&db, ctx, &changes, generated).await;
+    if applying.elapsed() > SLOW_RECONCILE {
+        info!(
+            apply_ms = applied_in.as_millis() as u64,
+            status_ms = status_in.as_millis() as u64,
+            events_ms = (applying.elapsed() - applied_in - status_in).as_millis() as u64,
+            "slow reconcile"
+        );
+    }
+    Ok(if let Some(soon) = plan.requeue() {
+        Action::requeue(soon)
+    } else if changes.requeue_soon || rolling {
+        Action::requeue(Duration::from_secs(2))
+    } else {
+        Action::requeue(RESYNC)
+    })
+}

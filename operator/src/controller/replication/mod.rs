@@ -1,0 +1,63 @@
+//! Replication: measure (the health monitor), decide (`plan`, pure), carry out
+//! (`execute`), and keep one replication slot per replica on the primary (`slots`).
+
+pub mod execute;
+pub mod plan;
+mod slots;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::read::{pod_ready, Observed};
+use super::status::conditions::TransitionState;
+use super::Context;
+use crate::api::GeoDatabase;
+use crate::builders::Cluster;
+use crate::error::Result;
+use crate::postgres::probe::ClusterHealth;
+use plan::{Plan, PodState, View};
+pub use slots::converge_slots;
+
+/// Pods that exist, by instance.
+fn pod_states(cluster: &Cluster, observed: &Observed) -> BTreeMap<String, PodState> {
+    cluster
+        .instances
+        .iter()
+        .filter_map(|instance| {
+            let pod = observed.instance_pod(instance)?;
+            Some((
+                instance.clone(),
+                PodState {
+                    terminating: pod.metadata.deletion_timestamp.is_some(),
+                    ready: pod_ready(pod),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Decide on the primary and carry the decision out; `db` reflects what was committed.
+/// Returns the plan (its requeue, whether the cluster is steady) and what it means for
+/// the `PrimaryTransition` condition.
+pub async fn step(
+    ctx: &Context,
+    db: &mut GeoDatabase,
+    cluster: &Cluster,
+    observed: &Observed,
+    health: &ClusterHealth,
+) -> Result<(Plan, Option<TransitionState>)> {
+    let pods = pod_states(cluster, observed);
+    let status = db.status.clone().unwrap_or_default();
+    let plan = plan::plan(&View {
+        spec: &db.spec,
+        status: &status,
+        instances: &cluster.instances,
+        pods: &pods,
+        health,
+        bootstrapped: cluster.bootstrapped,
+        now: Instant::now(),
+    });
+    let transition =
+        execute::execute(ctx, db, &plan, health, &cluster.credentials.superuser).await?;
+    Ok((plan, transition))
+}

@@ -1,0 +1,356 @@
+//! The status as a whole: phase, conditions, and the names of what the cluster offers.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use super::conditions::{condition, Reason, TransitionState, Type};
+use super::instances::statuses;
+use crate::api::{GeoDatabase, GeoDatabaseStatus, Phase, SecretNames, ServiceNames};
+use crate::builders::Cluster;
+use crate::controller::read::Observed;
+use crate::controller::topology::{current_primary, primary_confirmed, InstanceRole};
+use crate::names::Names;
+use crate::postgres::probe::{ClusterHealth, Sample};
+
+/// Everything the status of an applied spec is computed from.
+pub struct Converged<'a> {
+    pub db: &'a GeoDatabase,
+    pub cluster: &'a Cluster,
+    pub observed: &'a Observed,
+    pub health: &'a ClusterHealth,
+    pub roles: &'a BTreeMap<String, InstanceRole>,
+    pub transition: Option<TransitionState>,
+    pub now: &'a Time,
+}
+
+fn deployment_ready(deployment: Option<&Deployment>, wanted: i32) -> bool {
+    deployment
+        .and_then(|d| d.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
+        >= wanted
+}
+
+fn poolers_ready(cluster: &Cluster, observed: &Observed) -> bool {
+    let names = &cluster.names;
+    !cluster.spec.pooler.enabled
+        || [names.pooler(), names.pooler_ro()].iter().all(|pooler| {
+            deployment_ready(
+                observed
+                    .owned
+                    .deployments
+                    .iter()
+                    .find(|d| d.name_any() == *pooler),
+                cluster.spec.pooler.instances,
+            )
+        })
+}
+
+/// The `PrimaryTransition` condition: the transition step's say, else the last completed
+/// one as it was, else `Stable`.
+fn transition_condition(
+    previous: &[Condition],
+    transition: Option<TransitionState>,
+    current_primary: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let type_ = Type::PrimaryTransition;
+    match transition {
+        Some(t) => condition(
+            previous, type_, t.active, t.reason, t.message, generation, now,
+        ),
+        None => previous
+            .iter()
+            .find(|c| c.type_ == type_.as_str() && c.status == "False")
+            .cloned()
+            .unwrap_or_else(|| {
+                let message = format!("{current_primary} is the primary");
+                condition(
+                    previous,
+                    type_,
+                    false,
+                    Reason::Stable,
+                    message,
+                    generation,
+                    now,
+                )
+            }),
+    }
+}
+
+/// Ready, Progressing and Degraded of a cluster whose spec is applied.
+fn readiness_conditions(
+    previous: &[Condition],
+    all_ready: bool,
+    summary: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let (ready_reason, progress_reason, progress) = if all_ready {
+        (
+            Reason::AllReady,
+            Reason::Converged,
+            "every object matches the spec".to_owned(),
+        )
+    } else {
+        (
+            Reason::NotReady,
+            Reason::Reconciling,
+            format!("waiting: {summary}"),
+        )
+    };
+    vec![
+        condition(
+            previous,
+            Type::Ready,
+            all_ready,
+            ready_reason,
+            summary.to_owned(),
+            generation,
+            now,
+        ),
+        condition(
+            previous,
+            Type::Progressing,
+            !all_ready,
+            progress_reason,
+            progress,
+            generation,
+            now,
+        ),
+        condition(
+            previous,
+            Type::Degraded,
+            false,
+            Reason::AsExpected,
+            "the spec is valid and applied".to_owned(),
+            generation,
+            now,
+        ),
+    ]
+}
+
+fn secret_names(cluster: &Cluster) -> SecretNames {
+    let names = &cluster.names;
+    let pooler = cluster.spec.pooler.enabled;
+    SecretNames {
+        superuser: names.superuser_secret(),
+        replication: names.replication_secret(),
+        app: names.app_secret(),
+        app_rw: names.app_rw_secret(),
+        app_ro: names.app_ro_secret(),
+        app_pooler: pooler.then(|| names.app_pooler_secret()),
+        app_pooler_ro: pooler.then(|| names.app_pooler_ro_secret()),
+    }
+}
+
+fn service_names(names: &Names, pooler: bool) -> ServiceNames {
+    ServiceNames {
+        rw: names.rw_service(),
+        ro: names.ro_service(),
+        pooler: pooler.then(|| names.pooler()),
+        pooler_ro: pooler.then(|| names.pooler_ro()),
+    }
+}
+
+/// Status of a cluster whose spec was applied.
+pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
+    let Converged {
+        db,
+        cluster,
+        observed,
+        health,
+        roles,
+        transition,
+        now,
+    } = input;
+    let kept = db.status.clone().unwrap_or_default();
+    let current = current_primary(&kept, &cluster.primary);
+    let confirmed = primary_confirmed(&kept, &cluster.primary);
+    let instances = statuses(roles, &cluster.instances, &current, observed, health);
+    let ready_instances = instances.iter().filter(|i| i.ready).count() as i32;
+    let wanted = instances.len() as i32;
+    let pooler_ok = poolers_ready(cluster, observed);
+    let switching = transition.as_ref().is_some_and(|t| t.active);
+    let all_ready = ready_instances == wanted && pooler_ok && !switching;
+    let pooler_note = match (cluster.spec.pooler.enabled, pooler_ok) {
+        (false, _) => "",
+        (true, true) => ", pooler ready",
+        (true, false) => ", pooler not ready",
+    };
+    let summary = format!("{ready_instances}/{wanted} instances ready{pooler_note}");
+    let generation = db.metadata.generation;
+    let mut conditions =
+        readiness_conditions(&kept.conditions, all_ready, &summary, generation, now);
+    conditions.push(transition_condition(
+        &kept.conditions,
+        transition,
+        &current,
+        generation,
+        now,
+    ));
+    let phase = match (all_ready, switching) {
+        (true, _) => Phase::Ready,
+        (false, true) => Phase::Degraded,
+        (false, false) => Phase::Creating,
+    };
+    let timeline = health
+        .sample(&current)
+        .and_then(Sample::primary)
+        .and_then(|s| s.timeline)
+        .filter(|_| confirmed)
+        .or(kept.timeline);
+    GeoDatabaseStatus {
+        phase: Some(phase),
+        conditions,
+        observed_generation: generation,
+        timeline,
+        target_primary: Some(
+            kept.target_primary
+                .clone()
+                .unwrap_or_else(|| current.clone()),
+        ),
+        current_primary: Some(current),
+        ready_instances,
+        instances,
+        secrets: Some(secret_names(cluster)),
+        services: Some(service_names(&cluster.names, cluster.spec.pooler.enabled)),
+        ..kept
+    }
+}
+
+/// Status of a GeoDatabase whose spec cannot be applied: Degraded, with the problems,
+/// and everything else as it was (nothing was changed).
+pub fn invalid(db: &GeoDatabase, problems: &[String], now: &Time) -> GeoDatabaseStatus {
+    let mut status = db.status.clone().unwrap_or_default();
+    let previous = status.conditions.clone();
+    let generation = db.metadata.generation;
+    let message = format!("spec not applied: {}", problems.join("; "));
+    status.phase = Some(Phase::Degraded);
+    status.observed_generation = generation;
+    let was_ready = status.condition(Type::Ready.as_str());
+    let ready = was_ready.is_some_and(|c| c.status == "True");
+    let ready_message = was_ready
+        .map(|c| c.message.clone())
+        .unwrap_or_else(|| "nothing has been created".to_owned());
+    let ready_reason = if ready {
+        Reason::AllReady
+    } else {
+        Reason::NotReady
+    };
+    status.conditions = vec![
+        condition(
+            &previous,
+            Type::Ready,
+            ready,
+            ready_reason,
+            ready_message,
+            generation,
+            now,
+        ),
+        condition(
+            &previous,
+            Type::Progressing,
+            false,
+            Reason::InvalidSpec,
+            "waiting for a valid spec".to_owned(),
+            generation,
+            now,
+        ),
+        condition(
+            &previous,
+            Type::Degraded,
+            true,
+            Reason::InvalidSpec,
+            message,
+            generation,
+            now,
+        ),
+    ];
+    status
+}
+
+pub fn deleting(db: &GeoDatabase) -> GeoDatabaseStatus {
+    let mut status = db.status.clone().unwrap_or_default();
+    status.phase = Some(Phase::Deleting);
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::fixtures::{cluster, geodatabase};
+    use crate::controller::status::conditions::is_true;
+    use crate::controller::topology::roles;
+    use k8s_openapi::jiff::Timestamp;
+    use serde_json::json;
+
+    /// The converged status of `db` with nothing observed and no probe yet, at `seconds`.
+    fn status_of_fresh(
+        db: &GeoDatabase,
+        spec: serde_json::Value,
+        seconds: i64,
+    ) -> GeoDatabaseStatus {
+        let cluster = cluster(spec);
+        let health = ClusterHealth::default();
+        let status = db.status.clone().unwrap_or_default();
+        let roles = roles(&cluster.instances, &status, &cluster.primary, &health, 0);
+        converged(Converged {
+            db,
+            cluster: &cluster,
+            observed: &Observed::default(),
+            health: &health,
+            roles: &roles,
+            transition: None,
+            now: &at(seconds),
+        })
+    }
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    #[test]
+    fn fresh_cluster_is_creating() {
+        let spec = json!({"instances": 2, "storage": {"size": "1Gi"}});
+        let db = geodatabase(spec.clone());
+        let status = status_of_fresh(&db, spec, 10);
+        assert_eq!(status.phase, Some(Phase::Creating));
+        assert_eq!(status.current_primary.as_deref(), Some("geo-1"));
+        assert_eq!(status.instances.len(), 2);
+        assert_eq!(status.instances[1].role, crate::api::Role::Replica);
+        assert_eq!(status.observed_generation, Some(1));
+        let ready = status.condition("Ready").unwrap();
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.message, "0/2 instances ready, pooler not ready");
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_status_holds() {
+        let spec = json!({"storage": {"size": "1Gi"}});
+        let mut db = geodatabase(spec.clone());
+        let first = status_of_fresh(&db, spec.clone(), 10);
+        db.status = Some(first.clone());
+        let second = status_of_fresh(&db, spec, 20);
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn invalid_spec_is_degraded_and_keeps_primary() {
+        let spec = json!({"storage": {"size": "1Gi"}});
+        let mut db = geodatabase(spec.clone());
+        db.status = Some(status_of_fresh(&db, spec, 10));
+        let status = invalid(&db, &["bad thing".to_owned()], &at(20));
+        assert_eq!(status.phase, Some(Phase::Degraded));
+        assert_eq!(status.current_primary.as_deref(), Some("geo-1"));
+        let degraded = status.condition("Degraded").unwrap();
+        assert!(is_true(Some(degraded)));
+        assert_eq!(degraded.reason, "InvalidSpec");
+        assert!(degraded.message.contains("bad thing"));
+        assert_eq!(degraded.last_transition_time, at(20));
+    }
+}

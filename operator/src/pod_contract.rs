@@ -1,0 +1,86 @@
+//! The contract between the instance StatefulSet (`builders::instance`) and the agent
+//! that runs in its pod (`agent`): environment variables, mount points, file names and
+//! the user id. Both sides take every such name from here, so they cannot drift; a test
+//! in `agent::settings` renders a StatefulSet and reads its environment back.
+
+/// UID/GID of the `postgres` user in the geodb PostGIS image.
+pub const POSTGRES_UID: i64 = 999;
+
+/// Mount point of the data volume (the PVC).
+pub const DATA_DIR: &str = "/var/lib/postgresql/data";
+/// The PostgreSQL data directory, inside the data volume.
+pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+/// Mount point of the instance ConfigMap.
+pub const CONFIG_DIR: &str = "/etc/geodb/config";
+/// Mount point of the credentials (one directory per role, see [`Credential`]).
+pub const SECRETS_DIR: &str = "/etc/geodb/secrets";
+/// Unix socket directory (an emptyDir: the root filesystem is read-only).
+pub const SOCKET_DIR: &str = "/var/run/postgresql";
+/// Scratch space (an emptyDir).
+pub const TMP_DIR: &str = "/tmp";
+/// Shared memory (a memory-backed emptyDir).
+pub const SHM_DIR: &str = "/dev/shm";
+
+/// Files of the instance ConfigMap.
+pub const POSTGRESQL_CONF: &str = "postgresql.conf";
+pub const PG_HBA_CONF: &str = "pg_hba.conf";
+pub const PG_IDENT_CONF: &str = "pg_ident.conf";
+/// ConfigMap key set to `true` once the cluster's first primary has run: from then on an
+/// instance with an empty volume clones the primary instead of running initdb. It is not
+/// part of the configuration hash, so setting it rolls no pod.
+pub const BOOTSTRAPPED_KEY: &str = "bootstrapped";
+
+/// Key of the password in each credential directory (and in the credential Secrets).
+pub const PASSWORD_FILE: &str = "password";
+
+/// The roles whose passwords are mounted, each in a directory of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    Superuser,
+    Replication,
+    App,
+}
+
+impl Credential {
+    pub const ALL: [Credential; 3] = [
+        Credential::Superuser,
+        Credential::Replication,
+        Credential::App,
+    ];
+
+    /// Directory under [`SECRETS_DIR`].
+    pub fn dir(self) -> &'static str {
+        match self {
+            Credential::Superuser => "superuser",
+            Credential::Replication => "replication",
+            Credential::App => "app",
+        }
+    }
+
+    /// Path of the password file relative to [`SECRETS_DIR`].
+    pub fn password_path(self) -> String {
+        format!("{}/{PASSWORD_FILE}", self.dir())
+    }
+}
+
+/// Environment variables of the instance container.
+pub mod env {
+    pub const CLUSTER: &str = "GEODB_CLUSTER";
+    pub const INSTANCE: &str = "GEODB_INSTANCE";
+    pub const POD_NAME: &str = "POD_NAME";
+    pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+    /// The instance that runs initdb when the cluster is new.
+    pub const BOOTSTRAP_INSTANCE: &str = "GEODB_BOOTSTRAP_INSTANCE";
+    /// The read-write Service: replicas clone and stream from it.
+    pub const RW_HOST: &str = "GEODB_RW_HOST";
+    /// This instance's replication slot on the primary.
+    pub const SLOT: &str = "GEODB_SLOT";
+    pub const DATABASE: &str = "GEODB_DATABASE";
+    pub const DATABASE_OWNER: &str = "GEODB_DATABASE_OWNER";
+    pub const CONFIG_DIR: &str = "GEODB_CONFIG_DIR";
+    pub const SECRETS_DIR: &str = "GEODB_SECRETS_DIR";
+    /// PostgreSQL's own variables, so `psql` in the container needs no arguments.
+    pub const PGDATA: &str = "PGDATA";
+    pub const PGHOST: &str = "PGHOST";
+    pub const PGPORT: &str = "PGPORT";
+}

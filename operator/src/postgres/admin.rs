@@ -1,0 +1,89 @@
+//! Changes the operator makes on an instance: promotion and replication slots.
+
+use std::time::Duration;
+
+use super::connect::{bounded, connect, PgError};
+
+/// What `pg_promote` may take before the operator gives up on this attempt.
+const PROMOTE_WAIT: Duration = Duration::from_secs(35);
+
+/// `pg_promote` on the instance at `address`; one no longer in recovery counts as done.
+pub async fn promote(address: &str, password: &str) -> Result<(), PgError> {
+    let client = connect(address, password).await?;
+    match bounded(
+        "pg_promote",
+        PROMOTE_WAIT,
+        client.query_one("SELECT pg_promote(true, 30)", &[]),
+    )
+    .await
+    {
+        Ok(row) if row.try_get::<_, bool>(0).unwrap_or(false) => Ok(()),
+        Ok(_) => Err(PgError::Query("pg_promote returned false".into())),
+        Err(PgError::Query(message)) if message.contains("recovery is not in progress") => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Which slots to create and which to drop, from the wanted and the existing ones.
+pub fn slot_changes<'a>(
+    wanted: &'a [String],
+    existing: &'a [String],
+) -> (Vec<&'a String>, Vec<&'a String>) {
+    let create = wanted.iter().filter(|s| !existing.contains(s)).collect();
+    let drop = existing.iter().filter(|s| !wanted.contains(s)).collect();
+    (create, drop)
+}
+
+/// Create the wanted physical replication slots on the primary at `address` and drop
+/// the others. An active slot belongs to a replica still streaming and is left for a
+/// later pass. Returns what changed.
+pub async fn converge_slots(
+    address: &str,
+    password: &str,
+    wanted: &[String],
+    existing: &[String],
+) -> Result<Vec<String>, PgError> {
+    let (create, drop) = slot_changes(wanted, existing);
+    if create.is_empty() && drop.is_empty() {
+        return Ok(Vec::new());
+    }
+    let client = connect(address, password).await?;
+    let mut changed = Vec::new();
+    for slot in create {
+        client
+            .execute(
+                "SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[slot],
+            )
+            .await
+            .map_err(|e| PgError::query(&e))?;
+        changed.push(format!("created {slot}"));
+    }
+    for slot in drop {
+        let dropped = client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                &[slot],
+            )
+            .await
+            .map_err(|e| PgError::query(&e))?;
+        if dropped > 0 {
+            changed.push(format!("dropped {slot}"));
+        }
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_created_and_dropped_by_difference() {
+        let wanted = vec!["geodb_a".to_owned(), "geodb_b".to_owned()];
+        let existing = vec!["geodb_b".to_owned(), "geodb_c".to_owned()];
+        let (create, drop) = slot_changes(&wanted, &existing);
+        assert_eq!(create, [&wanted[0]]);
+        assert_eq!(drop, [&existing[1]]);
+    }
+}

@@ -1,0 +1,157 @@
+//! The health probe: one query that tells an instance's role, timeline, WAL positions,
+//! replay state and replication slots.
+
+use super::connect::{bounded, connect, PgError, TIMEOUT};
+use super::lsn;
+
+/// One probe of one instance.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sample {
+    pub in_recovery: bool,
+    pub timeline: Option<i64>,
+    /// Primary: current WAL position. Replica: last position received and flushed.
+    pub lsn: Option<u64>,
+    /// Replica: last position replayed.
+    pub replayed_lsn: Option<u64>,
+    pub replay_paused: bool,
+    /// Replica: the WAL receiver is streaming.
+    pub receiving: bool,
+    /// Replica: seconds since the last message from the primary.
+    pub last_message_age: Option<f64>,
+    /// Replica: age of the last replayed transaction.
+    pub replay_age: Option<f64>,
+    /// Primary: physical replication slots the operator manages.
+    pub slots: Vec<String>,
+}
+
+impl Sample {
+    /// A replica sample (in recovery).
+    pub fn replica(&self) -> Option<&Sample> {
+        Some(self).filter(|s| s.in_recovery)
+    }
+
+    /// A primary sample (not in recovery).
+    pub fn primary(&self) -> Option<&Sample> {
+        Some(self).filter(|s| !s.in_recovery)
+    }
+}
+
+const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
+    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END)::text, \
+    pg_last_wal_replay_lsn()::text, \
+    CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END, \
+    COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false), \
+    (SELECT extract(epoch FROM now() - last_msg_receipt_time)::float8 FROM pg_stat_wal_receiver), \
+    extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, \
+    CASE WHEN pg_is_in_recovery() \
+      THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver WHERE received_tli > 0), (SELECT timeline_id FROM pg_control_checkpoint()))::int8 \
+      ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8 END, \
+    ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' AND slot_name LIKE 'geodb\\_%' ORDER BY 1)";
+
+/// Run the probe query on `client`.
+pub async fn sample(client: &tokio_postgres::Client) -> Result<Sample, PgError> {
+    let row = bounded("probe query", TIMEOUT, client.query_one(PROBE_SQL, &[])).await?;
+    let text = |i: usize| row.try_get::<_, Option<String>>(i).ok().flatten();
+    Ok(Sample {
+        in_recovery: row.try_get(0).map_err(|e| PgError::query(&e))?,
+        lsn: text(1).as_deref().and_then(lsn::parse),
+        replayed_lsn: text(2).as_deref().and_then(lsn::parse),
+        replay_paused: row.try_get(3).unwrap_or(false),
+        receiving: row.try_get(4).unwrap_or(false),
+        last_message_age: row.try_get(5).ok().flatten(),
+        replay_age: row.try_get(6).ok().flatten(),
+        timeline: row.try_get(7).ok().flatten(),
+        slots: row.try_get(8).unwrap_or_default(),
+    })
+}
+
+/// A kept probe connection and the address it goes to.
+pub type Connection = (String, tokio_postgres::Client);
+
+/// Probe one instance, reusing `kept` when it still points at `address`. The connection
+/// is handed back for the next probe unless the query failed.
+pub async fn probe(
+    kept: Option<Connection>,
+    address: String,
+    password: String,
+) -> (Option<Connection>, Result<Sample, PgError>) {
+    let client = match kept {
+        Some((kept_address, client)) if kept_address == address && !client.is_closed() => client,
+        _ => match connect(&address, &password).await {
+            Ok(client) => client,
+            Err(error) => return (None, Err(error)),
+        },
+    };
+    match sample(&client).await {
+        Ok(sample) => (Some((address, client)), Ok(sample)),
+        // A failed query drops the connection: the next probe starts afresh.
+        Err(error) => (None, Err(error)),
+    }
+}
+
+/// What the operator knows of one instance's PostgreSQL.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceHealth {
+    /// Pod IP probed; empty when the instance has no running pod.
+    pub address: String,
+    /// The last successful probe (kept while the instance fails, for its last LSN).
+    pub sample: Option<Sample>,
+    pub reachable: bool,
+    /// Nothing listens (connection refused, or no pod): PostgreSQL is not running there,
+    /// as opposed to a timeout, where it may be running behind a broken network.
+    pub refused: bool,
+    /// When the current run of failed probes began.
+    pub failing_since: Option<std::time::Instant>,
+    pub error: Option<String>,
+}
+
+impl InstanceHealth {
+    pub fn failing_for(&self, now: std::time::Instant) -> std::time::Duration {
+        self.failing_since
+            .map(|since| now.saturating_duration_since(since))
+            .unwrap_or_default()
+    }
+
+    /// Record the outcome of one probe made at `now`.
+    pub fn record(&mut self, result: Result<Sample, PgError>, now: std::time::Instant) {
+        match result {
+            Ok(sample) => {
+                self.sample = Some(sample);
+                self.reachable = true;
+                self.refused = false;
+                self.failing_since = None;
+                self.error = None;
+            }
+            Err(error) => {
+                self.reachable = false;
+                self.refused = error.is_refusal();
+                self.failing_since.get_or_insert(now);
+                self.error = Some(error.to_string());
+            }
+        }
+    }
+}
+
+/// What the operator knows of every instance of one GeoDatabase.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterHealth {
+    pub instances: std::collections::BTreeMap<String, InstanceHealth>,
+}
+
+impl ClusterHealth {
+    pub fn get(&self, instance: &str) -> Option<&InstanceHealth> {
+        self.instances.get(instance)
+    }
+
+    /// The last sample of a reachable instance.
+    pub fn sample(&self, instance: &str) -> Option<&Sample> {
+        self.get(instance)
+            .filter(|h| h.reachable)
+            .and_then(|h| h.sample.as_ref())
+    }
+
+    /// The pod IP last probed for `instance` (empty when unknown).
+    pub fn address(&self, instance: &str) -> &str {
+        self.get(instance).map_or("", |h| h.address.as_str())
+    }
+}
