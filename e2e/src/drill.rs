@@ -515,6 +515,55 @@ pub async fn wait_failed_over(
     .await
 }
 
+/// Wait until `old` is the confirmed primary again after a crash of its postmaster
+/// (`killed`): a new postmaster runs in its pod and every instance is healthy.
+pub async fn wait_recovered_in_place(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    old: &str,
+    killed: Option<i32>,
+    instances: usize,
+    timeout: Duration,
+) -> anyhow::Result<GeoDatabase> {
+    let pod = format!("{old}-0");
+    wait_for(
+        &format!("{ns}/{name}: {old} restarted in place and still the primary"),
+        timeout,
+        || async {
+            let restarted = postmaster_pid(ns, &pod).is_ok_and(|(pid, _)| Some(pid) != killed);
+            let db = geodatabase(client, ns, name).await.ok()?;
+            (restarted && primary_of(&db).as_deref() == Some(old) && healthy(&db, instances))
+                .then_some(db)
+        },
+    )
+    .await
+}
+
+/// From now until the pod `name` (the one there now) is gone from the API; polled every
+/// 100 ms, for at most two minutes.
+async fn watch_pod_gone(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<tokio::task::JoinHandle<Option<Duration>>> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let uid = pods.get(name).await?.metadata.uid;
+    let name = name.to_owned();
+    let started = Instant::now();
+    Ok(tokio::spawn(async move {
+        while started.elapsed() < Duration::from_secs(120) {
+            match pods.get_opt(&name).await {
+                Ok(Some(pod)) if pod.metadata.uid == uid => {}
+                Ok(_) => return Some(started.elapsed()),
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }))
+}
+
 /// Pods (by name) behind a Service right now, from its EndpointSlices.
 pub async fn service_pods(
     client: &Client,
@@ -639,9 +688,11 @@ pub async fn missing_ids(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     DeletePod,
+    /// SIGKILL of the postmaster: the agent restarts it in place (crash recovery), with
+    /// no failover and no acknowledged commit lost.
     KillPostmaster,
     NetworkCut,
-    /// SIGKILL of the postmaster with the operator set to exit right after it chose the
+    /// The primary's pod deleted with the operator set to exit right after it chose the
     /// new primary: the restarted operator must finish the failover.
     OperatorKilled,
     Switchover,
@@ -655,6 +706,11 @@ impl Fault {
         Fault::OperatorKilled,
         Fault::Switchover,
     ];
+
+    /// A new primary takes over after this fault (else the old one recovers in place).
+    pub fn fails_over(self) -> bool {
+        self != Fault::KillPostmaster
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -686,6 +742,10 @@ pub struct DrillReport {
     /// From the fault to the moment the old primary could take no more writes: every
     /// process of the killed server exited, or the network cut was in place.
     pub old_primary_stopped_after: Option<Duration>,
+    /// From the deletion of the old primary's pod to its removal from the API (a stop
+    /// that honours the stop signal takes seconds; one that does not, the whole grace
+    /// period).
+    pub old_pod_gone_after: Option<Duration>,
     /// Exited processes left unreaped in the old primary's container after recovery.
     pub zombies_left: Vec<i32>,
     pub acknowledged: usize,
@@ -771,11 +831,11 @@ impl Target {
         // busy node, and writes acknowledged meanwhile would look as if they followed the
         // fault.
         let (postmaster, instance_pid) = match fault {
-            Fault::KillPostmaster | Fault::OperatorKilled | Fault::NetworkCut => {
+            Fault::KillPostmaster | Fault::NetworkCut => {
                 let (postmaster, instance) = postmaster_pid(ns, &old_pod)?;
                 (Some(postmaster), Some(instance))
             }
-            Fault::DeletePod | Fault::Switchover => (None, None),
+            Fault::DeletePod | Fault::OperatorKilled | Fault::Switchover => (None, None),
         };
         let old_server: Vec<i32> = postmaster
             .map(|pm| {
@@ -786,9 +846,13 @@ impl Target {
             .unwrap_or_default();
         let fault_at = Instant::now();
         let mut cut_pid = None;
+        let mut pod_gone = None;
         match (fault, postmaster, instance_pid) {
-            (Fault::DeletePod, _, _) => delete_pod(client, ns, &old_pod).await?,
-            (Fault::KillPostmaster | Fault::OperatorKilled, Some(pid), _) => sigkill(pid)?,
+            (Fault::DeletePod | Fault::OperatorKilled, _, _) => {
+                delete_pod(client, ns, &old_pod).await?;
+                pod_gone = Some(watch_pod_gone(client, ns, &old_pod).await?);
+            }
+            (Fault::KillPostmaster, Some(pid), _) => sigkill(pid)?,
             (Fault::NetworkCut, _, Some(pid)) => {
                 network_cut(pid, true)?;
                 cut_pid = Some(pid);
@@ -811,11 +875,9 @@ impl Target {
         // the killed server exited (a backend that has not yet noticed the postmaster's
         // death still commits what its client sends), or when the cut was in place.
         let old_primary_stopped_at = match fault {
-            Fault::KillPostmaster | Fault::OperatorKilled => {
-                Some(all_exited(&old_server, Duration::from_secs(10)).await?)
-            }
+            Fault::KillPostmaster => Some(all_exited(&old_server, Duration::from_secs(10)).await?),
             Fault::NetworkCut => Some(Instant::now()),
-            Fault::DeletePod | Fault::Switchover => None,
+            Fault::DeletePod | Fault::OperatorKilled | Fault::Switchover => None,
         };
         // The network comes back once another instance is the primary.
         let outcome = async {
@@ -834,7 +896,12 @@ impl Target {
                 .await?;
                 network_cut(pid, false)?;
             }
-            wait_failed_over(client, ns, name, &old, self.instances, timeout).await
+            if fault.fails_over() {
+                wait_failed_over(client, ns, name, &old, self.instances, timeout).await
+            } else {
+                wait_recovered_in_place(client, ns, name, &old, postmaster, self.instances, timeout)
+                    .await
+            }
         }
         .await;
         if let Some(pid) = cut_pid.filter(|_| outcome.is_err()) {
@@ -877,6 +944,10 @@ impl Target {
             })
             .collect();
         let status_after = after.status.clone().unwrap_or_default();
+        let old_pod_gone_after = match pod_gone {
+            Some(task) => task.await.ok().flatten(),
+            None => None,
+        };
         Ok(DrillReport {
             fault,
             old_primary: old,
@@ -888,6 +959,7 @@ impl Target {
             watcher_rounds,
             missing,
             old_primary_stopped_after: old_primary_stopped_at.map(|t| t - fault_at),
+            old_pod_gone_after,
             zombies_left: instance_pid.map(zombies_under).unwrap_or_default(),
             acknowledged: acks.len(),
             lost_bytes_reported: status_after

@@ -138,6 +138,8 @@ async fn scenario_creates_every_object(client: &Client, op: &Operator, ns: &str)
         (ns, "get", "geodb.io", "geodatabases", "geo", true),
         (ns, "patch", "geodb.io", "geodatabases", "geo", false),
         (ns, "get", "", "secrets", "geo-superuser", false),
+        (ns, "create", "events.k8s.io", "events", "", true),
+        (ns, "delete", "events.k8s.io", "events", "", false),
         ("default", "get", "geodb.io", "geodatabases", "geo", false),
     ] {
         let access = Access {

@@ -10,6 +10,10 @@ pub const POSTGRES_UID: i64 = 999;
 pub const DATA_DIR: &str = "/var/lib/postgresql/data";
 /// The PostgreSQL data directory, inside the data volume.
 pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+/// Name prefix of a data directory set aside on the data volume (beside `PGDATA`) when a
+/// former primary could not be rewound: `pgdata.kept-<UTC time>`. It is never removed by
+/// geodb; the operator reports it.
+pub const KEPT_DATA_PREFIX: &str = "pgdata.kept-";
 /// Mount point of the instance ConfigMap.
 pub const CONFIG_DIR: &str = "/etc/geodb/config";
 /// Mount point of the credentials (one directory per role, see [`Credential`]).

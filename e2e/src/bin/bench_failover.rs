@@ -63,6 +63,8 @@ async fn main() -> anyhow::Result<()> {
     let mut pauses: Vec<(Fault, f64)> = Vec::new();
     let mut server_exits_ms: Vec<f64> = Vec::new();
     let (mut violations, mut lost_acked, mut extra_promotions) = (0usize, 0usize, 0usize);
+    let mut in_place_lost = 0usize;
+    let mut pod_gone_s: Vec<f64> = Vec::new();
     let mut lag_out = Vec::new();
     let mut lag_back = Vec::new();
     let mut id_base = 0i64;
@@ -78,8 +80,15 @@ async fn main() -> anyhow::Result<()> {
                 report.missing.len(), report.old_primary, report.new_primary);
             violations += report.violations.len();
             lost_acked += report.missing.len();
-            extra_promotions +=
-                (report.failovers_after - report.failovers_before - 1).unsigned_abs() as usize;
+            let expected = i32::from(fault.fails_over());
+            extra_promotions += (report.failovers_after - report.failovers_before - expected)
+                .unsigned_abs() as usize;
+            if !fault.fails_over() {
+                in_place_lost += report.missing.len();
+            }
+            if let Some(gone) = report.old_pod_gone_after {
+                pod_gone_s.push(gone.as_secs_f64());
+            }
             if let Some(rto) = report.rto_rw {
                 rto_rw.push((fault, rto.as_secs_f64()));
             }
@@ -87,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
                 rto_pooler.push((fault, rto.as_secs_f64()));
             }
             pauses.push((fault, report.write_pause.as_secs_f64()));
-            if matches!(fault, Fault::KillPostmaster | Fault::OperatorKilled) {
+            if fault == Fault::KillPostmaster {
                 if let Some(stopped) = report.old_primary_stopped_after {
                     server_exits_ms.push(stopped.as_secs_f64() * 1000.0);
                 }
@@ -112,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
     let unplanned = |values: &[(Fault, f64)]| -> Vec<f64> {
         values
             .iter()
-            .filter(|(f, _)| *f != Fault::Switchover)
+            .filter(|(f, _)| *f != Fault::Switchover && f.fails_over())
             .map(|(_, v)| *v)
             .collect()
     };
@@ -149,6 +158,11 @@ async fn main() -> anyhow::Result<()> {
         &server_exits_ms,
     );
     p50_and_max("lagging_replica_back_in_ro_{}_s".into(), &lag_back);
+    p50_and_max("deleted_pod_gone_{}_s".into(), &pod_gone_s);
+    figures.insert(
+        "postmaster_crash_lost_acknowledged_writes_count".into(),
+        json!(in_place_lost),
+    );
     figures.insert("two_writable_instances_count".into(), json!(violations));
     figures.insert("lost_acknowledged_writes_count".into(), json!(lost_acked));
     figures.insert("extra_promotions_count".into(), json!(extra_promotions));
@@ -159,6 +173,9 @@ async fn main() -> anyhow::Result<()> {
             "failover_rto_rw_p50_s": {"max": 10}, "failover_rto_rw_max_s": {"max": 20},
             "failover_rto_pooler_p50_s": {"max": 10}, "failover_rto_pooler_max_s": {"max": 20},
             "switchover_write_pause_max_s": {"max": 5},
+            "kill_postmaster_rto_rw_p50_s": {"max": 3},
+            "postmaster_crash_lost_acknowledged_writes_count": {"max": 0},
+            "deleted_pod_gone_max_s": {"max": 10},
             "lagging_replica_out_of_ro_max_s": {"max": 10},
             "two_writable_instances_count": {"max": 0},
             "extra_promotions_count": {"max": 0},

@@ -12,7 +12,7 @@ use super::error::{AgentError, Result};
 use super::files::{write_pgpass, write_private};
 use super::settings::Settings;
 use crate::names::{POSTGRES_PORT, REPLICATION_USER, SUPERUSER};
-use crate::pod_contract::Credential;
+use crate::pod_contract::{Credential, KEPT_DATA_PREFIX};
 
 /// How long a clone or a rejoin waits for the primary before the agent gives up (and
 /// the container restarts).
@@ -93,9 +93,62 @@ pub fn clone_primary(settings: &Settings, bin: &Path) -> Result<()> {
     result
 }
 
+/// Data directories set aside earlier on this volume.
+pub fn kept_directories(settings: &Settings) -> Vec<String> {
+    let Some(volume) = settings.pgdata.parent() else {
+        return Vec::new();
+    };
+    let mut kept: Vec<String> = std::fs::read_dir(volume)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|name| name.starts_with(KEPT_DATA_PREFIX))
+                .collect()
+        })
+        .unwrap_or_default();
+    kept.sort();
+    kept
+}
+
+/// Where a failed rejoin leaves the data directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejoined {
+    /// pg_rewind made it a replica of the primary.
+    Rewound,
+    /// pg_rewind failed; the old directory was moved to this name and a fresh copy taken.
+    KeptAndCloned { kept: String, why: String },
+}
+
+/// What to do when pg_rewind failed against a primary that is reachable: set the data
+/// aside, unless an earlier failure already did (then a human decides; the volume may
+/// not hold a third copy).
+pub fn after_failed_rewind(already_kept: &[String]) -> Result<(), String> {
+    match already_kept {
+        [] => Ok(()),
+        kept => Err(format!(
+            "pg_rewind failed and this volume already keeps {}; remove it (or them) when no longer needed, and the instance rejoins",
+            kept.join(", ")
+        )),
+    }
+}
+
+/// The source of a rewind accepts a superuser login (a failure of pg_rewind that is
+/// really a connection or login problem says nothing about this data directory).
+fn source_usable(bin: &Path, source: &str) -> bool {
+    run(
+        bin,
+        "psql",
+        &["-X", "-q", "-d", source, "-c", "SELECT 1"],
+        None,
+    )
+    .is_ok()
+}
+
 /// Turn the data directory of a former primary into a replica of the current one:
-/// pg_rewind from the primary, or a fresh clone when rewinding is impossible.
-pub fn rejoin(settings: &Settings, bin: &Path) -> Result<()> {
+/// pg_rewind from the primary. When rewinding is impossible, the directory is never
+/// removed: it is moved aside on the same volume and a fresh copy is taken; a second
+/// failure parks the instance (`AgentError::Parked`) until a human clears the volume.
+pub fn rejoin(settings: &Settings, bin: &Path) -> Result<Rejoined> {
     wait_for_primary(settings, bin, "rewinding")?;
     let passfile = std::env::temp_dir().join("geodb-superuser.pgpass");
     write_pgpass(
@@ -109,22 +162,61 @@ pub fn rejoin(settings: &Settings, bin: &Path) -> Result<()> {
         passfile.display()
     );
     let pgdata = settings.pgdata.display().to_string();
-    let rewound = run(
-        bin,
-        "pg_rewind",
-        &["--target-pgdata", &pgdata, "--source-server", &source],
-        None,
-    );
+    let rewound = if failpoint(settings, "rewind-fails") {
+        Err(AgentError::command("pg_rewind", "failpoint rewind-fails"))
+    } else {
+        run(
+            bin,
+            "pg_rewind",
+            &["--target-pgdata", &pgdata, "--source-server", &source],
+            None,
+        )
+    };
+    let usable = rewound.is_ok() || source_usable(bin, &source);
     let _ = std::fs::remove_file(&passfile);
-    match rewound {
-        Ok(()) => info!("pg_rewind done; starting as a replica"),
-        Err(error) => {
-            // The volume's WAL cannot be matched to the new primary's history; its data
-            // is on the new primary already, so a fresh copy is taken.
-            warn!(%error, "pg_rewind failed; cloning the primary afresh");
-            std::fs::remove_dir_all(&settings.pgdata).map_err(AgentError::io(&settings.pgdata))?;
-            return clone_primary(settings, bin);
+    let error = match rewound {
+        Ok(()) => {
+            info!("pg_rewind done; starting as a replica");
+            write_private(&settings.pgdata.join("standby.signal"), "")?;
+            return Ok(Rejoined::Rewound);
         }
+        // Nothing is decided about the data while the primary cannot be used: retried.
+        Err(error) if !usable => return Err(error),
+        Err(error) => error,
+    };
+    after_failed_rewind(&kept_directories(settings)).map_err(AgentError::Parked)?;
+    let kept = format!(
+        "{KEPT_DATA_PREFIX}{}",
+        k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+    );
+    let aside = settings.pgdata.with_file_name(&kept);
+    warn!(%error, kept = %aside.display(), "pg_rewind failed: the data directory is kept aside, and a fresh copy of the primary taken");
+    std::fs::rename(&settings.pgdata, &aside).map_err(AgentError::io(&settings.pgdata))?;
+    clone_primary(settings, bin)?;
+    Ok(Rejoined::KeptAndCloned {
+        kept,
+        why: error.to_string(),
+    })
+}
+
+/// A fault injected by the e2e drills: a file `geodb-failpoints` on the data volume
+/// (beside the data directory) that names it on a line of its own.
+fn failpoint(settings: &Settings, name: &str) -> bool {
+    settings
+        .pgdata
+        .parent()
+        .and_then(|volume| std::fs::read_to_string(volume.join("geodb-failpoints")).ok())
+        .is_some_and(|text| text.lines().any(|line| line.trim() == name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_failed_rewind_parks_instead_of_setting_more_aside() {
+        assert!(after_failed_rewind(&[]).is_ok());
+        let parked = after_failed_rewind(&["pgdata.kept-20261201T000000Z".into()]).unwrap_err();
+        assert!(parked.contains("pgdata.kept-20261201T000000Z"), "{parked}");
     }
-    write_private(&settings.pgdata.join("standby.signal"), "")
 }

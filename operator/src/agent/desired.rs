@@ -56,38 +56,25 @@ impl Desired {
 /// What the supervisor does next, from the data directory and the desired primary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
-    /// Start PostgreSQL as it is (a primary, or a replica that the operator promotes).
+    /// Start PostgreSQL as it is: a primary (after a crash too: crash recovery in place
+    /// is faster than any failover and loses nothing), or a replica.
     Start,
     /// The data directory was a primary's and another instance is the primary now:
     /// rewind it (or clone afresh) and start as a replica.
     Rejoin,
-    /// This instance crashed while primary: give the operator the chance to fail over.
-    Wait,
 }
 
-pub fn next_step(
-    me: &str,
-    desired: &Desired,
-    is_standby: bool,
-    crashed_primary_for: Option<Duration>,
-) -> Next {
-    if desired.primary != me {
-        return if is_standby {
-            Next::Start
-        } else {
-            Next::Rejoin
-        };
-    }
-    match crashed_primary_for {
-        Some(waited) if desired.instances > 1 && waited < desired.failover_delay * 2 => Next::Wait,
-        _ => Next::Start,
+pub fn next_step(me: &str, desired: &Desired, is_standby: bool) -> Next {
+    if desired.primary != me && !is_standby {
+        Next::Rejoin
+    } else {
+        Next::Start
     }
 }
 
 /// The API of this namespace's GeoDatabases, with the pod's service account.
-pub async fn kube_api(settings: &Settings) -> Option<Api<GeoDatabase>> {
-    let client = kube::Client::try_default().await.ok()?;
-    Some(Api::namespaced(client, &settings.namespace))
+pub fn kube_api(client: kube::Client, settings: &Settings) -> Api<GeoDatabase> {
+    Api::namespaced(client, &settings.namespace)
 }
 
 /// The GeoDatabase's view, or `None` when the API does not answer within `API_TIMEOUT`.
@@ -119,36 +106,12 @@ mod tests {
     }
 
     #[test]
-    fn a_former_primary_rejoins_and_a_replica_just_starts() {
-        assert_eq!(
-            next_step("geo-1", &desired("geo-2"), false, None),
-            Next::Rejoin
-        );
-        assert_eq!(
-            next_step("geo-1", &desired("geo-2"), true, None),
-            Next::Start
-        );
-        assert_eq!(
-            next_step("geo-2", &desired("geo-2"), true, None),
-            Next::Start
-        );
-        assert_eq!(
-            next_step("geo-1", &desired("geo-1"), false, None),
-            Next::Start
-        );
-    }
-
-    #[test]
-    fn a_crashed_primary_waits_for_a_failover_unless_alone() {
-        let d = desired("geo-1");
-        let waited = Some(Duration::from_secs(1));
-        assert_eq!(next_step("geo-1", &d, false, waited), Next::Wait);
-        assert_eq!(
-            next_step("geo-1", &d, false, Some(Duration::from_secs(11))),
-            Next::Start
-        );
-        let alone = Desired { instances: 1, ..d };
-        assert_eq!(next_step("geo-1", &alone, false, waited), Next::Start);
+    fn a_former_primary_rejoins_and_others_just_start() {
+        assert_eq!(next_step("geo-1", &desired("geo-2"), false), Next::Rejoin);
+        assert_eq!(next_step("geo-1", &desired("geo-2"), true), Next::Start);
+        assert_eq!(next_step("geo-2", &desired("geo-2"), true), Next::Start);
+        // A primary that crashed starts again in place.
+        assert_eq!(next_step("geo-1", &desired("geo-1"), false), Next::Start);
     }
 
     #[test]

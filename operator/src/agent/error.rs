@@ -18,6 +18,9 @@ pub enum AgentError {
     NoBinaries,
     #[error("timed out after {0:?} waiting for the primary at {1}")]
     PrimaryUnreachable(Duration, String),
+    /// The instance cannot rejoin without a human: it waits, and says why.
+    #[error("{0}")]
+    Parked(String),
 }
 
 impl AgentError {

@@ -21,14 +21,15 @@ pub mod error;
 mod files;
 mod process;
 pub mod reaper;
+mod report;
 pub mod settings;
+mod stop;
 mod supervise;
 
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use kube::Api;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::api::GeoDatabase;
@@ -40,7 +41,9 @@ use desired::{fetch, kube_api, next_step, Desired, Next};
 use error::{AgentError, Result};
 use files::{restrict_data_directory, write_pgpass};
 use process::Postgres;
+use report::Events;
 pub use settings::Settings;
+use stop::Stop;
 use supervise::{supervise, Ended, TICK};
 
 /// What the agent waits on: the kubelet's stop, or `future`.
@@ -50,7 +53,7 @@ enum Waited<T> {
 }
 
 async fn unless_stopped<T>(
-    term: &mut Signal,
+    term: &mut Stop,
     future: impl std::future::Future<Output = T>,
 ) -> Waited<T> {
     tokio::select! {
@@ -64,7 +67,7 @@ async fn unless_stopped<T>(
 async fn first_desired(
     api: Option<&Api<GeoDatabase>>,
     settings: &Settings,
-    term: &mut Signal,
+    term: &mut Stop,
 ) -> Option<Desired> {
     if api.is_none() {
         return Some(Desired::alone(settings));
@@ -86,7 +89,7 @@ async fn prepare(
     settings: &Settings,
     bin: &std::path::Path,
     desired: &Desired,
-    term: &mut Signal,
+    term: &mut Stop,
 ) -> Result<bool> {
     let mode = bootstrap_mode(
         settings.has_data(),
@@ -120,18 +123,42 @@ enum Pass {
     Again,
 }
 
+/// Restarts of a PostgreSQL that keeps exiting soon after it started wait longer each
+/// time (1 s, 2 s, 4 s, ... 30 s); a server that ran for a while restarts at once.
+#[derive(Debug, Default)]
+struct RestartBackoff {
+    quick_exits: u32,
+}
+
+impl RestartBackoff {
+    /// A run that lasted this long counts as healthy.
+    const HEALTHY_RUN: Duration = Duration::from_secs(30);
+    const MAX: Duration = Duration::from_secs(30);
+
+    /// How long to wait before the next start, after a run of `ran`.
+    fn after_exit(&mut self, ran: Duration) -> Duration {
+        if ran >= Self::HEALTHY_RUN {
+            self.quick_exits = 0;
+            return Duration::ZERO;
+        }
+        self.quick_exits = self.quick_exits.saturating_add(1);
+        Duration::from_secs(1u64 << (self.quick_exits - 1).min(5)).min(Self::MAX)
+    }
+}
+
 /// The agent's state across passes of the main loop.
 struct Agent {
     settings: Settings,
     bin: std::path::PathBuf,
     api: Option<Api<GeoDatabase>>,
+    events: Option<Events>,
     desired: Desired,
-    crashed_at: Option<Instant>,
+    backoff: RestartBackoff,
 }
 
 impl Agent {
-    /// Follow the GeoDatabase once: wait, rejoin, or run PostgreSQL until it ends.
-    async fn pass(&mut self, term: &mut Signal) -> Result<Pass> {
+    /// Follow the GeoDatabase once: rejoin if needed, then run PostgreSQL until it ends.
+    async fn pass(&mut self, term: &mut Stop) -> Result<Pass> {
         if let Some(now) = fetch(self.api.as_ref(), &self.settings).await {
             self.desired = now;
         } else if self.api.is_some() {
@@ -145,30 +172,66 @@ impl Agent {
             &self.settings.instance,
             &self.desired,
             self.settings.is_standby(),
-            self.crashed_at.map(|t| t.elapsed()),
         );
-        match step {
-            Next::Wait => {
-                return Ok(match unless_stopped(term, tokio::time::sleep(TICK)).await {
-                    Waited::Stopped => Pass::Stop(ExitStatus::default()),
-                    Waited::Done(()) => Pass::Again,
-                })
+        if step == Next::Rejoin {
+            if let Some(stop) = self.rejoin(term).await? {
+                return Ok(stop);
             }
-            Next::Rejoin => {
-                info!(primary = %self.desired.primary, "rejoining as a replica");
-                let (s, b) = (self.settings.clone(), self.bin.clone());
-                let rejoining = blocking("rejoin", move || clone::rejoin(&s, &b));
-                if let Waited::Stopped = unless_stopped(term, rejoining).await {
-                    return Ok(Pass::Stop(ExitStatus::default()));
-                }
-            }
-            Next::Start => {}
         }
         self.run_postgres(term).await
     }
 
-    async fn run_postgres(&mut self, term: &mut Signal) -> Result<Pass> {
-        self.crashed_at = None;
+    /// Rewind (or set aside and clone) a former primary; `Some` when the agent stops.
+    async fn rejoin(&mut self, term: &mut Stop) -> Result<Option<Pass>> {
+        info!(primary = %self.desired.primary, "rejoining as a replica");
+        let (s, b) = (self.settings.clone(), self.bin.clone());
+        let rejoining = blocking("rejoin", move || clone::rejoin(&s, &b));
+        let rejoined = match unless_stopped(term, rejoining).await {
+            Waited::Stopped => return Ok(Some(Pass::Stop(ExitStatus::default()))),
+            Waited::Done(rejoined) => rejoined,
+        };
+        let instance = &self.settings.instance;
+        match rejoined {
+            Ok(clone::Rejoined::Rewound) => Ok(None),
+            Ok(clone::Rejoined::KeptAndCloned { kept, why }) => {
+                self.warn("DataDirectoryKept", format!(
+                    "{instance}: pg_rewind failed ({why}); the data directory was kept as {kept} on its volume and a fresh copy of the primary taken (see docs/runbooks/kept-data.md)"
+                )).await;
+                Ok(None)
+            }
+            Err(AgentError::Parked(why)) => {
+                warn!(%why, "parked: waiting for a human");
+                self.warn(
+                    "InstanceParked",
+                    format!("{instance} waits: {why} (see docs/runbooks/kept-data.md)"),
+                )
+                .await;
+                self.park(term).await
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Wait until the kept data directories are gone (a human removed them), then look
+    /// again; `Some` when the agent stops meanwhile.
+    async fn park(&mut self, term: &mut Stop) -> Result<Option<Pass>> {
+        while !clone::kept_directories(&self.settings).is_empty() {
+            if let Waited::Stopped =
+                unless_stopped(term, tokio::time::sleep(Duration::from_secs(5))).await
+            {
+                return Ok(Some(Pass::Stop(ExitStatus::default())));
+            }
+        }
+        Ok(Some(Pass::Again))
+    }
+
+    async fn warn(&self, reason: &str, note: String) {
+        if let Some(events) = &self.events {
+            events.warn(reason, note).await;
+        }
+    }
+
+    async fn run_postgres(&mut self, term: &mut Stop) -> Result<Pass> {
         restrict_data_directory(&self.settings)?;
         info!(standby = self.settings.is_standby(), primary = %self.desired.primary, "starting PostgreSQL");
         let started = Instant::now();
@@ -185,19 +248,20 @@ impl Agent {
             Ended::Terminated(status) => return Ok(Pass::Stop(status)),
             Ended::Demoted | Ended::Fenced => {}
             Ended::Exited { was_primary } => {
-                if was_primary {
-                    self.crashed_at = Some(Instant::now());
-                }
-                // A server that cannot start is not restarted in a tight loop.
-                if started.elapsed() < Duration::from_secs(1) {
-                    if let Waited::Stopped =
-                        unless_stopped(term, tokio::time::sleep(Duration::from_secs(1))).await
-                    {
-                        return Ok(Pass::Stop(ExitStatus::default()));
-                    }
-                }
                 if self.api.is_none() {
                     return Err(AgentError::command("postgres", "exited"));
+                }
+                // Restarted in place: a crashed primary runs crash recovery, which loses
+                // no committed transaction; a failover happens only if this takes longer
+                // than the failover delay.
+                let wait = self.backoff.after_exit(started.elapsed());
+                info!(
+                    was_primary,
+                    wait_ms = wait.as_millis() as u64,
+                    "restarting PostgreSQL in place"
+                );
+                if let Waited::Stopped = unless_stopped(term, tokio::time::sleep(wait)).await {
+                    return Ok(Pass::Stop(ExitStatus::default()));
                 }
             }
         }
@@ -209,11 +273,13 @@ impl Agent {
 /// this instance, until the kubelet stops the container.
 pub async fn run(settings: Settings) -> Result<ExitStatus> {
     let bin = bin_dir()?;
-    let mut term = signal(SignalKind::terminate()).map_err(|e| AgentError::command("signal", e))?;
+    let mut term = Stop::new()?;
     if let Err(error) = reaper::become_subreaper() {
         warn!(%error, "cannot become a child subreaper: processes a crashed server leaves may outlive it");
     }
-    let api = kube_api(&settings).await;
+    let client = kube::Client::try_default().await.ok();
+    let api = client.as_ref().map(|c| kube_api(c.clone(), &settings));
+    let events = client.map(|c| Events::new(c, &settings));
     if api.is_none() {
         warn!("no Kubernetes API access: running in the role the data directory has");
     }
@@ -227,12 +293,34 @@ pub async fn run(settings: Settings) -> Result<ExitStatus> {
         settings,
         bin,
         api,
+        events,
         desired,
-        crashed_at: None,
+        backoff: RestartBackoff::default(),
     };
     loop {
         if let Pass::Stop(status) = agent.pass(&mut term).await? {
             return Ok(status);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_that_ran_restarts_at_once_one_that_cannot_start_backs_off() {
+        let mut backoff = RestartBackoff::default();
+        assert_eq!(
+            backoff.after_exit(Duration::from_secs(3600)),
+            Duration::ZERO
+        );
+        let quick = Duration::from_millis(200);
+        let waits: Vec<u64> = (0..8)
+            .map(|_| backoff.after_exit(quick).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(backoff.after_exit(Duration::from_secs(60)), Duration::ZERO);
+        assert_eq!(backoff.after_exit(quick), Duration::from_secs(1));
     }
 }

@@ -5,7 +5,6 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use kube::Api;
-use tokio::signal::unix::Signal;
 use tracing::{info, warn};
 
 use super::command::blocking;
@@ -14,6 +13,7 @@ use super::error::{AgentError, Result};
 use super::process::Postgres;
 use super::reaper;
 use super::settings::Settings;
+use super::stop::Stop;
 use crate::api::GeoDatabase;
 use crate::postgres::connect_socket;
 
@@ -22,7 +22,7 @@ pub const TICK: Duration = Duration::from_millis(500);
 
 /// How one run of PostgreSQL ended.
 pub enum Ended {
-    /// SIGTERM from the kubelet: the container stops.
+    /// SIGINT or SIGTERM from the kubelet: the container stops.
     Terminated(ExitStatus),
     /// Another instance is the primary now; this one stopped to rejoin.
     Demoted,
@@ -69,7 +69,7 @@ pub async fn supervise(
     settings: &Settings,
     api: Option<&Api<GeoDatabase>>,
     mut postgres: Postgres,
-    term: &mut Signal,
+    term: &mut Stop,
     mut desired: Desired,
 ) -> Result<Ended> {
     let mut confirmed = Instant::now();
@@ -79,7 +79,7 @@ pub async fn supervise(
             // A stop from the kubelet comes before anything else.
             biased;
             _ = term.recv() => {
-                info!("SIGTERM: fast shutdown of PostgreSQL");
+                info!("stop signal: fast shutdown of PostgreSQL");
                 return postgres.stop_fast().await.map(Ended::Terminated);
             }
             status = postgres.child.wait() => return reap(settings, status).await,

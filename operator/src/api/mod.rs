@@ -40,6 +40,7 @@ pub const DEFAULT_IMAGE: &str = "geodb/postgis:17-3.5";
     status = "GeoDatabaseStatus",
     derive = "PartialEq",
     validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 40").message("metadata.name must start with a letter, contain only lowercase letters, digits and '-', and be at most 40 characters (object names are derived from it)"),
+    validation = Rule::new("!(has(self.spec.replication) && has(self.spec.replication.synchronous) && self.spec.replication.synchronous) || !(has(self.spec.postgresql) && has(self.spec.postgresql.parameters) && 'synchronous_commit' in self.spec.postgresql.parameters) || self.spec.postgresql.parameters['synchronous_commit'] in ['on', 'remote_apply']").message("postgresql.parameters.synchronous_commit must be on or remote_apply when replication.synchronous is true: a lower level lets a failover lose acknowledged commits"),
     validation = Rule::new("!has(self.spec.primary) || (self.spec.primary.startsWith(self.metadata.name + '-') && self.spec.primary.substring(size(self.metadata.name) + 1).matches('^[1-9][0-9]*$'))").message("spec.primary must name an instance of this GeoDatabase, such as <name>-2"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Primary", type_ = "string", json_path = ".status.currentPrimary"),

@@ -9,6 +9,7 @@ use crate::names::{COMPONENT_DATABASE, POSTGRES_PORT, REPLICATION_USER};
 use crate::pod_contract::{
     BOOTSTRAPPED_KEY, CONFIG_DIR, PG_HBA_CONF, PG_IDENT_CONF, POSTGRESQL_CONF, SOCKET_DIR,
 };
+use crate::quantity::parse_quantity;
 
 /// Settings the operator needs; user parameters cannot override them (the schema refuses
 /// the reserved names) and come after them.
@@ -42,13 +43,26 @@ fn synchronous_settings(cluster: &Cluster) -> Vec<(&'static str, String)> {
     }
 }
 
+/// WAL kept for replicas, in MB of a data volume of `storage` (a quantity): slots may hold
+/// at most a fifth of the volume (at least 64MB), so a replica that is down for long
+/// cannot fill the primary's disk; its slot is then invalidated and it must clone again.
+/// Without a slot, a twentieth (at most 512MB) is kept for a replica that reconnects.
+fn wal_retention(storage: &str) -> (String, String) {
+    let mb = parse_quantity(storage).map_or(1024.0, |bytes| bytes / f64::from(1 << 20));
+    let slot_keep = (mb / 5.0).max(64.0) as u64;
+    let keep = (mb / 20.0).clamp(16.0, 512.0) as u64;
+    (format!("{slot_keep}MB"), format!("{keep}MB"))
+}
+
 /// Defaults a user may override.
-fn default_settings() -> Vec<(&'static str, String)> {
+fn default_settings(cluster: &Cluster) -> Vec<(&'static str, String)> {
+    let (slot_keep, keep) = wal_retention(&cluster.spec.storage.size);
     vec![
         ("max_connections", "100".into()),
         ("max_wal_senders", "10".into()),
         ("max_replication_slots", "10".into()),
-        ("wal_keep_size", "512MB".into()),
+        ("wal_keep_size", keep),
+        ("max_slot_wal_keep_size", slot_keep),
         ("shared_preload_libraries", "pg_stat_statements".into()),
         ("log_min_duration_statement", "100ms".into()),
         ("log_line_prefix", "%m [%p] %q%u@%d ".into()),
@@ -70,7 +84,7 @@ pub fn effective_setting(cluster: &Cluster, name: &str) -> Option<String> {
         .get(name)
         .cloned()
         .or_else(|| {
-            default_settings()
+            default_settings(cluster)
                 .into_iter()
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v)
@@ -86,7 +100,7 @@ pub fn postgresql_conf(cluster: &Cluster) -> String {
         out.push_str(&format!("{key} = '{value}'\n"));
     }
     let user = &cluster.spec.postgresql.parameters;
-    for (key, value) in default_settings() {
+    for (key, value) in default_settings(cluster) {
         if !user.contains_key(key) {
             out.push_str(&format!("{key} = '{value}'\n"));
         }
@@ -175,6 +189,18 @@ mod tests {
             "replication": {"synchronous": true}}));
         assert!(postgresql_conf(&b).contains("synchronous_standby_names = 'ANY 1 (*)'"));
         assert!(postgresql_conf(&b).contains("wal_log_hints = 'on'"));
+    }
+
+    #[test]
+    fn slots_keep_a_bounded_share_of_the_volume() {
+        assert_eq!(wal_retention("1Gi"), ("204MB".into(), "51MB".into()));
+        assert_eq!(wal_retention("100Gi"), ("20480MB".into(), "512MB".into()));
+        assert_eq!(wal_retention("128Mi"), ("64MB".into(), "16MB".into()));
+        let c = cluster(json!({"storage": {"size": "10Gi"},
+            "postgresql": {"parameters": {"max_slot_wal_keep_size": "-1"}}}));
+        let conf = postgresql_conf(&c);
+        assert!(conf.contains("max_slot_wal_keep_size = '-1'"));
+        assert!(!conf.contains("max_slot_wal_keep_size = '2048MB'"));
     }
 
     #[test]

@@ -105,7 +105,7 @@ async fn lead(client: &Client, namespace: String, identity: String) -> LeaderEle
         name: "geodb-operator-leader".into(),
         identity,
         lease_duration: Duration::from_secs(15),
-        renew_every: Duration::from_secs(5),
+        renew_every: Duration::from_secs(2),
     };
     election.acquire(client).await;
     let (kept, lease_client) = (election.clone(), client.clone());

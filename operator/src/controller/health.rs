@@ -44,6 +44,7 @@ struct Digest {
     serving_reads: bool,
     timeline: Option<i64>,
     slots: usize,
+    kept_data: usize,
 }
 
 /// What a reconcile must react to; lag figures change all the time and are left out.
@@ -63,6 +64,7 @@ fn digest(health: &ClusterHealth, targets: &Targets) -> Vec<Digest> {
                     .is_some_and(|s| serves_reads(primary, s, targets.max_lag_bytes)),
                 timeline: sample.and_then(|s| s.timeline),
                 slots: sample.map(|s| s.slots.len()).unwrap_or(0),
+                kept_data: sample.map(|s| s.kept_data.len()).unwrap_or(0),
             }
         })
         .collect()

@@ -208,11 +208,11 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     )
     .await?;
     let steady = matches!(plan, Plan::Steady | Plan::Acknowledge { .. });
-    let rolling = if steady {
+    let rollout = if steady {
         replication::converge_slots(ctx, &cluster, &db, &health).await;
-        rollout::step(ctx, &db, &cluster, &observed, &health).await?
+        rollout::plan(&cluster, &observed, &health)
     } else {
-        false
+        rollout::Rollout::default()
     };
     let changes = applier.into_changes();
     let applied_in = applying.elapsed();
@@ -223,9 +223,12 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         health: &health,
         roles: &roles,
         transition,
+        rollout: &rollout,
         now: &now(),
     });
+    // The status says what the rollout does before it does it.
     status::write(&ctx.client, &db, computed).await?;
+    rollout::execute(ctx, &db, &cluster, &rollout).await?;
     let status_in = applying.elapsed() - applied_in;
     events::report_changes(&db, ctx, &changes, generated).await;
     if applying.elapsed() > SLOW_RECONCILE {
@@ -238,7 +241,7 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     }
     Ok(if let Some(soon) = plan.requeue() {
         Action::requeue(soon)
-    } else if changes.requeue_soon || rolling {
+    } else if changes.requeue_soon || rollout.rolling() {
         Action::requeue(Duration::from_secs(2))
     } else {
         Action::requeue(RESYNC)

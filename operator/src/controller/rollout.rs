@@ -96,15 +96,43 @@ async fn delete_pod(client: &Client, namespace: &str, instance: &str) -> Result<
     Ok(())
 }
 
-/// Roll the next outdated pod, if its turn has come. Returns whether any pod is still
-/// outdated (the reconcile looks again soon).
-pub async fn step(
-    ctx: &Context,
-    db: &GeoDatabase,
-    cluster: &Cluster,
-    observed: &Observed,
-    health: &ClusterHealth,
-) -> Result<bool> {
+/// A rollout as it stands: what is outdated, what goes next, and what it waits for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rollout {
+    /// Instances whose pod runs an older template.
+    pub outdated: Vec<String>,
+    /// The pod to delete in this reconcile, if its turn has come.
+    pub next: Option<String>,
+    /// Instances not yet ready and streaming, which the next step waits for.
+    pub unsettled: Vec<String>,
+}
+
+impl Rollout {
+    pub fn rolling(&self) -> bool {
+        !self.outdated.is_empty()
+    }
+
+    /// What the `Progressing` condition says while pods roll.
+    pub fn describe(&self, primary: &str) -> Option<String> {
+        if !self.rolling() {
+            return None;
+        }
+        let outdated = self.outdated.join(", ");
+        Some(match &self.next {
+            Some(next) if next == primary => format!(
+                "rolling out the new pod template: restarting the primary {next} last (a replica takes over); outdated: {outdated}"
+            ),
+            Some(next) => format!("rolling out the new pod template: restarting {next}; outdated: {outdated}"),
+            None => format!(
+                "rolling out the new pod template one instance at a time; outdated: {outdated}; waiting for {} to be ready and streaming",
+                if self.unsettled.is_empty() { "a pod".to_owned() } else { self.unsettled.join(", ") }
+            ),
+        })
+    }
+}
+
+/// Where the rollout stands and which pod goes next (pure).
+pub fn plan(cluster: &Cluster, observed: &Observed, health: &ClusterHealth) -> Rollout {
     let state = observe(
         &cluster.instances,
         &cluster.primary,
@@ -112,11 +140,32 @@ pub async fn step(
         &observed.related.pods,
         health,
     );
-    let rolling = state.values().any(|s| s.outdated);
-    let Some(instance) = next_to_roll(&cluster.instances, &cluster.primary, &state) else {
-        return Ok(rolling);
+    let pick = |f: fn(&InstanceRollout) -> bool| -> Vec<String> {
+        cluster
+            .instances
+            .iter()
+            .filter(|i| state.get(*i).is_none_or(f))
+            .cloned()
+            .collect()
     };
-    delete_pod(&ctx.client, &cluster.namespace, &instance).await?;
+    Rollout {
+        outdated: pick(|s| s.outdated),
+        next: next_to_roll(&cluster.instances, &cluster.primary, &state),
+        unsettled: pick(|s| !s.settled),
+    }
+}
+
+/// Delete the pod whose turn has come (after the status said so).
+pub async fn execute(
+    ctx: &Context,
+    db: &GeoDatabase,
+    cluster: &Cluster,
+    rollout: &Rollout,
+) -> Result<()> {
+    let Some(instance) = rollout.next.as_deref() else {
+        return Ok(());
+    };
+    delete_pod(&ctx.client, &cluster.namespace, instance).await?;
     let primary = instance == cluster.primary;
     info!(%instance, primary, "rolling out the new pod template");
     ctx.metrics.record_action("pod_rolled");
@@ -132,7 +181,7 @@ pub async fn step(
         format!("restarting {instance} with the new pod template{note}"),
     )
     .await;
-    Ok(rolling)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -183,6 +232,26 @@ mod tests {
             ("geo-3", false, true),
         ]);
         assert_eq!(next_to_roll(&instances(), "geo-1", &s), None);
+    }
+
+    #[test]
+    fn a_rollout_says_what_it_does_and_waits_for() {
+        let waiting = Rollout {
+            outdated: vec!["geo-1".into()],
+            next: None,
+            unsettled: vec!["geo-2".into()],
+        };
+        let message = waiting.describe("geo-1").unwrap();
+        assert!(message.contains("waiting for geo-2"), "{message}");
+        let primary = Rollout {
+            next: Some("geo-1".into()),
+            ..waiting.clone()
+        };
+        assert!(primary
+            .describe("geo-1")
+            .unwrap()
+            .contains("primary geo-1 last"));
+        assert_eq!(Rollout::default().describe("geo-1"), None);
     }
 
     #[test]

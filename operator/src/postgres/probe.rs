@@ -3,6 +3,7 @@
 
 use super::connect::{bounded, connect, PgError, TIMEOUT};
 use super::lsn;
+use crate::pod_contract::{DATA_DIR, KEPT_DATA_PREFIX};
 
 /// One probe of one instance.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -22,6 +23,8 @@ pub struct Sample {
     pub replay_age: Option<f64>,
     /// Primary: physical replication slots the operator manages.
     pub slots: Vec<String>,
+    /// Data directories set aside on the instance's volume (`pod_contract::KEPT_DATA_PREFIX`).
+    pub kept_data: Vec<String>,
 }
 
 impl Sample {
@@ -34,6 +37,17 @@ impl Sample {
     pub fn primary(&self) -> Option<&Sample> {
         Some(self).filter(|s| !s.in_recovery)
     }
+}
+
+/// The probe query; its last column lists the kept data directories of the volume.
+fn probe_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "{PROBE_SQL}, ARRAY(SELECT f FROM pg_ls_dir('{DATA_DIR}', true, false) f WHERE f LIKE '{}%' ORDER BY 1)",
+            KEPT_DATA_PREFIX.replace('_', "\\_")
+        )
+    })
 }
 
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
@@ -50,7 +64,7 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
 
 /// Run the probe query on `client`.
 pub async fn sample(client: &tokio_postgres::Client) -> Result<Sample, PgError> {
-    let row = bounded("probe query", TIMEOUT, client.query_one(PROBE_SQL, &[])).await?;
+    let row = bounded("probe query", TIMEOUT, client.query_one(probe_sql(), &[])).await?;
     let text = |i: usize| row.try_get::<_, Option<String>>(i).ok().flatten();
     Ok(Sample {
         in_recovery: row.try_get(0).map_err(|e| PgError::query(&e))?,
@@ -62,6 +76,7 @@ pub async fn sample(client: &tokio_postgres::Client) -> Result<Sample, PgError> 
         replay_age: row.try_get(6).ok().flatten(),
         timeline: row.try_get(7).ok().flatten(),
         slots: row.try_get(8).unwrap_or_default(),
+        kept_data: row.try_get(9).unwrap_or_default(),
     })
 }
 
@@ -153,5 +168,20 @@ impl ClusterHealth {
     /// The pod IP last probed for `instance` (empty when unknown).
     pub fn address(&self, instance: &str) -> &str {
         self.get(instance).map_or("", |h| h.address.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_lists_kept_directories_of_the_data_volume() {
+        let sql = probe_sql();
+        assert!(sql.starts_with("SELECT pg_is_in_recovery()"));
+        assert!(
+            sql.ends_with("ARRAY(SELECT f FROM pg_ls_dir('/var/lib/postgresql/data', true, false) f WHERE f LIKE 'pgdata.kept-%' ORDER BY 1)"),
+            "{sql}"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Leader election on a coordination.k8s.io Lease, so that two operator replicas never
-//! reconcile at once. The holder renews every `renew_every`; a standby takes over once the
-//! lease has not been renewed for `lease_duration`.
+//! reconcile at once. The holder renews every `renew_every`, each attempt bounded in
+//! time, and stops (the process exits) when it has not renewed for two thirds of
+//! `lease_duration`; a standby takes over only once the lease has not been renewed for
+//! the whole `lease_duration`.
 
 use std::time::Duration;
 
@@ -26,6 +28,8 @@ pub enum LeaderError {
     Kube(#[from] kube::Error),
     #[error("lost the leader Lease {0}")]
     Lost(String),
+    #[error("renewing the leader Lease took longer than {0:?}")]
+    Timeout(Duration),
 }
 
 fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
@@ -117,7 +121,7 @@ impl LeaderElection {
     /// Wait until this process holds the Lease.
     pub async fn acquire(&self, client: &Client) {
         loop {
-            match self.try_acquire(client).await {
+            match self.renew(client).await {
                 Ok(true) => {
                     info!(lease = %self.name, identity = %self.identity, "became leader");
                     return;
@@ -130,18 +134,36 @@ impl LeaderElection {
         }
     }
 
-    /// Renew until renewal fails for longer than the lease duration (or someone else holds
-    /// the Lease); then return the error, and the caller stops reconciling.
+    /// A leader stops acting once it has not renewed for this share of the lease: the
+    /// rest (a third) covers a standby whose clock runs ahead, so two leaders never act
+    /// at once.
+    pub fn acting_limit(&self) -> Duration {
+        self.lease_duration * 2 / 3
+    }
+
+    /// One renewal, bounded in time so that a hanging request cannot outlast the limit.
+    async fn renew(&self, client: &Client) -> Result<bool, LeaderError> {
+        let bound = self.renew_every.max(Duration::from_millis(500));
+        match tokio::time::timeout(bound, self.try_acquire(client)).await {
+            Ok(result) => result,
+            Err(_) => Err(LeaderError::Timeout(bound)),
+        }
+    }
+
+    /// Renew every `renew_every` until a renewal has not succeeded for `acting_limit`
+    /// (counted from when the last good request was sent) or someone else holds the
+    /// Lease; then return the error, and the caller stops at once.
     pub async fn keep(&self, client: &Client) -> LeaderError {
         let mut last_renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.renew_every).await;
-            match self.try_acquire(client).await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
+            let sent = tokio::time::Instant::now();
+            match self.renew(client).await {
+                Ok(true) => last_renewed = sent,
                 Ok(false) => return LeaderError::Lost(self.name.clone()),
                 Err(error) => {
                     warn!(%error, "could not renew the leader Lease");
-                    if last_renewed.elapsed() >= self.lease_duration {
+                    if last_renewed.elapsed() >= self.acting_limit() {
                         return error;
                     }
                 }
@@ -165,5 +187,19 @@ mod tests {
         assert!(!expired(&spec, Timestamp::from_second(1010).unwrap()));
         assert!(expired(&spec, Timestamp::from_second(1016).unwrap()));
         assert!(expired(&LeaseSpec::default(), renewed));
+    }
+
+    #[test]
+    fn a_leader_stops_well_before_a_standby_may_take_over() {
+        let election = LeaderElection {
+            namespace: "ns".into(),
+            name: "lease".into(),
+            identity: "a".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(2),
+        };
+        assert_eq!(election.acting_limit(), Duration::from_secs(10));
+        // Renewals are tried often enough to survive a few failed ones within the limit.
+        assert!(election.renew_every * 4 < election.acting_limit());
     }
 }

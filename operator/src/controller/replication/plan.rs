@@ -163,6 +163,9 @@ fn choose(v: &View<'_>, from: &str, exclude: &[&str], reason: String) -> Result<
             _ => skipped.push(format!("{name}: {}", describe_failure(v, name))),
         }
     }
+    if v.spec.replication.synchronous && !v.spec.replication.force_failover {
+        check_quorum(v, from)?;
+    }
     let Some((to, lsn)) = best else {
         return Err(Plan::Refuse {
             reason: Reason::NoCandidate,
@@ -191,6 +194,30 @@ fn choose(v: &View<'_>, from: &str, exclude: &[&str], reason: String) -> Result<
         reason,
         old_lsn: reference,
         promoted_lsn: Some(lsn),
+    })
+}
+
+/// Synchronous mode: a commit was acknowledged once any one replica flushed it, so only
+/// the most advanced of *all* replicas is sure to hold every acknowledged commit. With a
+/// replica out of reach (even one chosen earlier and lost before its promotion), the
+/// failover waits for it rather than promote one that may lack commits.
+fn check_quorum(v: &View<'_>, from: &str) -> Result<(), Plan> {
+    let unreachable: Vec<String> = v
+        .instances
+        .iter()
+        .filter(|name| *name != from)
+        .filter(|name| v.health.sample(name).is_none_or(|s| !s.in_recovery))
+        .map(|name| format!("{name} ({})", describe_failure(v, name)))
+        .collect();
+    if unreachable.is_empty() {
+        return Ok(());
+    }
+    Err(Plan::Refuse {
+        reason: Reason::SynchronousReplicaUnreachable,
+        message: format!(
+            "the primary {from} is down in synchronous mode and {} cannot be reached: a commit acknowledged by it alone may be missing from every other replica, so the failover waits until it can be compared; set spec.replication.forceFailover: true to promote the most advanced reachable replica anyway",
+            unreachable.join(", ")
+        ),
     })
 }
 
@@ -750,6 +777,66 @@ mod tests {
         // A request already handled is not acted on again (after a later failover).
         case.status.handled_primary_request = Some("geo-1".into());
         assert_eq!(case.plan(), Plan::Steady);
+    }
+
+    #[test]
+    fn synchronous_mode_waits_for_every_replica() {
+        let now = Instant::now();
+        let mut case = Case::new(
+            status("geo-1", None),
+            &[
+                ("geo-1", down(now, 30, true, Some(primary(100)))),
+                ("geo-2", up(replica(100, false))),
+                ("geo-3", down(now, 30, false, None)),
+            ],
+            now,
+        );
+        case.spec.replication.synchronous = true;
+        let Plan::Refuse { reason, message } = case.plan() else {
+            panic!("{:?}", case.plan())
+        };
+        assert_eq!(reason, Reason::SynchronousReplicaUnreachable);
+        assert!(message.contains("geo-3"), "{message}");
+        // Once it answers, the most advanced of all is promoted.
+        case.health
+            .instances
+            .insert("geo-3".into(), up(replica(150, false)));
+        let Plan::Begin(t) = case.plan() else {
+            panic!("{:?}", case.plan())
+        };
+        assert_eq!(t.to, "geo-3");
+        // A human may accept the risk.
+        case.health
+            .instances
+            .insert("geo-3".into(), down(now, 30, false, None));
+        case.spec.replication.force_failover = true;
+        assert!(matches!(case.plan(), Plan::Begin(_)));
+        // Asynchronous mode promotes the best reachable one.
+        case.spec.replication.force_failover = false;
+        case.spec.replication.synchronous = false;
+        assert!(matches!(case.plan(), Plan::Begin(_)));
+    }
+
+    #[test]
+    fn synchronous_mode_does_not_pass_over_a_lost_target() {
+        let now = Instant::now();
+        let mut case = Case::new(
+            status("geo-1", Some("geo-2")),
+            &[
+                ("geo-1", down(now, 30, true, Some(primary(100)))),
+                ("geo-2", down(now, 30, true, None)),
+                ("geo-3", up(replica(100, false))),
+            ],
+            now,
+        );
+        case.spec.replication.synchronous = true;
+        assert!(matches!(
+            case.plan(),
+            Plan::Refuse {
+                reason: Reason::SynchronousReplicaUnreachable,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -33,6 +33,9 @@ spelled! {
         Degraded,
         /// Failovers and switchovers: True while one is under way or refused.
         PrimaryTransition,
+        /// True while an instance's volume keeps a data directory set aside after a
+        /// failed rewind (never removed by geodb).
+        KeptData,
     }
 }
 
@@ -43,6 +46,8 @@ spelled! {
         NotReady,
         Converged,
         Reconciling,
+        /// Pods are being restarted one at a time onto a new template.
+        RollingUpdate,
         AsExpected,
         InvalidSpec,
         /// PrimaryTransition: nothing under way.
@@ -61,11 +66,17 @@ spelled! {
         ReplicasLagging,
         /// The operator cannot reach the primary, but replicas still stream from it.
         ReplicasStillStreaming,
+        /// Synchronous mode: a replica that may hold acknowledged commits is out of reach.
+        SynchronousReplicaUnreachable,
         SwitchoverTargetMissing,
         PrimaryUnavailable,
         SwitchoverTargetNotReady,
         SwitchoverTargetNotStreaming,
         SwitchoverTargetLagging,
+        /// KeptData: a volume keeps a former data directory.
+        DataKept,
+        /// KeptData: no volume keeps one.
+        NoKeptData,
     }
 }
 

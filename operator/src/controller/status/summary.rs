@@ -11,6 +11,7 @@ use super::instances::statuses;
 use crate::api::{GeoDatabase, GeoDatabaseStatus, Phase, SecretNames, ServiceNames};
 use crate::builders::Cluster;
 use crate::controller::read::Observed;
+use crate::controller::rollout::Rollout;
 use crate::controller::topology::{current_primary, primary_confirmed, InstanceRole};
 use crate::names::Names;
 use crate::postgres::probe::{ClusterHealth, Sample};
@@ -23,6 +24,7 @@ pub struct Converged<'a> {
     pub health: &'a ClusterHealth,
     pub roles: &'a BTreeMap<String, InstanceRole>,
     pub transition: Option<TransitionState>,
+    pub rollout: &'a Rollout,
     pub now: &'a Time,
 }
 
@@ -82,26 +84,68 @@ fn transition_condition(
     }
 }
 
-/// Ready, Progressing and Degraded of a cluster whose spec is applied.
+/// The `KeptData` condition: which volumes keep a data directory set aside (from the
+/// last probe of each instance).
+fn kept_data_condition(
+    previous: &[Condition],
+    instances: &[String],
+    health: &ClusterHealth,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let kept: Vec<String> = instances
+        .iter()
+        .filter_map(|instance| {
+            let sample = health.get(instance)?.sample.as_ref()?;
+            (!sample.kept_data.is_empty())
+                .then(|| format!("{instance} keeps {}", sample.kept_data.join(", ")))
+        })
+        .collect();
+    let (status, reason, message) = if kept.is_empty() {
+        (
+            false,
+            Reason::NoKeptData,
+            "no volume keeps a former data directory".to_owned(),
+        )
+    } else {
+        (true, Reason::DataKept, format!(
+            "{} beside its data directory on its volume: set aside when pg_rewind failed, not used, never removed by geodb; see docs/runbooks/kept-data.md",
+            kept.join("; ")
+        ))
+    };
+    condition(
+        previous,
+        Type::KeptData,
+        status,
+        reason,
+        message,
+        generation,
+        now,
+    )
+}
+
+/// Ready, Progressing and Degraded of a cluster whose spec is applied; `rolling` says
+/// what a rollout under way does.
 fn readiness_conditions(
     previous: &[Condition],
     all_ready: bool,
     summary: &str,
+    rolling: Option<String>,
     generation: Option<i64>,
     now: &Time,
 ) -> Vec<Condition> {
-    let (ready_reason, progress_reason, progress) = if all_ready {
-        (
+    let (ready_reason, progress_reason, progress) = match (all_ready, rolling) {
+        (_, Some(rolling)) => (Reason::NotReady, Reason::RollingUpdate, rolling),
+        (true, None) => (
             Reason::AllReady,
             Reason::Converged,
             "every object matches the spec".to_owned(),
-        )
-    } else {
-        (
+        ),
+        (false, None) => (
             Reason::NotReady,
             Reason::Reconciling,
             format!("waiting: {summary}"),
-        )
+        ),
     };
     vec![
         condition(
@@ -166,6 +210,7 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
         health,
         roles,
         transition,
+        rollout,
         now,
     } = input;
     let kept = db.status.clone().unwrap_or_default();
@@ -176,7 +221,8 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
     let wanted = instances.len() as i32;
     let pooler_ok = poolers_ready(cluster, observed);
     let switching = transition.as_ref().is_some_and(|t| t.active);
-    let all_ready = ready_instances == wanted && pooler_ok && !switching;
+    let rolling = rollout.describe(&current);
+    let all_ready = ready_instances == wanted && pooler_ok && !switching && rolling.is_none();
     let pooler_note = match (cluster.spec.pooler.enabled, pooler_ok) {
         (false, _) => "",
         (true, true) => ", pooler ready",
@@ -184,12 +230,16 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
     };
     let summary = format!("{ready_instances}/{wanted} instances ready{pooler_note}");
     let generation = db.metadata.generation;
+    let previous = &kept.conditions;
     let mut conditions =
-        readiness_conditions(&kept.conditions, all_ready, &summary, generation, now);
+        readiness_conditions(previous, all_ready, &summary, rolling, generation, now);
     conditions.push(transition_condition(
-        &kept.conditions,
-        transition,
-        &current,
+        previous, transition, &current, generation, now,
+    ));
+    conditions.push(kept_data_condition(
+        previous,
+        &cluster.instances,
+        health,
         generation,
         now,
     ));
@@ -306,6 +356,7 @@ mod tests {
             health: &health,
             roles: &roles,
             transition: None,
+            rollout: &Rollout::default(),
             now: &at(seconds),
         })
     }
@@ -337,6 +388,35 @@ mod tests {
         db.status = Some(first.clone());
         let second = status_of_fresh(&db, spec, 20);
         assert_eq!(first, second);
+    }
+
+    #[test]
+    fn a_kept_data_directory_is_named_in_a_condition() {
+        use crate::postgres::probe::{InstanceHealth, Sample};
+        let health = ClusterHealth {
+            instances: [(
+                "geo-2".to_owned(),
+                InstanceHealth {
+                    sample: Some(Sample {
+                        kept_data: vec!["pgdata.kept-20261201T000000Z".into()],
+                        ..Sample::default()
+                    }),
+                    ..InstanceHealth::default()
+                },
+            )]
+            .into(),
+        };
+        let instances = vec!["geo-1".to_owned(), "geo-2".to_owned()];
+        let c = kept_data_condition(&[], &instances, &health, None, &at(1));
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "DataKept"));
+        assert!(
+            c.message
+                .starts_with("geo-2 keeps pgdata.kept-20261201T000000Z"),
+            "{}",
+            c.message
+        );
+        let none = kept_data_condition(&[], &instances, &ClusterHealth::default(), None, &at(1));
+        assert_eq!(none.status, "False");
     }
 
     #[test]
