@@ -4,3 +4,4 @@ pub mod bench;
 pub mod controlplane;
 pub mod drill;
 pub mod kube_util;
+pub mod recreate;

@@ -179,6 +179,21 @@ async fn drills(client: &Client, ns: &str) {
         .await
         .unwrap_or_else(|e| panic!("synchronous drill: {e:#}"));
     check(&report, true);
+
+    // Deleted (volumes kept) after a switchover and created again: same data, same primary.
+    let mut kept = geodatabase("recreate", false);
+    kept.spec.instances = 2;
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &kept).await.unwrap();
+    let report = geodb_e2e::recreate::recreate_after_switchover(client, ns, &kept, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("recreate drill: {e:#}"));
+    eprintln!("{report:?}");
+    assert_eq!(report.before.0, 2000, "rows before the recreate");
+    assert_eq!(
+        report.primary_after, report.primary_before,
+        "the recreated GeoDatabase assumed a primary instead of the last one"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,15 @@ pub const MANAGED_BY: &str = "geodb-operator";
 /// configuration change rolls the pods.
 pub const ANNOTATION_CONFIG_HASH: &str = "geodb.io/config-hash";
 
+/// On a data volume kept by a deleted GeoDatabase (`deletionPolicy: Retain`): the instance
+/// that was the primary, and its timeline, when it was deleted. A GeoDatabase created
+/// again with the same name starts with that primary instead of assuming one.
+pub const ANNOTATION_LAST_PRIMARY: &str = "geodb.io/last-primary";
+pub const ANNOTATION_LAST_TIMELINE: &str = "geodb.io/last-timeline";
+/// On a credentials Secret kept by a deleted GeoDatabase: a GeoDatabase created again
+/// with the same name adopts it, so its roles keep their passwords.
+pub const ANNOTATION_RETAINED: &str = "geodb.io/retained-by-deleted-geodatabase";
+
 /// ClusterRole (installed with the operator) that instance pods are bound to in their
 /// namespace: read GeoDatabases.
 pub const INSTANCE_CLUSTER_ROLE: &str = "geodb-instance";

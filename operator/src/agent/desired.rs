@@ -16,24 +16,22 @@ pub const API_TIMEOUT: Duration = Duration::from_millis(800);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
     /// The instance that must be the primary (`status.targetPrimary`, else
-    /// `status.currentPrimary`, else the bootstrap instance).
+    /// `status.currentPrimary`).
     pub primary: String,
     pub instances: i32,
     pub failover_delay: Duration,
 }
 
 impl Desired {
-    pub fn of(db: &GeoDatabase, bootstrap_instance: &str) -> Self {
-        Self {
-            primary: db
-                .status
-                .as_ref()
-                .and_then(|s| s.chosen_primary())
-                .unwrap_or(bootstrap_instance)
-                .to_owned(),
+    /// `None` until the operator has recorded a primary: nothing may start before then
+    /// (over kept volumes the primary is the one they recorded, not an assumed one).
+    pub fn of(db: &GeoDatabase) -> Option<Self> {
+        let primary = db.status.as_ref()?.chosen_primary()?.to_owned();
+        Some(Self {
+            primary,
             instances: db.spec.instances,
             failover_delay: db.spec.replication.failover_delay(),
-        }
+        })
     }
 
     /// Without the API: a single instance in the role its data directory has.
@@ -81,7 +79,7 @@ pub fn kube_api(client: kube::Client, settings: &Settings) -> Api<GeoDatabase> {
 pub async fn fetch(api: Option<&Api<GeoDatabase>>, settings: &Settings) -> Option<Desired> {
     let api = api?;
     match tokio::time::timeout(API_TIMEOUT, api.get(&settings.cluster)).await {
-        Ok(Ok(db)) => Some(Desired::of(&db, &settings.bootstrap_instance)),
+        Ok(Ok(db)) => Desired::of(&db),
         Ok(Err(error)) => {
             warn!(%error, "cannot read the GeoDatabase");
             None

@@ -22,6 +22,7 @@ mod files;
 mod process;
 pub mod reaper;
 mod report;
+mod roles;
 pub mod settings;
 mod stop;
 mod supervise;
@@ -236,6 +237,9 @@ impl Agent {
         info!(standby = self.settings.is_standby(), primary = %self.desired.primary, "starting PostgreSQL");
         let started = Instant::now();
         let postgres = Postgres::start(&self.settings, &self.bin)?;
+        if !self.settings.is_standby() {
+            tokio::spawn(roles::sync_passwords(self.settings.clone()));
+        }
         let ended = supervise(
             &self.settings,
             self.api.as_ref(),

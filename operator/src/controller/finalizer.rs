@@ -7,11 +7,11 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::info;
 
-use super::apply::release_volumes;
+use super::apply::{release_volumes, Legacy};
 use super::{read, status, Context};
 use crate::api::{DeletionPolicy, GeoDatabase};
 use crate::error::{Error, Result};
-use crate::names::FINALIZER;
+use crate::names::{Names, FINALIZER};
 
 pub fn has_finalizer(db: &GeoDatabase) -> bool {
     db.finalizers().iter().any(|f| f == FINALIZER)
@@ -58,7 +58,18 @@ pub async fn cleanup(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
     let policy = db.spec.deletion_policy;
     let pvcs = &observed.related.pvcs;
-    let touched = release_volumes(&ctx.client, &namespace, policy, pvcs).await?;
+    let names = Names::new(db);
+    let status = db.status.clone().unwrap_or_default();
+    let legacy = Legacy {
+        primary: status.current_primary.clone(),
+        timeline: status.timeline,
+        credentials: vec![
+            names.superuser_secret(),
+            names.replication_secret(),
+            names.app_secret(),
+        ],
+    };
+    let touched = release_volumes(&ctx.client, &namespace, policy, pvcs, &legacy).await?;
     let note = match policy {
         DeletionPolicy::Delete => format!(
             "deletionPolicy Delete: deleted data volumes [{}]",

@@ -131,12 +131,18 @@ async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<
     let (credentials, generated) =
         credentials::credentials(ctx, &namespace, &names, observed).await?;
     let wanted = usize::try_from(db.spec.instances).unwrap_or(1);
-    let chosen = db.status.as_ref().and_then(|s| s.chosen_primary());
+    // A new GeoDatabase over kept volumes starts with the primary they recorded.
+    let legacy = apply::last_primary(&observed.related.pvcs);
+    let chosen = db
+        .status
+        .as_ref()
+        .and_then(|s| s.chosen_primary())
+        .or(legacy.as_deref());
     let (instances, primary) =
         topology::plan_instances(&names, wanted, &observed.instance_names(), chosen);
     let mut cluster =
         Cluster::new(db, instances, primary, credentials).ok_or(Error::MissingObjectKey)?;
-    cluster.bootstrapped = bootstrapped(&cluster, observed);
+    cluster.bootstrapped = bootstrapped(&cluster, observed) || legacy.is_some();
     Ok((cluster, generated))
 }
 

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::builders::content_hash;
 use crate::controller::owned::{OwnedKind, Pruner};
 use crate::error::{Error, Result};
-use crate::names::FIELD_MANAGER;
+use crate::names::{ANNOTATION_RETAINED, FIELD_MANAGER};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct CacheKey {
@@ -239,10 +239,37 @@ impl<'a> Applier<'a> {
                 self.record(|c| c.created.push(format!("Secret/{}", desired.name_any())));
                 Ok(())
             }
-            // Another writer was first; its password stands.
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            // It exists: kept by a deleted GeoDatabase of this name (adopted), or written
+            // by another writer first; its password stands either way.
+            Err(kube::Error::Api(status)) if status.code == 409 => self.adopt_kept(desired).await,
             Err(e) => Err(Error::kube("creating a credentials Secret")(e)),
         }
+    }
+
+    /// Take over a credentials Secret that a deleted GeoDatabase of the same name kept for
+    /// its successor (it carries `ANNOTATION_RETAINED`): it gets this GeoDatabase as owner.
+    async fn adopt_kept(&self, desired: &Secret) -> Result<()> {
+        let name = desired.name_any();
+        let api = self.api::<Secret>();
+        let existing = api
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube("reading a credentials Secret"))?;
+        let kept = existing.is_some_and(|s| {
+            s.annotations().contains_key(ANNOTATION_RETAINED) && s.owner_references().is_empty()
+        });
+        if !kept {
+            return Ok(());
+        }
+        let patch = serde_json::json!({"metadata": {
+            "ownerReferences": desired.metadata.owner_references,
+            "annotations": {ANNOTATION_RETAINED: null},
+        }});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::kube("adopting a kept credentials Secret"))?;
+        self.record(|c| c.updated.push(format!("Secret/{name} (adopted)")));
+        Ok(())
     }
 }
 

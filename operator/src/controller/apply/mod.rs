@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::{Resource, ResourceExt};
 
 pub use applier::{AppliedCache, Applier, Changes};
-pub use volumes::release_volumes;
+pub use volumes::{last_primary, release_volumes, Legacy};
 
 use super::owned::{names_of, Wanted};
 use super::read::Observed;
