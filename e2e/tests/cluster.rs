@@ -190,6 +190,117 @@ async fn scenario_postgis_cluster(client: &Client, ns: &str) {
     .unwrap();
 }
 
+/// The uid of each instance pod, by pod name.
+async fn instance_pods(client: &Client, ns: &str) -> Vec<(String, String, bool)> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(
+            &ListParams::default()
+                .labels("geodb.io/cluster=geo,app.kubernetes.io/component=database"),
+        )
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let mut out: Vec<(String, String, bool)> = pods
+        .iter()
+        .map(|p| {
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            (
+                p.name_any(),
+                p.metadata.uid.clone().unwrap_or_default(),
+                ready && p.metadata.deletion_timestamp.is_none(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `SHOW setting` on every instance pod (superuser, by pod IP).
+async fn shown_everywhere(client: &Client, ns: &str, setting: &str) -> Vec<String> {
+    let password = geodb_e2e::drill::superuser_password(client, ns, "geo")
+        .await
+        .unwrap();
+    let mut values = Vec::new();
+    for (pod, _, _) in instance_pods(client, ns).await {
+        let value = async {
+            let ip = geodb_e2e::drill::pod_ip(client, ns, &pod).await.ok()?;
+            let sql = geodb_e2e::drill::superuser(&ip, &password).await.ok()?;
+            let row = sql.query_one(&format!("SHOW {setting}"), &[]).await.ok()?;
+            Some(row.get::<_, String>(0))
+        };
+        values.push(value.await.unwrap_or_default());
+    }
+    values
+}
+
+async fn set_parameters(client: &Client, ns: &str, parameters: serde_json::Value) {
+    Api::<GeoDatabase>::namespaced(client.clone(), ns)
+        .patch(
+            "geo",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"spec": {"postgresql": {"parameters": parameters}}}),
+            ),
+        )
+        .await
+        .unwrap();
+}
+
+/// A setting PostgreSQL reloads takes effect everywhere with no pod restarted; one that
+/// needs a restart rolls every pod, one at a time.
+async fn scenario_reload_and_restart(client: &Client, ns: &str) {
+    let before = instance_pods(client, ns).await;
+    assert_eq!(before.len(), 3);
+    set_parameters(client, ns, serde_json::json!({"work_mem": "24MB"})).await;
+    wait_for(
+        "work_mem 24MB on every instance",
+        Duration::from_secs(240),
+        || async {
+            let shown = shown_everywhere(client, ns, "work_mem").await;
+            shown.iter().all(|v| v == "24MB").then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let uids =
+        |pods: &[(String, String, bool)]| pods.iter().map(|p| p.1.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        uids(&instance_pods(client, ns).await),
+        uids(&before),
+        "a reload restarted pods"
+    );
+
+    set_parameters(client, ns, serde_json::json!({"shared_buffers": "48MB"})).await;
+    let most_down = std::sync::atomic::AtomicUsize::new(0);
+    wait_for(
+        "every pod restarted with shared_buffers 48MB",
+        Duration::from_secs(900),
+        || async {
+            let pods = instance_pods(client, ns).await;
+            let down = 3usize.saturating_sub(pods.iter().filter(|p| p.2).count());
+            most_down.fetch_max(down, std::sync::atomic::Ordering::Relaxed);
+            let restarted =
+                pods.len() == 3 && pods.iter().all(|p| !uids(&before).contains(&p.1) && p.2);
+            if !restarted {
+                return None;
+            }
+            let shown = shown_everywhere(client, ns, "shared_buffers").await;
+            shown.iter().all(|v| v == "48MB").then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let most = most_down.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        most <= 1,
+        "{most} instances were down at once during the rollout"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_suite() {
     let client = Client::try_default()
@@ -197,7 +308,8 @@ async fn cluster_suite() {
         .expect("KUBECONFIG must point at a cluster with geodb installed");
     let ns = format!("e2e-postgis-{}", std::process::id());
     let passed = geodb_e2e::kube_util::run_in_namespace(&client, &ns, |client, ns| async move {
-        scenario_postgis_cluster(&client, &ns).await
+        scenario_postgis_cluster(&client, &ns).await;
+        scenario_reload_and_restart(&client, &ns).await;
     })
     .await;
     assert!(

@@ -45,6 +45,12 @@ impl Postgres {
         }
     }
 
+    /// Reload (SIGHUP): PostgreSQL rereads its configuration files and applies what can
+    /// change without a restart.
+    pub fn reload(&self) {
+        self.signal(libc::SIGHUP);
+    }
+
     async fn stop(mut self, signal: i32) -> Result<ExitStatus> {
         self.signal(signal);
         self.child

@@ -15,6 +15,7 @@ use super::reaper;
 use super::settings::Settings;
 use super::stop::Stop;
 use crate::api::GeoDatabase;
+use crate::pod_contract::{PG_HBA_CONF, PG_IDENT_CONF, POSTGRESQL_CONF};
 use crate::postgres::connect_socket;
 
 /// How often the agent reads the GeoDatabase while PostgreSQL runs.
@@ -64,6 +65,15 @@ async fn reap(settings: &Settings, status: std::io::Result<ExitStatus>) -> Resul
     Ok(Ended::Exited { was_primary })
 }
 
+/// The content of the mounted configuration files; the kubelet replaces them (within a
+/// minute or so) when the operator changes the ConfigMap.
+fn mounted_config(settings: &Settings) -> Vec<u8> {
+    [POSTGRESQL_CONF, PG_HBA_CONF, PG_IDENT_CONF]
+        .iter()
+        .flat_map(|file| std::fs::read(settings.config_dir.join(file)).unwrap_or_default())
+        .collect()
+}
+
 /// Supervise one run of PostgreSQL until it ends.
 pub async fn supervise(
     settings: &Settings,
@@ -74,6 +84,7 @@ pub async fn supervise(
 ) -> Result<Ended> {
     let mut confirmed = Instant::now();
     let mut tick = tokio::time::interval(TICK);
+    let mut config = mounted_config(settings);
     loop {
         tokio::select! {
             // A stop from the kubelet comes before anything else.
@@ -84,6 +95,14 @@ pub async fn supervise(
             }
             status = postgres.child.wait() => return reap(settings, status).await,
             _ = tick.tick() => {}
+        }
+        let now = mounted_config(settings);
+        if now != config {
+            // Settings that need a restart roll the pod (the operator does that); the
+            // others take effect now.
+            info!("the configuration changed: reloading PostgreSQL");
+            postgres.reload();
+            config = now;
         }
         let primary_now = !settings.is_standby();
         match fetch(api, settings).await {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
+use super::restart::needs_restart;
 use super::{content_hash, Cluster};
 use crate::names::{COMPONENT_DATABASE, POSTGRES_PORT, REPLICATION_USER};
 use crate::pod_contract::{
@@ -91,22 +92,30 @@ pub fn effective_setting(cluster: &Cluster, name: &str) -> Option<String> {
         })
 }
 
-pub fn postgresql_conf(cluster: &Cluster) -> String {
-    let mut out = String::from("# Written by geodb-operator from the GeoDatabase spec.\n");
-    for (key, value) in managed_settings()
+/// Every setting the configuration file sets, in file order: the operator's, then the
+/// defaults the user did not override, then the user's.
+fn settings(cluster: &Cluster) -> Vec<(String, String)> {
+    let user = &cluster.spec.postgresql.parameters;
+    let owned = |(k, v): (&str, String)| (k.to_owned(), v);
+    let mut all: Vec<(String, String)> = managed_settings()
         .into_iter()
         .chain(synchronous_settings(cluster))
-    {
-        out.push_str(&format!("{key} = '{value}'\n"));
-    }
-    let user = &cluster.spec.postgresql.parameters;
-    for (key, value) in default_settings(cluster) {
-        if !user.contains_key(key) {
-            out.push_str(&format!("{key} = '{value}'\n"));
-        }
-    }
+        .map(owned)
+        .collect();
+    all.extend(
+        default_settings(cluster)
+            .into_iter()
+            .filter(|(k, _)| !user.contains_key(*k))
+            .map(owned),
+    );
+    all.extend(user.iter().map(|(k, v)| (k.clone(), v.clone())));
+    all
+}
+
+pub fn postgresql_conf(cluster: &Cluster) -> String {
+    let mut out = String::from("# Written by geodb-operator from the GeoDatabase spec.\n");
     // Values cannot contain quotes or newlines: the schema refuses them.
-    for (key, value) in user {
+    for (key, value) in settings(cluster) {
         out.push_str(&format!("{key} = '{value}'\n"));
     }
     out
@@ -144,11 +153,16 @@ pub fn config_map(cluster: &Cluster) -> ConfigMap {
 }
 
 /// Hash of the configuration files, for the pod template annotation.
+/// Hash of the settings that need a restart, for the pod template annotation: a change
+/// of one of them rolls the pods; any other change of the configuration is reloaded in
+/// place (see `restart`).
 pub fn config_hash(cluster: &Cluster) -> String {
-    content_hash(&[
-        postgresql_conf(cluster).as_bytes(),
-        pg_hba_conf().as_bytes(),
-    ])
+    let restart: Vec<String> = settings(cluster)
+        .into_iter()
+        .filter(|(k, _)| needs_restart(k))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    content_hash(&[restart.join("\n").as_bytes()])
 }
 
 #[cfg(test)]
@@ -173,12 +187,19 @@ mod tests {
     }
 
     #[test]
-    fn config_change_changes_hash() {
+    fn only_restart_settings_change_the_hash() {
         let a = cluster(json!({"storage": {"size": "1Gi"}}));
-        let b = cluster(json!({"storage": {"size": "1Gi"},
+        let reload = cluster(json!({"storage": {"size": "1Gi"},
             "postgresql": {"parameters": {"work_mem": "8MB"}}}));
-        assert_ne!(config_hash(&a), config_hash(&b));
-        assert_eq!(config_hash(&a), config_hash(&a.clone()));
+        let restart = cluster(json!({"storage": {"size": "1Gi"},
+            "postgresql": {"parameters": {"shared_buffers": "64MB"}}}));
+        assert_eq!(config_hash(&a), config_hash(&reload));
+        assert_ne!(config_hash(&a), config_hash(&restart));
+        assert_ne!(postgresql_conf(&a), postgresql_conf(&reload));
+        // Synchronous mode is a reload too.
+        let sync =
+            cluster(json!({"storage": {"size": "1Gi"}, "replication": {"synchronous": true}}));
+        assert_eq!(config_hash(&a), config_hash(&sync));
     }
 
     #[test]

@@ -369,10 +369,10 @@ mod tests {
     }
 
     #[test]
-    fn parameters_change_rolls_pods() {
+    fn restart_parameters_roll_pods() {
         let a = cluster(json!({"storage": {"size": "1Gi"}}));
         let b = cluster(
-            json!({"storage": {"size": "1Gi"}, "postgresql": {"parameters": {"work_mem": "16MB"}}}),
+            json!({"storage": {"size": "1Gi"}, "postgresql": {"parameters": {"shared_buffers": "16MB"}}}),
         );
         let hash = |c: &Cluster| template_hash(&statefulset(c, "geo-1").spec.unwrap().template);
         assert_ne!(hash(&a), hash(&b));

@@ -5,6 +5,7 @@ pub mod config;
 pub mod instance;
 pub mod pooler;
 pub mod rbac;
+pub mod restart;
 pub mod secrets;
 pub mod services;
 
