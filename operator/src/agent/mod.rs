@@ -124,6 +124,11 @@ enum Pass {
     Again,
 }
 
+/// A server that exits this soon after its start with a FATAL line refused to start.
+const REFUSED_START: Duration = Duration::from_secs(10);
+/// Where the kubelet reads a container's termination message.
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
 /// Restarts of a PostgreSQL that keeps exiting soon after it started wait longer each
 /// time (1 s, 2 s, 4 s, ... 30 s); a server that ran for a while restarts at once.
 #[derive(Debug, Default)]
@@ -251,9 +256,17 @@ impl Agent {
         match ended {
             Ended::Terminated(status) => return Ok(Pass::Stop(status)),
             Ended::Demoted | Ended::Fenced => {}
-            Ended::Exited { was_primary } => {
+            Ended::Exited { was_primary, fatal } => {
                 if self.api.is_none() {
                     return Err(AgentError::command("postgres", "exited"));
+                }
+                if let Some(fatal) = fatal.filter(|_| started.elapsed() < REFUSED_START) {
+                    // It refused to start (a setting, a file): the container ends with
+                    // PostgreSQL's own line as its termination message, which the
+                    // operator reports; the kubelet restarts it with a growing delay.
+                    let message = format!("PostgreSQL refused to start: {fatal}");
+                    let _ = std::fs::write(TERMINATION_LOG, &message);
+                    return Err(AgentError::command("postgres", message));
                 }
                 // Restarted in place: a crashed primary runs crash recovery, which loses
                 // no committed transaction; a failover happens only if this takes longer

@@ -2,6 +2,9 @@
 
 use std::path::Path;
 use std::process::ExitStatus;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::bootstrap::conf_arg;
 use super::error::{AgentError, Result};
@@ -11,6 +14,24 @@ use crate::names::{POSTGRES_PORT, REPLICATION_USER};
 /// The running postmaster.
 pub struct Postgres {
     pub child: tokio::process::Child,
+    /// The last FATAL or PANIC line PostgreSQL wrote (its log goes through the agent to
+    /// the container log).
+    pub last_fatal: Arc<Mutex<Option<String>>>,
+}
+
+/// Copy PostgreSQL's log to the container log, keeping its last FATAL or PANIC line.
+fn forward_log(stderr: tokio::process::ChildStderr, last_fatal: Arc<Mutex<Option<String>>>) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("{line}");
+            if line.contains("FATAL:") || line.contains("PANIC:") {
+                if let Ok(mut last) = last_fatal.lock() {
+                    *last = Some(line);
+                }
+            }
+        }
+    });
 }
 
 impl Postgres {
@@ -32,10 +53,16 @@ impl Postgres {
             .arg(conninfo)
             .arg("-c")
             .arg(format!("primary_slot_name={}", settings.slot))
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| AgentError::command("postgres", e))?;
-        Ok(Self { child })
+        let mut child = child;
+        let last_fatal = Arc::new(Mutex::new(None));
+        if let Some(stderr) = child.stderr.take() {
+            forward_log(stderr, last_fatal.clone());
+        }
+        Ok(Self { child, last_fatal })
     }
 
     fn signal(&self, signal: i32) {

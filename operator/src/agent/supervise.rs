@@ -29,8 +29,11 @@ pub enum Ended {
     Demoted,
     /// Fenced: no confirmation of the primary role for too long.
     Fenced,
-    /// PostgreSQL exited on its own.
-    Exited { was_primary: bool },
+    /// PostgreSQL exited on its own, with its last FATAL line, if any.
+    Exited {
+        was_primary: bool,
+        fatal: Option<String>,
+    },
 }
 
 /// Some replica reported to this primary within `within`.
@@ -51,7 +54,11 @@ async fn replica_replied(settings: &Settings, within: Duration) -> bool {
 }
 
 /// PostgreSQL exited: kill and reap what the postmaster left behind.
-async fn reap(settings: &Settings, status: std::io::Result<ExitStatus>) -> Result<Ended> {
+async fn reap(
+    settings: &Settings,
+    status: std::io::Result<ExitStatus>,
+    fatal: Option<String>,
+) -> Result<Ended> {
     let status = status.map_err(|e| AgentError::command("postgres", e))?;
     let was_primary = !settings.is_standby();
     warn!(%status, was_primary, "PostgreSQL exited");
@@ -62,7 +69,7 @@ async fn reap(settings: &Settings, status: std::io::Result<ExitStatus>) -> Resul
             "killed the processes the postmaster left behind"
         );
     }
-    Ok(Ended::Exited { was_primary })
+    Ok(Ended::Exited { was_primary, fatal })
 }
 
 /// The content of the mounted configuration files; the kubelet replaces them (within a
@@ -93,7 +100,10 @@ pub async fn supervise(
                 info!("stop signal: fast shutdown of PostgreSQL");
                 return postgres.stop_fast().await.map(Ended::Terminated);
             }
-            status = postgres.child.wait() => return reap(settings, status).await,
+            status = postgres.child.wait() => {
+                let fatal = postgres.last_fatal.lock().ok().and_then(|mut l| l.take());
+                return reap(settings, status, fatal).await;
+            }
             _ = tick.tick() => {}
         }
         let now = mounted_config(settings);

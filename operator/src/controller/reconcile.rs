@@ -109,6 +109,30 @@ async fn refuse(ctx: &Context, db: &GeoDatabase, problems: &[String]) -> Result<
     Ok(Action::requeue(INVALID_RECHECK))
 }
 
+/// Write the status; a `Degraded` condition that turned True (or changed) is also an Event.
+async fn write_status(
+    ctx: &Context,
+    db: &GeoDatabase,
+    computed: crate::api::GeoDatabaseStatus,
+) -> Result<()> {
+    let before = degraded(db.status.as_ref());
+    let now = degraded(Some(&computed));
+    status::write(&ctx.client, db, computed).await?;
+    if let Some((reason, message)) = now.filter(|now| Some(now) != before.as_ref()) {
+        warn!(%reason, %message, "degraded");
+        ctx.event(db, EventType::Warning, &reason, message).await;
+    }
+    Ok(())
+}
+
+/// The reason and message of a True `Degraded` condition.
+fn degraded(status: Option<&crate::api::GeoDatabaseStatus>) -> Option<(String, String)> {
+    status?
+        .condition(Type::Degraded.as_str())
+        .filter(|c| is_true(Some(c)))
+        .map(|c| (c.reason.clone(), c.message.clone()))
+}
+
 /// The first primary has run: recorded in the instance ConfigMap, or seen now.
 fn bootstrapped(cluster: &Cluster, observed: &Observed) -> bool {
     let recorded = observed
@@ -144,6 +168,23 @@ async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<
         Cluster::new(db, instances, primary, credentials).ok_or(Error::MissingObjectKey)?;
     cluster.bootstrapped = bootstrapped(&cluster, observed) || legacy.is_some();
     Ok((cluster, generated))
+}
+
+/// The role of every instance as the (possibly just committed) status says.
+fn roles_now(
+    cluster: &Cluster,
+    db: &GeoDatabase,
+    health: &crate::postgres::probe::ClusterHealth,
+) -> std::collections::BTreeMap<String, topology::InstanceRole> {
+    let status = db.status.clone().unwrap_or_default();
+    let max_lag = cluster.spec.replication.max_lag_bytes;
+    topology::roles(
+        &cluster.instances,
+        &status,
+        &cluster.primary,
+        health,
+        max_lag,
+    )
 }
 
 /// What the health monitor probes: the pod IP of every instance.
@@ -188,15 +229,7 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     if let Some(target) = db.status.as_ref().and_then(|s| s.chosen_primary()) {
         cluster.primary = target.to_owned();
     }
-    let status_now = db.status.clone().unwrap_or_default();
-    let max_lag = cluster.spec.replication.max_lag_bytes;
-    let roles = topology::roles(
-        &cluster.instances,
-        &status_now,
-        &cluster.primary,
-        &health,
-        max_lag,
-    );
+    let roles = roles_now(&cluster, &db, &health);
 
     let applying = Instant::now();
     let applier = Applier::new(
@@ -233,7 +266,7 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         now: &now(),
     });
     // The status says what the rollout does before it does it.
-    status::write(&ctx.client, &db, computed).await?;
+    write_status(ctx, &db, computed).await?;
     rollout::execute(ctx, &db, &cluster, &rollout).await?;
     let status_in = applying.elapsed() - applied_in;
     events::report_changes(&db, ctx, &changes, generated).await;

@@ -25,6 +25,9 @@ pub struct Sample {
     pub slots: Vec<String>,
     /// Data directories set aside on the instance's volume (`pod_contract::KEPT_DATA_PREFIX`).
     pub kept_data: Vec<String>,
+    /// Settings of the configuration file that PostgreSQL refuses, in its own words
+    /// (`pg_file_settings`); it keeps running with its previous settings meanwhile.
+    pub config_errors: Vec<String>,
 }
 
 impl Sample {
@@ -44,11 +47,17 @@ fn probe_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         format!(
-            "{PROBE_SQL}, ARRAY(SELECT f FROM pg_ls_dir('{DATA_DIR}', true, false) f WHERE f LIKE '{}%' ORDER BY 1)",
+            "{PROBE_SQL}, ARRAY(SELECT f FROM pg_ls_dir('{DATA_DIR}', true, false) f WHERE f LIKE '{}%' ORDER BY 1), {CONFIG_ERRORS_SQL}",
             KEPT_DATA_PREFIX.replace('_', "\\_")
         )
     })
 }
+
+/// What PostgreSQL refuses in its configuration file, worded as its log words it.
+const CONFIG_ERRORS_SQL: &str = "ARRAY(SELECT CASE WHEN error = 'unrecognized configuration parameter' \
+      THEN format('unrecognized configuration parameter \"%s\" in file \"%s\" line %s', name, sourcefile, sourceline) \
+      ELSE format('invalid value for parameter \"%s\": \"%s\" in file \"%s\" line %s (%s)', name, setting, sourcefile, sourceline, error) END \
+    FROM pg_file_settings WHERE error IS NOT NULL ORDER BY sourcefile, sourceline)";
 
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END)::text, \
@@ -77,6 +86,7 @@ pub async fn sample(client: &tokio_postgres::Client) -> Result<Sample, PgError> 
         timeline: row.try_get(7).ok().flatten(),
         slots: row.try_get(8).unwrap_or_default(),
         kept_data: row.try_get(9).unwrap_or_default(),
+        config_errors: row.try_get(10).unwrap_or_default(),
     })
 }
 
@@ -180,7 +190,7 @@ mod tests {
         let sql = probe_sql();
         assert!(sql.starts_with("SELECT pg_is_in_recovery()"));
         assert!(
-            sql.ends_with("ARRAY(SELECT f FROM pg_ls_dir('/var/lib/postgresql/data', true, false) f WHERE f LIKE 'pgdata.kept-%' ORDER BY 1)"),
+            sql.contains("ARRAY(SELECT f FROM pg_ls_dir('/var/lib/postgresql/data', true, false) f WHERE f LIKE 'pgdata.kept-%' ORDER BY 1), ARRAY(SELECT CASE"),
             "{sql}"
         );
     }

@@ -50,6 +50,10 @@ spelled! {
         RollingUpdate,
         AsExpected,
         InvalidSpec,
+        /// Degraded: PostgreSQL refuses settings of the configuration file.
+        ConfigurationRefused,
+        /// Degraded: an instance's PostgreSQL refuses to start.
+        InstanceFailing,
         /// PrimaryTransition: nothing under way.
         Stable,
         /// The primary fails its probes, not yet for the failover delay.

@@ -166,16 +166,80 @@ fn readiness_conditions(
             generation,
             now,
         ),
-        condition(
+    ]
+}
+
+/// What instances report that needs a human: settings PostgreSQL refuses (it keeps its
+/// previous ones) and servers that refuse to start (their container's termination
+/// message), each in PostgreSQL's own words.
+fn instance_problems(
+    cluster: &Cluster,
+    observed: &Observed,
+    health: &ClusterHealth,
+) -> Vec<(Reason, String)> {
+    let mut problems = Vec::new();
+    for instance in &cluster.instances {
+        if let Some(sample) = health
+            .sample(instance)
+            .filter(|s| !s.config_errors.is_empty())
+        {
+            problems.push((Reason::ConfigurationRefused, format!(
+                "{instance}: PostgreSQL refuses the configuration and keeps running with its previous settings: {}",
+                sample.config_errors.join("; ")
+            )));
+        }
+        let refused = observed
+            .instance_pod(instance)
+            .and_then(|pod| pod.status.as_ref()?.container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|c| !c.ready)
+            .filter_map(|c| c.last_state.as_ref()?.terminated.as_ref()?.message.clone())
+            .find(|m| m.starts_with("PostgreSQL refused to start"));
+        if let Some(message) = refused {
+            problems.push((
+                Reason::InstanceFailing,
+                format!("{instance}: {}", message.trim()),
+            ));
+        }
+    }
+    problems
+}
+
+/// Degraded: True while an instance reports a problem (see `instance_problems`).
+fn degraded_condition(
+    previous: &[Condition],
+    problems: &[(Reason, String)],
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let Some((reason, _)) = problems.first() else {
+        let message = "the spec is valid and applied".to_owned();
+        return condition(
             previous,
             Type::Degraded,
             false,
             Reason::AsExpected,
-            "the spec is valid and applied".to_owned(),
+            message,
             generation,
             now,
-        ),
-    ]
+        );
+    };
+    let mut message: String = problems
+        .iter()
+        .map(|(_, m)| m.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    message.truncate(4000);
+    condition(
+        previous,
+        Type::Degraded,
+        true,
+        *reason,
+        message,
+        generation,
+        now,
+    )
 }
 
 fn secret_names(cluster: &Cluster) -> SecretNames {
@@ -236,6 +300,8 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
     conditions.push(transition_condition(
         previous, transition, &current, generation, now,
     ));
+    let problems = instance_problems(cluster, observed, health);
+    conditions.push(degraded_condition(previous, &problems, generation, now));
     conditions.push(kept_data_condition(
         previous,
         &cluster.instances,
@@ -388,6 +454,64 @@ mod tests {
         db.status = Some(first.clone());
         let second = status_of_fresh(&db, spec, 20);
         assert_eq!(first, second);
+    }
+
+    #[test]
+    fn refused_settings_and_refused_starts_degrade_with_postgres_words() {
+        use crate::postgres::probe::{InstanceHealth, Sample};
+        use k8s_openapi::api::core::v1::{
+            ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus,
+        };
+        let c = cluster(json!({"instances": 2, "storage": {"size": "1Gi"}}));
+        let health = ClusterHealth {
+            instances: [(
+                "geo-1".to_owned(),
+                InstanceHealth {
+                    reachable: true,
+                    sample: Some(Sample {
+                        config_errors: vec!["unrecognized configuration parameter \"wrok_mem\" in file \"x\" line 3".into()],
+                        ..Sample::default()
+                    }),
+                    ..InstanceHealth::default()
+                },
+            )]
+            .into(),
+        };
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("geo-2-0".into());
+        pod.status = Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: "postgres".into(),
+                ready: false,
+                last_state: Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        message: Some("PostgreSQL refused to start: FATAL:  superuser_reserved_connections (3) must be less than max_connections (3)".into()),
+                        ..ContainerStateTerminated::default()
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        });
+        let mut observed = Observed::default();
+        observed.related.pods.push(pod);
+        let problems = instance_problems(&c, &observed, &health);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        let degraded = degraded_condition(&[], &problems, None, &at(1));
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ConfigurationRefused")
+        );
+        assert!(degraded.message.contains("wrok_mem"));
+        assert!(degraded
+            .message
+            .contains("geo-2: PostgreSQL refused to start: FATAL:"));
+        let fine = degraded_condition(&[], &[], None, &at(1));
+        assert_eq!(
+            (fine.status.as_str(), fine.reason.as_str()),
+            ("False", "AsExpected")
+        );
     }
 
     #[test]
