@@ -123,6 +123,10 @@ impl Names {
     pub fn slot(instance: &str) -> String {
         format!("geodb_{}", instance.replace('-', "_"))
     }
+    /// The Lease the primary holds to take writes (see `agent::lease`).
+    pub fn primary_lease(cluster: &str) -> String {
+        format!("{cluster}-primary")
+    }
     /// PVC created from the instance StatefulSet's volume claim template.
     pub fn pvc(instance: &str) -> String {
         format!("{PGDATA_VOLUME}-{instance}-0")

@@ -43,11 +43,16 @@ impl Desired {
         }
     }
 
-    /// A primary that can confirm neither its role (API) nor a replica for this long
-    /// stops accepting writes. It is well under the operator's failover delay, so the
-    /// isolated primary is down before anything else is promoted.
+    /// The primary Lease lasts the failover delay: the operator promotes another instance
+    /// only once it was not renewed for that long.
+    pub fn lease_duration(&self) -> Duration {
+        self.failover_delay
+    }
+
+    /// A primary that has not renewed its Lease for this long stops accepting writes: half
+    /// the lease, so it is down well before the operator may promote anything else.
     pub fn fence_after(&self) -> Duration {
-        (self.failover_delay / 2).max(Duration::from_secs(1))
+        (self.lease_duration() / 2).max(Duration::from_secs(1))
     }
 }
 

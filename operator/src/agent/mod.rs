@@ -19,6 +19,7 @@ mod command;
 mod desired;
 pub mod error;
 mod files;
+mod lease;
 mod process;
 pub mod reaper;
 mod report;
@@ -41,11 +42,12 @@ use command::{bin_dir, blocking};
 use desired::{fetch, kube_api, next_step, Desired, Next};
 use error::{AgentError, Result};
 use files::{restrict_data_directory, write_pgpass};
+use lease::{PrimaryLease, Wanted};
 use process::Postgres;
 use report::Events;
 pub use settings::Settings;
 use stop::Stop;
-use supervise::{supervise, Ended, TICK};
+use supervise::{supervise, Ended, Watch, TICK};
 
 /// What the agent waits on: the kubelet's stop, or `future`.
 enum Waited<T> {
@@ -158,6 +160,7 @@ struct Agent {
     bin: std::path::PathBuf,
     api: Option<Api<GeoDatabase>>,
     events: Option<Events>,
+    lease: Option<PrimaryLease>,
     desired: Desired,
     backoff: RestartBackoff,
 }
@@ -180,6 +183,11 @@ impl Agent {
             self.settings.is_standby(),
         );
         if step == Next::Rejoin {
+            // Another instance is the primary now: this one gives up its claim first.
+            if let Some(lease) = &self.lease {
+                lease.want(Wanted::default());
+                lease.release().await;
+            }
             if let Some(stop) = self.rejoin(term).await? {
                 return Ok(stop);
             }
@@ -237,7 +245,33 @@ impl Agent {
         }
     }
 
+    /// A primary of a cluster with replicas holds the Lease before it takes writes: wait
+    /// for it (another instance holds it, or the API server does not answer). `false`
+    /// when the agent stops meanwhile.
+    async fn hold_lease(&self, term: &mut Stop) -> bool {
+        let Some(lease) = self.lease.as_ref().filter(|_| !self.settings.is_standby()) else {
+            return true;
+        };
+        let wanted = Wanted {
+            hold: true,
+            take_over: self.desired.primary == self.settings.instance,
+            duration: self.desired.lease_duration(),
+        };
+        loop {
+            if lease.acquire_now(wanted).await || self.desired.instances <= 1 {
+                return true;
+            }
+            warn!("waiting for the primary Lease before taking writes");
+            if let Waited::Stopped = unless_stopped(term, tokio::time::sleep(TICK)).await {
+                return false;
+            }
+        }
+    }
+
     async fn run_postgres(&mut self, term: &mut Stop) -> Result<Pass> {
+        if !self.hold_lease(term).await {
+            return Ok(Pass::Stop(ExitStatus::default()));
+        }
         restrict_data_directory(&self.settings)?;
         info!(standby = self.settings.is_standby(), primary = %self.desired.primary, "starting PostgreSQL");
         let started = Instant::now();
@@ -245,14 +279,12 @@ impl Agent {
         if !self.settings.is_standby() {
             tokio::spawn(roles::sync_passwords(self.settings.clone()));
         }
-        let ended = supervise(
-            &self.settings,
-            self.api.as_ref(),
-            postgres,
-            term,
-            self.desired.clone(),
-        )
-        .await?;
+        let watch = Watch {
+            settings: &self.settings,
+            api: self.api.as_ref(),
+            lease: self.lease.as_ref(),
+        };
+        let ended = supervise(watch, postgres, term, self.desired.clone()).await?;
         match ended {
             Ended::Terminated(status) => return Ok(Pass::Stop(status)),
             Ended::Demoted | Ended::Fenced => {}
@@ -296,7 +328,11 @@ pub async fn run(settings: Settings) -> Result<ExitStatus> {
     }
     let client = kube::Client::try_default().await.ok();
     let api = client.as_ref().map(|c| kube_api(c.clone(), &settings));
-    let events = client.map(|c| Events::new(c, &settings));
+    let events = client.as_ref().map(|c| Events::new(c.clone(), &settings));
+    let lease = client.map(|c| PrimaryLease::new(c, &settings));
+    if let Some(lease) = &lease {
+        lease.spawn_keeper();
+    }
     if api.is_none() {
         warn!("no Kubernetes API access: running in the role the data directory has");
     }
@@ -311,6 +347,7 @@ pub async fn run(settings: Settings) -> Result<ExitStatus> {
         bin,
         api,
         events,
+        lease,
         desired,
         backoff: RestartBackoff::default(),
     };

@@ -8,18 +8,18 @@ use kube::Api;
 use tracing::{info, warn};
 
 use super::command::blocking;
-use super::desired::{fetch, Desired, API_TIMEOUT};
+use super::desired::{fetch, Desired};
 use super::error::{AgentError, Result};
+use super::lease::{LeaseState, PrimaryLease, Wanted};
 use super::process::Postgres;
 use super::reaper;
 use super::settings::Settings;
 use super::stop::Stop;
 use crate::api::GeoDatabase;
 use crate::pod_contract::{PG_HBA_CONF, PG_IDENT_CONF, POSTGRESQL_CONF};
-use crate::postgres::connect_socket;
 
 /// How often the agent reads the GeoDatabase while PostgreSQL runs.
-pub const TICK: Duration = Duration::from_millis(500);
+pub const TICK: Duration = Duration::from_millis(250);
 
 /// How one run of PostgreSQL ended.
 pub enum Ended {
@@ -27,30 +27,13 @@ pub enum Ended {
     Terminated(ExitStatus),
     /// Another instance is the primary now; this one stopped to rejoin.
     Demoted,
-    /// Fenced: no confirmation of the primary role for too long.
+    /// Fenced: the primary Lease was not renewed in time (or another instance holds it).
     Fenced,
     /// PostgreSQL exited on its own, with its last FATAL line, if any.
     Exited {
         was_primary: bool,
         fatal: Option<String>,
     },
-}
-
-/// Some replica reported to this primary within `within`.
-async fn replica_replied(settings: &Settings, within: Duration) -> bool {
-    let query = async {
-        let client = connect_socket(&settings.socket_dir).await.ok()?;
-        let row = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_replication \
-                 WHERE reply_time > now() - make_interval(secs => $1)",
-                &[&within.as_secs_f64()],
-            )
-            .await
-            .ok()?;
-        Some(row.get::<_, i64>(0))
-    };
-    matches!(tokio::time::timeout(API_TIMEOUT, query).await, Ok(Some(n)) if n > 0)
 }
 
 /// PostgreSQL exited: kill and reap what the postmaster left behind.
@@ -81,24 +64,55 @@ fn mounted_config(settings: &Settings) -> Vec<u8> {
         .collect()
 }
 
+/// Whether a primary must fence itself now: its Lease is held by another instance, or
+/// was last renewed (or, for a primary just promoted, it became one) longer ago than
+/// `fence_after`.
+pub fn must_fence(state: LeaseState, primary_since: Instant, fence_after: Duration) -> bool {
+    let baseline = state
+        .renewed_at
+        .map_or(primary_since, |r| r.max(primary_since));
+    state.held_by_other || baseline.elapsed() > fence_after
+}
+
+/// What the supervisor works with besides the server.
+pub struct Watch<'a> {
+    pub settings: &'a Settings,
+    pub api: Option<&'a Api<GeoDatabase>>,
+    pub lease: Option<&'a PrimaryLease>,
+}
+
+/// Stop fast and give the Lease up (the server stops as a primary on purpose).
+async fn stop_and_release(postgres: Postgres, lease: Option<&PrimaryLease>) -> Result<ExitStatus> {
+    let status = postgres.stop_fast().await?;
+    if let Some(lease) = lease {
+        lease.want(Wanted::default());
+        lease.release().await;
+    }
+    Ok(status)
+}
+
 /// Supervise one run of PostgreSQL until it ends.
 pub async fn supervise(
-    settings: &Settings,
-    api: Option<&Api<GeoDatabase>>,
+    watch: Watch<'_>,
     mut postgres: Postgres,
     term: &mut Stop,
     mut desired: Desired,
 ) -> Result<Ended> {
-    let mut confirmed = Instant::now();
+    let Watch {
+        settings,
+        api,
+        lease,
+    } = watch;
     let mut tick = tokio::time::interval(TICK);
     let mut config = mounted_config(settings);
+    let mut primary_since: Option<Instant> = None;
     loop {
         tokio::select! {
             // A stop from the kubelet comes before anything else.
             biased;
             _ = term.recv() => {
                 info!("stop signal: fast shutdown of PostgreSQL");
-                return postgres.stop_fast().await.map(Ended::Terminated);
+                return stop_and_release(postgres, lease).await.map(Ended::Terminated);
             }
             status = postgres.child.wait() => {
                 let fatal = postgres.last_fatal.lock().ok().and_then(|mut l| l.take());
@@ -115,27 +129,63 @@ pub async fn supervise(
             config = now;
         }
         let primary_now = !settings.is_standby();
-        match fetch(api, settings).await {
-            Some(now) => {
-                desired = now;
-                confirmed = Instant::now();
-                if primary_now && desired.primary != settings.instance {
-                    info!(new_primary = %desired.primary, "another instance is the primary: stopping to rejoin as a replica");
-                    postgres.stop_fast().await?;
-                    return Ok(Ended::Demoted);
-                }
+        if let Some(now) = fetch(api, settings).await {
+            desired = now;
+            if primary_now && desired.primary != settings.instance {
+                info!(new_primary = %desired.primary, "another instance is the primary: stopping to rejoin as a replica");
+                stop_and_release(postgres, lease).await?;
+                return Ok(Ended::Demoted);
             }
-            None if primary_now && confirmed.elapsed() > desired.fence_after() => {
-                if replica_replied(settings, desired.fence_after()).await {
-                    // Replicas still stream from us: we are not the one cut off.
-                    confirmed = Instant::now();
-                } else {
-                    warn!(after_ms = confirmed.elapsed().as_millis() as u64, "cannot confirm the primary role with the API server or any replica: fencing (immediate shutdown)");
-                    postgres.stop_immediate().await?;
-                    return Ok(Ended::Fenced);
-                }
-            }
-            None => {}
         }
+        let Some(lease) = lease.filter(|_| primary_now) else {
+            continue;
+        };
+        let since = *primary_since.get_or_insert_with(Instant::now);
+        lease.want(Wanted {
+            hold: true,
+            take_over: desired.primary == settings.instance,
+            duration: desired.lease_duration(),
+        });
+        if desired.instances > 1 && must_fence(lease.state(), since, desired.fence_after()) {
+            warn!(
+                held_by_other = lease.state().held_by_other,
+                "the primary Lease is not renewed: fencing (immediate shutdown)"
+            );
+            lease.want(Wanted::default());
+            postgres.stop_immediate().await?;
+            return Ok(Ended::Fenced);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_primary_fences_when_its_lease_is_stale_or_taken() {
+        let fence_after = Duration::from_millis(2500);
+        let long_ago = Instant::now() - Duration::from_secs(10);
+        let fresh = LeaseState {
+            renewed_at: Some(Instant::now()),
+            held_by_other: false,
+        };
+        assert!(!must_fence(fresh, long_ago, fence_after));
+        let stale = LeaseState {
+            renewed_at: Some(long_ago),
+            held_by_other: false,
+        };
+        assert!(must_fence(stale, long_ago, fence_after));
+        // Just promoted, not yet renewed: the promotion counts as the start.
+        assert!(!must_fence(
+            LeaseState::default(),
+            Instant::now(),
+            fence_after
+        ));
+        let taken = LeaseState {
+            held_by_other: true,
+            ..fresh
+        };
+        assert!(must_fence(taken, Instant::now(), fence_after));
     }
 }

@@ -83,6 +83,19 @@ pub async fn cleanup(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
                 .join(", ")
         ),
     };
+    // The primary Lease goes with its GeoDatabase (the agents create it; nothing owns it).
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        ctx.client.clone(),
+        &namespace,
+    );
+    match leases
+        .delete(&Names::primary_lease(&names.cluster), &Default::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(error) => return Err(Error::kube("deleting the primary Lease")(error)),
+    }
     info!(name = %db.name_any(), %namespace, %note, "GeoDatabase deleted");
     ctx.metrics.record_action("deleted");
     ctx.event(db, EventType::Normal, "Deleted", note).await;

@@ -65,6 +65,8 @@ pub struct Context {
     monitor_triggers: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<ObjectRef<GeoDatabase>>>>,
     /// Consecutive failures per GeoDatabase, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<GeoDatabase>, u32>>,
+    /// Primary Lease records and when they were first seen, by (namespace, cluster).
+    leases: Mutex<HashMap<(String, String), replication::LeaseSeen>>,
 }
 
 impl Context {
@@ -85,6 +87,7 @@ impl Context {
             caches,
             cache_writers: Mutex::new(Some(cache_writers)),
             failures: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
         })
     }
 
@@ -112,6 +115,9 @@ impl Context {
         self.monitor.forget(key);
         if let Some(namespace) = key.namespace.as_deref() {
             self.applied.forget_cluster(namespace, &key.name);
+            if let Ok(mut leases) = self.leases.lock() {
+                leases.remove(&(namespace.to_owned(), key.name.clone()));
+            }
         }
         self.reset_backoff(key);
     }
@@ -121,6 +127,10 @@ impl Context {
     pub fn keeps(&self, namespace: &str, name: &str) -> bool {
         let key = ObjectRef::<GeoDatabase>::new(name).within(namespace);
         let backoff = self.failures.lock().is_ok_and(|m| m.contains_key(&key));
-        self.monitor.tracks(&key) || self.applied.remembers(namespace, name) || backoff
+        let lease = self
+            .leases
+            .lock()
+            .is_ok_and(|m| m.contains_key(&(namespace.to_owned(), name.to_owned())));
+        self.monitor.tracks(&key) || self.applied.remembers(namespace, name) || backoff || lease
     }
 }

@@ -2,6 +2,7 @@
 //! (`execute`), and keep one replication slot per replica on the primary (`slots`).
 
 pub mod execute;
+mod lease;
 pub mod plan;
 mod slots;
 
@@ -15,6 +16,7 @@ use crate::api::GeoDatabase;
 use crate::builders::Cluster;
 use crate::error::Result;
 use crate::postgres::probe::ClusterHealth;
+pub use lease::Seen as LeaseSeen;
 use plan::{Plan, PodState, View};
 pub use slots::converge_slots;
 
@@ -48,6 +50,14 @@ pub async fn step(
 ) -> Result<(Plan, Option<TransitionState>)> {
     let pods = pod_states(cluster, observed);
     let status = db.status.clone().unwrap_or_default();
+    // The Lease matters only while an old primary must be seen fenced.
+    let lease = match status.target_primary != status.current_primary {
+        true => {
+            ctx.observe_lease(&cluster.namespace, &cluster.names.cluster)
+                .await?
+        }
+        false => None,
+    };
     let plan = plan::plan(&View {
         spec: &db.spec,
         status: &status,
@@ -55,6 +65,7 @@ pub async fn step(
         pods: &pods,
         health,
         bootstrapped: cluster.bootstrapped,
+        lease: lease.as_ref(),
         now: Instant::now(),
     });
     let transition =

@@ -32,6 +32,15 @@ pub struct PodState {
     pub ready: bool,
 }
 
+/// The primary Lease as the operator observes it (its own clock, not the record's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseObservation {
+    pub holder: Option<String>,
+    /// How long its record has been the same (no renewal seen).
+    pub unchanged_for: Duration,
+    pub duration: Duration,
+}
+
 /// Everything a decision is made from.
 pub struct View<'a> {
     pub spec: &'a GeoDatabaseSpec,
@@ -43,6 +52,9 @@ pub struct View<'a> {
     pub health: &'a ClusterHealth,
     /// The cluster's first primary has run (a failover needs something to fail over).
     pub bootstrapped: bool,
+    /// The primary Lease, while a transition is under way (`None`: no Lease, as with
+    /// instances that predate it).
+    pub lease: Option<&'a LeaseObservation>,
     pub now: Instant,
 }
 
@@ -110,21 +122,26 @@ fn delay(spec: &GeoDatabaseSpec) -> Duration {
     spec.replication.failover_delay()
 }
 
-/// The old primary cannot accept writes any more.
+/// The old primary cannot accept writes any more: its pod is gone, it answers as a
+/// replica, or it no longer holds the primary Lease (released, taken, or not renewed for
+/// the whole lease, by which time it has stopped itself). Without a Lease (instances that
+/// predate it) a refusal for a second or silence for the failover delay counts.
 fn fenced(v: &View<'_>, old: &str) -> bool {
     let Some(pod) = v.pods.get(old) else {
         return true;
     };
-    match v.health.get(old) {
-        None => false,
-        Some(h) if h.reachable => h.sample.as_ref().is_some_and(|s| s.in_recovery),
-        Some(h) => {
-            let failing = h.failing_for(v.now);
-            pod.terminating
-                || (h.refused && failing >= REFUSAL_CONFIRMED)
-                || failing >= delay(v.spec)
-        }
+    let health = v.health.get(old);
+    if let Some(h) = health.filter(|h| h.reachable) {
+        return h.sample.as_ref().is_some_and(|s| s.in_recovery);
     }
+    if let Some(lease) = v.lease {
+        return lease.holder.as_deref() != Some(old) || lease.unchanged_for >= lease.duration;
+    }
+    let Some(h) = health else {
+        return false;
+    };
+    let failing = h.failing_for(v.now);
+    pod.terminating || (h.refused && failing >= REFUSAL_CONFIRMED) || failing >= delay(v.spec)
 }
 
 fn describe_failure(v: &View<'_>, instance: &str) -> String {
@@ -490,6 +507,7 @@ mod tests {
     }
 
     struct Case {
+        lease: Option<LeaseObservation>,
         spec: GeoDatabaseSpec,
         status: GeoDatabaseStatus,
         pods: BTreeMap<String, PodState>,
@@ -500,6 +518,7 @@ mod tests {
     impl Case {
         fn new(status: GeoDatabaseStatus, health: &[(&str, InstanceHealth)], now: Instant) -> Self {
             Self {
+                lease: None,
                 spec: spec(),
                 status,
                 pods: pods(),
@@ -520,6 +539,7 @@ mod tests {
                 pods: &self.pods,
                 health: &self.health,
                 bootstrapped: true,
+                lease: self.lease.as_ref(),
                 now: self.now,
             })
         }
@@ -697,6 +717,34 @@ mod tests {
             ],
             now,
         );
+        assert_eq!(case.plan(), Plan::Promote { to: "geo-2".into() });
+    }
+
+    #[test]
+    fn with_a_lease_only_its_release_or_expiry_fences_an_unreachable_primary() {
+        let now = Instant::now();
+        let mut case = Case::new(
+            status("geo-1", Some("geo-2")),
+            &[
+                // Unreachable for long and even refusing: not enough while it holds the Lease.
+                ("geo-1", down(now, 60, true, Some(primary(100)))),
+                ("geo-2", up(replica(100, false))),
+            ],
+            now,
+        );
+        let held = |secs| LeaseObservation {
+            holder: Some("geo-1".into()),
+            unchanged_for: Duration::from_secs(secs),
+            duration: Duration::from_secs(5),
+        };
+        case.lease = Some(held(2));
+        assert!(matches!(case.plan(), Plan::AwaitFence { .. }));
+        case.lease = Some(held(5));
+        assert_eq!(case.plan(), Plan::Promote { to: "geo-2".into() });
+        case.lease = Some(LeaseObservation {
+            holder: None,
+            ..held(0)
+        });
         assert_eq!(case.plan(), Plan::Promote { to: "geo-2".into() });
     }
 
