@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A real single-node Kubernetes cluster running as host processes (in the
-# spirit of Kubernetes' hack/local-up-cluster.sh), for geodb's e2e tests.
+# A real single-node Kubernetes cluster running as host processes, for
+# geodb's e2e tests.
 #
 # Usage: e2e/cluster/cluster.sh COMMAND
 #   up           install what is missing (apt-get, Go builds), start the
