@@ -90,6 +90,10 @@ pub struct Options {
     pub extra_apiserver_args: Vec<String>,
     /// Appended to the kube-controller-manager command line (later flags win).
     pub extra_controller_manager_args: Vec<String>,
+    /// Leave kube-controller-manager to [`ControlPlane::start_controller_manager`], so
+    /// that CRDs installed before it are known to its garbage collector from the start
+    /// (it learns of new kinds only every 30 s).
+    pub defer_controller_manager: bool,
 }
 
 /// A running control plane. Dropping it stops the processes and removes the
@@ -102,6 +106,8 @@ pub struct ControlPlane {
     server_uri: http::Uri,
     etcd_url: String,
     controller_manager_url: String,
+    kcm_port: u16,
+    extra_controller_manager_args: Vec<String>,
     admin_token: String,
     operator_token: String,
     /// PEM of the CA that signed kube-apiserver's self-signed serving
@@ -169,6 +175,8 @@ impl ControlPlane {
             operator_kubeconfig: dir.join("operator.kubeconfig"),
             etcd_url: format!("http://127.0.0.1:{etcd_client}"),
             controller_manager_url: format!("https://127.0.0.1:{kcm_port}"),
+            kcm_port,
+            extra_controller_manager_args: opts.extra_controller_manager_args.clone(),
             server_uri,
             server_url,
             dir,
@@ -271,40 +279,9 @@ impl ControlPlane {
             &cp.operator_kubeconfig,
             cp.kubeconfig_yaml(OPERATOR_USER, &cp.operator_token),
         )?;
-        let mut kcm_args = vec![
-            format!("--kubeconfig={}", cp.kubeconfig.display()),
-            // Delegated authn/authz (TokenReview/SubjectAccessReview) so the
-            // admin token can read /metrics; there is no client CA to look up.
-            format!("--authentication-kubeconfig={}", cp.kubeconfig.display()),
-            "--authentication-skip-lookup=true".to_string(),
-            format!("--authorization-kubeconfig={}", cp.kubeconfig.display()),
-            "--bind-address=127.0.0.1".to_string(),
-            format!("--secure-port={kcm_port}"),
-            format!("--cert-dir={}", dir.join("pki").join("kcm").display()),
-            format!("--controllers={}", CONTROLLERS.join(",")),
-            format!("--service-account-private-key-file={}", sa_key.display()),
-            format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
-            "--leader-elect=false".to_string(),
-            "--use-service-account-credentials=false".to_string(),
-            "--profiling=false".to_string(),
-        ];
-        if cp.ca_pem.is_some() {
-            // Published to pods as kube-root-ca.crt / ServiceAccount ca.crt.
-            kcm_args.push(format!("--root-ca-file={}", ca_file.display()));
+        if !opts.defer_controller_manager {
+            cp.start_controller_manager().await?;
         }
-        kcm_args.extend(opts.extra_controller_manager_args.iter().cloned());
-        cp.spawn(
-            KUBE_CONTROLLER_MANAGER,
-            &bins.kube_controller_manager,
-            &kcm_args,
-        )?;
-
-        let kcm = client_for(&cp.controller_manager_url, None)?;
-        cp.wait_until(KUBE_CONTROLLER_MANAGER, || {
-            let kcm = kcm.clone();
-            async move { get_ok(&kcm, "/healthz").await }
-        })
-        .await?;
         tracing::info!(
             dir = %cp.dir.display(),
             server = %cp.server_url,
@@ -313,6 +290,48 @@ impl ControlPlane {
             "control plane is up"
         );
         Ok(cp)
+    }
+
+    /// Starts kube-controller-manager and waits until it is healthy; only needed after
+    /// [`Options::defer_controller_manager`].
+    pub async fn start_controller_manager(&mut self) -> anyhow::Result<()> {
+        if self.procs.iter().any(|p| p.name == KUBE_CONTROLLER_MANAGER) {
+            return Ok(());
+        }
+        let sa_key = self.dir.join("pki").join("sa.key");
+        let ca_file = self.dir.join("pki").join("ca.crt");
+        let mut kcm_args = vec![
+            format!("--kubeconfig={}", self.kubeconfig.display()),
+            // Delegated authn/authz (TokenReview/SubjectAccessReview) so the
+            // admin token can read /metrics; there is no client CA to look up.
+            format!("--authentication-kubeconfig={}", self.kubeconfig.display()),
+            "--authentication-skip-lookup=true".to_string(),
+            format!("--authorization-kubeconfig={}", self.kubeconfig.display()),
+            "--bind-address=127.0.0.1".to_string(),
+            format!("--secure-port={}", self.kcm_port),
+            format!("--cert-dir={}", self.dir.join("pki").join("kcm").display()),
+            format!("--controllers={}", CONTROLLERS.join(",")),
+            format!("--service-account-private-key-file={}", sa_key.display()),
+            format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+            "--leader-elect=false".to_string(),
+            "--use-service-account-credentials=false".to_string(),
+            "--profiling=false".to_string(),
+        ];
+        if self.ca_pem.is_some() {
+            // Published to pods as kube-root-ca.crt / ServiceAccount ca.crt.
+            kcm_args.push(format!("--root-ca-file={}", ca_file.display()));
+        }
+        kcm_args.extend(self.extra_controller_manager_args.iter().cloned());
+        let bin = Binaries::locate()?.kube_controller_manager;
+        self.spawn(KUBE_CONTROLLER_MANAGER, &bin, &kcm_args)?;
+
+        let kcm = client_for(&self.controller_manager_url, None)?;
+        self.wait_until(KUBE_CONTROLLER_MANAGER, || {
+            let kcm = kcm.clone();
+            async move { get_ok(&kcm, "/healthz").await }
+        })
+        .await?;
+        Ok(())
     }
 
     /// A client authenticated as `admin` (group `system:masters`).

@@ -2,8 +2,10 @@
 //! kube-controller-manager as local processes), running in-process as a user that has
 //! only the operator's own RBAC.
 //!
-//! One control plane serves every scenario; each scenario has its own namespace, and a
-//! failing scenario prints that namespace's objects, Events and the components' logs.
+//! Every scenario is a test of its own (`cargo test -p geodb-e2e --test apiserver
+//! deletion_policy` runs one); one control plane and one operator, started by the first,
+//! serve them all. Each scenario has its own namespace, and a failing scenario prints that
+//! namespace's objects, Events and the components' logs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,7 +15,6 @@ use std::time::Duration;
 use common::*;
 use geodb::api::{GeoDatabase, Phase, Role};
 use geodb::runtime::leader::LeaderElection;
-use geodb_e2e::controlplane::ControlPlane;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
@@ -709,8 +710,7 @@ async fn scenario_deletion_policy(client: &Client, op: &Operator, ns: &str) {
     );
 }
 
-async fn scenario_leader_election(cp: &ControlPlane) {
-    let client = cp.client_for_operator().unwrap();
+async fn scenario_leader_election(client: &Client) {
     let election = |identity: &str| LeaderElection {
         namespace: "geodb-system".into(),
         name: "geodb-test-leader".into(),
@@ -720,80 +720,96 @@ async fn scenario_leader_election(cp: &ControlPlane) {
     };
     let (a, b) = (election("a"), election("b"));
     assert!(
-        a.try_acquire(&client).await.unwrap(),
+        a.try_acquire(client).await.unwrap(),
         "a could not take a free Lease"
     );
     assert!(
-        !b.try_acquire(&client).await.unwrap(),
+        !b.try_acquire(client).await.unwrap(),
         "b took a Lease a holds"
     );
-    assert!(a.try_acquire(&client).await.unwrap(), "a could not renew");
+    assert!(a.try_acquire(client).await.unwrap(), "a could not renew");
     // a stops renewing: b takes over only after the lease expires.
     wait_for(
         "b to take over the expired Lease",
         Duration::from_secs(10),
-        || async { b.try_acquire(&client).await.unwrap().then_some(()) },
+        || async { b.try_acquire(client).await.unwrap().then_some(()) },
     )
     .await;
     assert!(
-        !a.try_acquire(&client).await.unwrap(),
+        !a.try_acquire(client).await.unwrap(),
         "a took the Lease back from b"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_against_a_real_apiserver() {
-    let cp = ControlPlane::start().await.expect("control plane");
-    let admin = cp.client().unwrap();
-    install_crds(&admin).await;
-    install_operator_rbac(&admin).await;
-    let operator = Operator::start(&cp);
+// Each scenario is its own test (select one by name); all of them share one control plane
+// and one operator, started by the first and taking turns (`common::run_scenario`).
 
-    type Scenario<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
-    let scenarios: Vec<(&str, Scenario)> = vec![
-        (
-            "create",
-            Box::pin(scenario_creates_every_object(&admin, &operator, "t-create")),
-        ),
-        (
-            "changes",
-            Box::pin(scenario_spec_changes_converge(&admin, "t-changes")),
-        ),
-        (
-            "invalid",
-            Box::pin(scenario_invalid_samples_rejected(&admin, "t-invalid")),
-        ),
-        (
-            "semantic",
-            Box::pin(scenario_semantic_errors_degrade(&admin, "t-semantic")),
-        ),
-        (
-            "deletion",
-            Box::pin(scenario_deletion_policy(&admin, &operator, "t-deletion")),
-        ),
-        ("leader", Box::pin(scenario_leader_election(&cp))),
-    ];
-    let mut failed = Vec::new();
-    for (name, scenario) in scenarios {
-        let ns = format!("t-{name}");
-        if name != "leader" {
-            create_namespace(&admin, &ns).await;
-        }
-        eprintln!("---- scenario {name}");
-        let outcome =
-            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(scenario)).await;
-        if outcome.is_err() {
-            dump_namespace(&admin, &cp, &ns).await;
-            failed.push(name);
-        }
-    }
-    let mut metrics = String::new();
-    prometheus_client::encoding::text::encode(&mut metrics, &operator.registry).unwrap();
-    assert!(metrics.contains("geodb_reconciliations_total"), "{metrics}");
-    assert!(
-        metrics.contains("geodb_reconcile_duration_seconds_bucket"),
-        "{metrics}"
-    );
-    operator.stop().await;
-    assert!(failed.is_empty(), "failed scenarios: {failed:?}");
+#[tokio::test]
+async fn creates_every_object() {
+    run_scenario(Some("t-create"), |h, admin| async move {
+        scenario_creates_every_object(&admin, &h.operator, "t-create").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn spec_changes_converge() {
+    run_scenario(Some("t-changes"), |_, admin| async move {
+        scenario_spec_changes_converge(&admin, "t-changes").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_samples_rejected() {
+    run_scenario(Some("t-invalid"), |_, admin| async move {
+        scenario_invalid_samples_rejected(&admin, "t-invalid").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn semantic_errors_degrade() {
+    run_scenario(Some("t-semantic"), |_, admin| async move {
+        scenario_semantic_errors_degrade(&admin, "t-semantic").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deletion_policy() {
+    run_scenario(Some("t-deletion"), |h, admin| async move {
+        scenario_deletion_policy(&admin, &h.operator, "t-deletion").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn leader_election() {
+    run_scenario(None, |h, _| async move {
+        scenario_leader_election(&h.operator_client()).await;
+    })
+    .await;
+}
+
+/// The operator's metrics name its reconciles; run alone, this test gives it one to count.
+#[tokio::test]
+async fn operator_exports_reconcile_metrics() {
+    run_scenario(Some("t-metrics"), |h, admin| async move {
+        create_db(&admin, "t-metrics", &sample()).await;
+        let metrics = wait_for("reconcile metrics", CONVERGE, || async {
+            let mut metrics = String::new();
+            prometheus_client::encoding::text::encode(&mut metrics, &h.operator.registry).unwrap();
+            metrics
+                .contains("geodb_reconcile_duration_seconds_bucket")
+                .then_some(metrics)
+        })
+        .await;
+        assert!(metrics.contains("geodb_reconciliations_total"), "{metrics}");
+        assert!(
+            metrics.contains("geodb_reconcile_duration_seconds_bucket"),
+            "{metrics}"
+        );
+    })
+    .await;
 }

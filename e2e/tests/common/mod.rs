@@ -1,15 +1,18 @@
-//! Shared pieces of the API-server tests: the operator running in-process with its own
-//! RBAC, waits with deadlines, and diagnostics printed on failure.
+//! Shared pieces of the API-server tests: one control plane and one in-process operator
+//! (with only its own RBAC) shared by every test of a binary, waits with deadlines, and
+//! diagnostics printed on failure.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use geodb::api::GeoDatabase;
 use geodb::controller::{self, Context};
 use geodb::runtime::metrics::Metrics;
-use geodb_e2e::controlplane::ControlPlane;
+use geodb_e2e::controlplane::{ControlPlane, Options};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -17,7 +20,8 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
+use tokio::runtime::{Handle, Runtime};
+use tokio::sync::{oneshot, OnceCell};
 
 pub use geodb_e2e::kube_util::repo_root;
 
@@ -50,8 +54,9 @@ pub struct Operator {
     pub ctx: Arc<Context>,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    // Behind locks so a shared operator can be stopped through `&self` at exit.
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Operator {
@@ -78,8 +83,8 @@ impl Operator {
             ctx,
             metrics,
             registry,
-            stop: Some(stop),
-            task: Some(task),
+            stop: Mutex::new(Some(stop)),
+            task: Mutex::new(Some(task)),
         }
     }
 
@@ -90,11 +95,12 @@ impl Operator {
             .unwrap_or_else(|e| panic!("direct reconcile failed: {e}"));
     }
 
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
+    pub async fn stop(&self) {
+        if let Some(stop) = self.stop.lock().unwrap().take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
             let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
         }
     }
@@ -142,7 +148,7 @@ where
 }
 
 /// Everything worth seeing when a scenario fails.
-pub async fn dump_namespace(client: &Client, cp: &ControlPlane, namespace: &str) {
+pub async fn dump_namespace(client: &Client, h: &Harness, namespace: &str) {
     eprintln!("==== diagnostics for namespace {namespace} ====");
     if let Ok(list) = Api::<GeoDatabase>::namespaced(client.clone(), namespace)
         .list(&ListParams::default())
@@ -181,11 +187,11 @@ pub async fn dump_namespace(client: &Client, cp: &ControlPlane, namespace: &str)
     }
     eprintln!(
         "---- kube-apiserver log tail ----\n{}",
-        cp.logs_tail("kube-apiserver", 20)
+        h.logs_tail("kube-apiserver", 20)
     );
     eprintln!(
         "---- kube-controller-manager log tail ----\n{}",
-        cp.logs_tail("kube-controller-manager", 20)
+        h.logs_tail("kube-controller-manager", 20)
     );
 }
 
@@ -218,4 +224,144 @@ pub async fn may(client: &Client, user: &str, access: &Access<'_>) -> bool {
         .unwrap()
         .status
         .is_some_and(|s| s.allowed)
+}
+
+/// The control plane and the operator every test of a binary shares, started by the
+/// first test that asks for them and stopped when the process exits.
+///
+/// Each `#[tokio::test]` has its own runtime, dropped when the test ends, so the
+/// operator and the clients it built run on a runtime of their own that lives as long
+/// as the process.
+pub struct Harness {
+    admin: kube::Config,
+    operator_user: kube::Config,
+    pub operator: Operator,
+    // Taken and dropped at exit (stopping the processes, removing the directory).
+    cp: Mutex<Option<ControlPlane>>,
+    // Scenarios take turns, in the order they ask: the zero-writes check counts the
+    // shared operator's writes in every namespace.
+    turn: tokio::sync::Mutex<()>,
+}
+
+// Taken at exit: shutting it down closes the operator's watches, which would hold up
+// kube-apiserver's shutdown.
+static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
+static HARNESS: OnceCell<Result<Harness, String>> = OnceCell::const_new();
+
+fn harness_runtime() -> Handle {
+    let mut runtime = RUNTIME.lock().unwrap();
+    runtime
+        .get_or_insert_with(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("geodb-harness")
+                .enable_all()
+                .build()
+                .expect("the harness runtime")
+        })
+        .handle()
+        .clone()
+}
+
+/// The shared harness, started on first use. A failed start fails every test that asks
+/// with the same message instead of starting another control plane (a panic while
+/// installing leaves it unset: the next test tries again).
+pub async fn harness() -> &'static Harness {
+    let started = HARNESS
+        .get_or_init(|| async {
+            // The CRDs go in before kube-controller-manager starts, so that its garbage
+            // collector deletes what a GeoDatabase owns from the first scenario on.
+            let options = Options {
+                defer_controller_manager: true,
+                ..Options::default()
+            };
+            let mut cp = ControlPlane::start_with(options)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let admin = cp.client().map_err(|e| format!("{e:#}"))?;
+            install_crds(&admin).await;
+            install_operator_rbac(&admin).await;
+            cp.start_controller_manager()
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            // The operator's tasks and clients go to the harness runtime.
+            let operator = {
+                let _on_harness = harness_runtime().enter();
+                Operator::start(&cp)
+            };
+            // SAFETY: registers a function without arguments that is safe to run at
+            // exit (it catches its own panics).
+            unsafe { libc::atexit(stop_harness) };
+            Ok(Harness {
+                admin: cp.admin_config(),
+                operator_user: cp.operator_config(),
+                operator,
+                cp: Mutex::new(Some(cp)),
+                turn: tokio::sync::Mutex::new(()),
+            })
+        })
+        .await;
+    match started {
+        Ok(h) => h,
+        Err(e) => panic!("control plane: {e}"),
+    }
+}
+
+/// Stops the shared operator, then the control plane; statics are never dropped.
+extern "C" fn stop_harness() {
+    let _ = std::panic::catch_unwind(|| {
+        let runtime = RUNTIME.lock().ok().and_then(|mut r| r.take());
+        if let (Some(Ok(h)), Some(runtime)) = (HARNESS.get(), runtime) {
+            runtime.block_on(h.operator.stop());
+            runtime.shutdown_timeout(Duration::from_secs(5));
+            drop(h.cp.lock().ok().and_then(|mut cp| cp.take()));
+        }
+    });
+}
+
+impl Harness {
+    /// A client as `admin`, for the calling test's runtime.
+    pub fn admin(&self) -> Client {
+        Client::try_from(self.admin.clone()).unwrap()
+    }
+
+    /// A client as `geodb-operator`, with only the RBAC in `config/rbac/`.
+    pub fn operator_client(&self) -> Client {
+        Client::try_from(self.operator_user.clone()).unwrap()
+    }
+
+    pub fn logs_tail(&self, component: &str, n: usize) -> String {
+        match self.cp.lock().ok().as_ref().and_then(|cp| cp.as_ref()) {
+            Some(cp) => cp.logs_tail(component, n),
+            None => String::from("<control plane stopped>"),
+        }
+    }
+}
+
+/// Runs one scenario on the shared harness, in its own namespace when it names one,
+/// after the scenarios before it; prints the diagnostics when it fails.
+pub async fn run_scenario<F, Fut>(namespace: Option<&str>, body: F)
+where
+    F: FnOnce(&'static Harness, Client) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let h = harness().await;
+    let _turn = h.turn.lock().await;
+    let admin = h.admin();
+    if let Some(ns) = namespace {
+        create_namespace(&admin, ns).await;
+    }
+    let t0 = std::time::Instant::now();
+    let outcome = AssertUnwindSafe(body(h, admin.clone()))
+        .catch_unwind()
+        .await;
+    eprintln!(
+        "---- scenario {}: {:.1}s",
+        namespace.unwrap_or("without a namespace"),
+        t0.elapsed().as_secs_f64()
+    );
+    if let Err(panic) = outcome {
+        dump_namespace(&admin, h, namespace.unwrap_or("default")).await;
+        std::panic::resume_unwind(panic);
+    }
 }
