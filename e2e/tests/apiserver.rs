@@ -141,6 +141,22 @@ async fn scenario_creates_every_object(client: &Client, op: &Operator, ns: &str)
         (ns, "get", "", "secrets", "geo-superuser", false),
         (ns, "create", "events.k8s.io", "events", "", true),
         (ns, "delete", "events.k8s.io", "events", "", false),
+        (
+            ns,
+            "update",
+            "coordination.k8s.io",
+            "leases",
+            "geo-primary",
+            true,
+        ),
+        (
+            ns,
+            "delete",
+            "coordination.k8s.io",
+            "leases",
+            "geo-primary",
+            false,
+        ),
         ("default", "get", "geodb.io", "geodatabases", "geo", false),
     ] {
         let access = Access {
@@ -309,7 +325,8 @@ async fn scenario_spec_changes_converge(client: &Client, ns: &str) {
     };
     let old_hash = hash_of(get::<StatefulSet>(client, ns, "geo-1").await.unwrap());
 
-    // Parameters: ConfigMap rewritten, pod template hash moves (pods roll).
+    // A setting PostgreSQL reloads: the ConfigMap is rewritten, the pod template is not
+    // (no pod rolls; the agent reloads).
     patch_spec(
         client,
         ns,
@@ -317,13 +334,35 @@ async fn scenario_spec_changes_converge(client: &Client, ns: &str) {
         json!({"postgresql": {"parameters": {"work_mem": "32MB", "max_connections": "100"}}}),
     )
     .await;
+    wait_for("work_mem 32MB in the ConfigMap", CONVERGE, || async {
+        let cm = get::<ConfigMap>(client, ns, "geo-config").await?;
+        cm.data?["postgresql.conf"]
+            .contains("work_mem = '32MB'")
+            .then_some(())
+    })
+    .await;
+    let sts = get::<StatefulSet>(client, ns, "geo-1").await.unwrap();
+    assert_eq!(
+        hash_of(sts),
+        old_hash,
+        "a reloadable setting changed the pod template"
+    );
+    // One that needs a restart: the pod template hash moves (pods roll).
+    patch_spec(
+        client,
+        ns,
+        "geo",
+        json!({"postgresql": {"parameters": {"shared_buffers": "64MB"}}}),
+    )
+    .await;
     wait_for(
-        "work_mem 32MB in the ConfigMap and a new config hash",
+        "shared_buffers 64MB in the ConfigMap and a new config hash",
         CONVERGE,
         || async {
             let cm = get::<ConfigMap>(client, ns, "geo-config").await?;
             let sts = get::<StatefulSet>(client, ns, "geo-1").await?;
-            (cm.data?["postgresql.conf"].contains("work_mem = '32MB'") && hash_of(sts) != old_hash)
+            (cm.data?["postgresql.conf"].contains("shared_buffers = '64MB'")
+                && hash_of(sts) != old_hash)
                 .then_some(())
         },
     )
@@ -644,6 +683,7 @@ async fn scenario_semantic_errors_degrade(client: &Client, ns: &str) {
 
 async fn scenario_deletion_policy(client: &Client, op: &Operator, ns: &str) {
     let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    let mut kept_password = String::new();
     for (name, policy) in [("keep", "Retain"), ("drop", "Delete")] {
         let mut db = sample();
         db.metadata.name = Some(name.into());
@@ -651,6 +691,10 @@ async fn scenario_deletion_policy(client: &Client, op: &Operator, ns: &str) {
         db.spec.deletion_policy = serde_json::from_value(json!(policy)).unwrap();
         create_db(client, ns, &db).await;
         wait_converged(client, ns, name, 2).await;
+        if name == "keep" {
+            let app = get::<Secret>(client, ns, "keep-app").await.unwrap();
+            kept_password = secret_text(&app, "password");
+        }
         let selector = format!("geodb.io/cluster={name}");
         wait_for(&format!("{name}: 2 PVCs"), CONVERGE, || async {
             (names::<PersistentVolumeClaim>(client, ns, &selector)
@@ -703,10 +747,43 @@ async fn scenario_deletion_policy(client: &Client, op: &Operator, ns: &str) {
     again.metadata.name = Some("keep".into());
     again.spec.instances = 2;
     create_db(client, ns, &again).await;
-    wait_converged(client, ns, "keep", 2).await;
+    let back = wait_converged(client, ns, "keep", 2).await;
     assert_eq!(
         names::<PersistentVolumeClaim>(client, ns, "geodb.io/cluster=keep").await,
         ["pgdata-keep-1-0", "pgdata-keep-2-0"]
+    );
+    // The kept volumes recorded the last primary, and it is the primary again.
+    let pvc = get::<PersistentVolumeClaim>(client, ns, "pgdata-keep-2-0")
+        .await
+        .unwrap();
+    assert_eq!(
+        pvc.annotations()
+            .get("geodb.io/last-primary")
+            .map(String::as_str),
+        Some("keep-1")
+    );
+    assert_eq!(
+        back.status
+            .as_ref()
+            .and_then(|s| s.current_primary.as_deref()),
+        Some("keep-1")
+    );
+    // The credentials were kept and adopted: same password, owned by the new GeoDatabase.
+    let uid = back.uid().unwrap();
+    wait_for("keep-app adopted", CONVERGE, || async {
+        let app = get::<Secret>(client, ns, "keep-app").await?;
+        (app.owner_references().iter().any(|o| o.uid == uid)
+            && !app
+                .annotations()
+                .contains_key("geodb.io/retained-by-deleted-geodatabase"))
+        .then_some(())
+    })
+    .await;
+    let app = get::<Secret>(client, ns, "keep-app").await.unwrap();
+    assert_eq!(
+        secret_text(&app, "password"),
+        kept_password,
+        "the password changed"
     );
 }
 

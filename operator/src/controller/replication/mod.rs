@@ -64,7 +64,9 @@ pub async fn step(
         instances: &cluster.instances,
         pods: &pods,
         health,
-        bootstrapped: cluster.bootstrapped,
+        // A primary of this GeoDatabase has been seen running (its timeline is known): a
+        // new GeoDatabase over kept volumes is not failed over while its pods start.
+        bootstrapped: cluster.bootstrapped && status.timeline.is_some(),
         lease: lease.as_ref(),
         now: Instant::now(),
     });
