@@ -217,6 +217,8 @@ impl Writer {
 pub struct Watcher {
     pub violations: Arc<Mutex<Vec<String>>>,
     pub rounds: Arc<Mutex<u64>>,
+    /// When each pod was first seen accepting writes.
+    pub first_writable: Arc<Mutex<BTreeMap<String, Instant>>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -225,8 +227,9 @@ impl Watcher {
     pub fn start(client: Client, ns: &str, cluster: &str, superuser_password: String) -> Self {
         let violations = Arc::new(Mutex::new(Vec::new()));
         let rounds = Arc::new(Mutex::new(0));
+        let first_writable = Arc::new(Mutex::new(BTreeMap::new()));
         let (stop, mut stopped) = watch::channel(false);
-        let (v2, r2) = (violations.clone(), rounds.clone());
+        let (v2, r2, w2) = (violations.clone(), rounds.clone(), first_writable.clone());
         let pods: Api<Pod> = Api::namespaced(client, ns);
         let selector = format!("geodb.io/cluster={cluster},app.kubernetes.io/component=database");
         let task = tokio::spawn(async move {
@@ -284,6 +287,10 @@ impl Watcher {
                         connections.insert(pod.clone(), (ip, client));
                     }
                     if answer == Some(true) {
+                        w2.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(pod.clone())
+                            .or_insert_with(Instant::now);
                         writable.push(pod);
                     }
                 }
@@ -298,9 +305,19 @@ impl Watcher {
         Self {
             violations,
             rounds,
+            first_writable,
             stop,
             task,
         }
+    }
+
+    /// When `pod` was first seen accepting writes.
+    pub fn first_writable(&self, pod: &str) -> Option<Instant> {
+        self.first_writable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pod)
+            .copied()
     }
 
     /// Stop, and return every violation seen and how many rounds ran.

@@ -4,4 +4,5 @@ pub mod bench;
 pub mod controlplane;
 pub mod drill;
 pub mod kube_util;
+pub mod partition;
 pub mod recreate;

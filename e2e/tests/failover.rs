@@ -168,6 +168,25 @@ async fn drills(client: &Client, ns: &str) {
         .refused_switchover("drill-7", "SwitchoverTargetMissing", &primary, TIMEOUT)
         .await
         .unwrap();
+    // The primary and one replica cut off from everything but each other.
+    let partition = geodb_e2e::partition::partial_partition(&target, 60_000_000, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("partial partition: {e:#}"));
+    eprintln!("{partition:?}");
+    assert!(
+        partition.violations.is_empty(),
+        "two writable instances: {:?}",
+        partition.violations
+    );
+    assert_ne!(partition.new_primary, partition.old_primary);
+    assert!(
+        partition.cut_side_acks > 0,
+        "the cut-off writer never wrote"
+    );
+    assert_eq!(
+        partition.cut_side_acks_after_promotion, 0,
+        "the old primary took writes after the new one was promoted"
+    );
     let (left, back, replica) = target.lagging_replica(TIMEOUT).await.unwrap();
     eprintln!("lagging replica {replica}: out of -ro after {left:?}, back {back:?} after resuming");
 

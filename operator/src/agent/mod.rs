@@ -288,6 +288,12 @@ impl Agent {
         match ended {
             Ended::Terminated(status) => return Ok(Pass::Stop(status)),
             Ended::Demoted | Ended::Fenced => {}
+            Ended::Diverged => {
+                // Rewind it like a former primary: drop the recovery signal so the next
+                // pass sees a data directory that must rejoin.
+                let signal = self.settings.pgdata.join("standby.signal");
+                std::fs::remove_file(&signal).map_err(AgentError::io(&signal))?;
+            }
             Ended::Exited { was_primary, fatal } => {
                 if self.api.is_none() {
                     return Err(AgentError::command("postgres", "exited"));

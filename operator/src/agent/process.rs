@@ -14,21 +14,42 @@ use crate::names::{POSTGRES_PORT, REPLICATION_USER};
 /// The running postmaster.
 pub struct Postgres {
     pub child: tokio::process::Child,
-    /// The last FATAL or PANIC line PostgreSQL wrote (its log goes through the agent to
-    /// the container log).
-    pub last_fatal: Arc<Mutex<Option<String>>>,
+    /// What its log told (it goes through the agent to the container log).
+    pub log: Arc<Mutex<LogFacts>>,
 }
 
-/// Copy PostgreSQL's log to the container log, keeping its last FATAL or PANIC line.
-fn forward_log(stderr: tokio::process::ChildStderr, last_fatal: Arc<Mutex<Option<String>>>) {
+/// What the agent learns from PostgreSQL's log.
+#[derive(Clone, Debug, Default)]
+pub struct LogFacts {
+    /// The last FATAL or PANIC line.
+    pub last_fatal: Option<String>,
+    /// A replica whose history forked from the primary's (it received WAL the new
+    /// primary never had): it cannot follow without a rewind.
+    pub diverged: Option<String>,
+}
+
+impl LogFacts {
+    /// Take in one line of PostgreSQL's log.
+    pub fn read(&mut self, line: &str) {
+        if line.contains("FATAL:") || line.contains("PANIC:") {
+            self.last_fatal = Some(line.to_owned());
+        }
+        if line.contains("forked off current database system timeline")
+            || line.contains("is not a child of this server's history")
+        {
+            self.diverged = Some(line.to_owned());
+        }
+    }
+}
+
+/// Copy PostgreSQL's log to the container log, keeping what the agent acts on.
+fn forward_log(stderr: tokio::process::ChildStderr, facts: Arc<Mutex<LogFacts>>) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             eprintln!("{line}");
-            if line.contains("FATAL:") || line.contains("PANIC:") {
-                if let Ok(mut last) = last_fatal.lock() {
-                    *last = Some(line);
-                }
+            if let Ok(mut facts) = facts.lock() {
+                facts.read(&line);
             }
         }
     });
@@ -58,11 +79,11 @@ impl Postgres {
             .spawn()
             .map_err(|e| AgentError::command("postgres", e))?;
         let mut child = child;
-        let last_fatal = Arc::new(Mutex::new(None));
+        let log = Arc::new(Mutex::new(LogFacts::default()));
         if let Some(stderr) = child.stderr.take() {
-            forward_log(stderr, last_fatal.clone());
+            forward_log(stderr, log.clone());
         }
-        Ok(Self { child, last_fatal })
+        Ok(Self { child, log })
     }
 
     fn signal(&self, signal: i32) {
@@ -95,5 +116,21 @@ impl Postgres {
     /// Immediate shutdown (SIGQUIT): used to fence, when waiting is not safe.
     pub async fn stop_immediate(self) -> Result<ExitStatus> {
         self.stop(libc::SIGQUIT).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_tells_a_refused_start_and_a_forked_history() {
+        let mut facts = LogFacts::default();
+        facts.read("2026-12-01 10:00:00 UTC [7] LOG:  database system is ready");
+        assert!(facts.last_fatal.is_none() && facts.diverged.is_none());
+        facts.read("2026-12-01 10:00:00 UTC [7] FATAL:  invalid value for parameter");
+        assert!(facts.last_fatal.is_some());
+        facts.read("LOG:  new timeline 3 forked off current database system timeline 2 before current recovery point 0/5000060");
+        assert!(facts.diverged.is_some());
     }
 }

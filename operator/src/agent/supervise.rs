@@ -27,6 +27,8 @@ pub enum Ended {
     Terminated(ExitStatus),
     /// Another instance is the primary now; this one stopped to rejoin.
     Demoted,
+    /// A replica that received WAL the primary never had: rewound before it follows.
+    Diverged,
     /// Fenced: the primary Lease was not renewed in time (or another instance holds it).
     Fenced,
     /// PostgreSQL exited on its own, with its last FATAL line, if any.
@@ -115,7 +117,7 @@ pub async fn supervise(
                 return stop_and_release(postgres, lease).await.map(Ended::Terminated);
             }
             status = postgres.child.wait() => {
-                let fatal = postgres.last_fatal.lock().ok().and_then(|mut l| l.take());
+                let fatal = postgres.log.lock().ok().and_then(|mut l| l.last_fatal.take());
                 return reap(settings, status, fatal).await;
             }
             _ = tick.tick() => {}
@@ -129,6 +131,12 @@ pub async fn supervise(
             config = now;
         }
         let primary_now = !settings.is_standby();
+        let diverged = postgres.log.lock().ok().and_then(|mut l| l.diverged.take());
+        if let Some(line) = diverged.filter(|_| !primary_now) {
+            warn!(%line, "this replica's history forked from the primary's: stopping to rewind it");
+            postgres.stop_fast().await?;
+            return Ok(Ended::Diverged);
+        }
         if let Some(now) = fetch(api, settings).await {
             desired = now;
             if primary_now && desired.primary != settings.instance {
