@@ -50,8 +50,14 @@ pub async fn step(
 ) -> Result<(Plan, Option<TransitionState>)> {
     let pods = pod_states(cluster, observed);
     let status = db.status.clone().unwrap_or_default();
-    // The Lease matters only while an old primary must be seen fenced.
-    let lease = match status.target_primary != status.current_primary {
+    // The Lease matters while an old primary must be seen fenced; it is watched from the
+    // first failed probe of the primary on, so its expiry is known by the time the
+    // failover delay has passed.
+    let primary_failing = status
+        .current_primary
+        .as_deref()
+        .is_some_and(|p| health.get(p).is_some_and(|h| !h.reachable));
+    let lease = match status.target_primary != status.current_primary || primary_failing {
         true => {
             ctx.observe_lease(&cluster.namespace, &cluster.names.cluster)
                 .await?
