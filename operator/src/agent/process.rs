@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::bootstrap::conf_arg;
+use super::command::blocking;
 use super::error::{AgentError, Result};
+use super::reaper;
 use super::settings::Settings;
 use crate::names::{POSTGRES_PORT, REPLICATION_USER};
 
@@ -99,12 +101,17 @@ impl Postgres {
         self.signal(libc::SIGHUP);
     }
 
+    /// Signal the server, wait for it, then kill and reap whatever of it is left (children
+    /// of the agent since the postmaster went: they would linger as zombies).
     async fn stop(mut self, signal: i32) -> Result<ExitStatus> {
         self.signal(signal);
-        self.child
+        let status = self
+            .child
             .wait()
             .await
-            .map_err(|e| AgentError::command("postgres", e))
+            .map_err(|e| AgentError::command("postgres", e))?;
+        blocking("reaping", || Ok(reaper::kill_and_reap_children())).await?;
+        Ok(status)
     }
 
     /// Fast shutdown (SIGINT): clients are disconnected, and replicas receive all WAL
