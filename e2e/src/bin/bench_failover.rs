@@ -64,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
     let mut server_exits_ms: Vec<f64> = Vec::new();
     let (mut violations, mut lost_acked, mut extra_promotions) = (0usize, 0usize, 0usize);
     let mut in_place_lost = 0usize;
+    let (mut partition_late_writes, mut partition_discarded) = (0usize, 0usize);
     let mut pod_gone_s: Vec<f64> = Vec::new();
     let mut lag_out = Vec::new();
     let mut lag_back = Vec::new();
@@ -102,6 +103,14 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        id_base += 10_000_000;
+        let partition = geodb_e2e::partition::partial_partition(&target, id_base, timeout)
+            .await
+            .with_context(|| format!("run {run}: partial partition"))?;
+        eprintln!("run {run} partial partition: {partition:?}");
+        violations += partition.violations.len();
+        partition_late_writes += partition.cut_side_acks_after_promotion;
+        partition_discarded += partition.cut_side_discarded;
         let (left, back, replica) = target
             .lagging_replica(timeout)
             .await
@@ -163,6 +172,14 @@ async fn main() -> anyhow::Result<()> {
         "postmaster_crash_lost_acknowledged_writes_count".into(),
         json!(in_place_lost),
     );
+    figures.insert(
+        "partition_writes_after_promotion_count".into(),
+        json!(partition_late_writes),
+    );
+    figures.insert(
+        "partition_cut_side_writes_discarded_count".into(),
+        json!(partition_discarded),
+    );
     figures.insert("two_writable_instances_count".into(), json!(violations));
     figures.insert("lost_acknowledged_writes_count".into(), json!(lost_acked));
     figures.insert("extra_promotions_count".into(), json!(extra_promotions));
@@ -176,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
             "kill_postmaster_rto_rw_p50_s": {"max": 3},
             "postmaster_crash_lost_acknowledged_writes_count": {"max": 0},
             "deleted_pod_gone_max_s": {"max": 10},
+            "partition_writes_after_promotion_count": {"max": 0},
             "lagging_replica_out_of_ro_max_s": {"max": 10},
             "two_writable_instances_count": {"max": 0},
             "extra_promotions_count": {"max": 0},
