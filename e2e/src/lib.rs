@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod controlplane;
 pub mod drill;
+pub mod kept;
 pub mod kube_util;
 pub mod partition;
 pub mod recreate;

@@ -30,6 +30,10 @@ fn geodatabase(name: &str, synchronous: bool) -> GeoDatabase {
 }
 
 async fn create(client: &Client, ns: &str, db: &GeoDatabase) -> Target {
+    create_with(client, ns, db, 3).await
+}
+
+async fn create_with(client: &Client, ns: &str, db: &GeoDatabase, instances: usize) -> Target {
     let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), db).await.unwrap();
     let name = db.metadata.name.clone().unwrap();
@@ -38,7 +42,7 @@ async fn create(client: &Client, ns: &str, db: &GeoDatabase) -> Target {
         Duration::from_secs(600),
         || async {
             let s = api.get(&name).await.ok()?.status?;
-            (s.phase == Some(Phase::Ready) && s.ready_instances == 3).then_some(())
+            (s.phase == Some(Phase::Ready) && s.ready_instances == instances as i32).then_some(())
         },
     )
     .await
@@ -47,7 +51,7 @@ async fn create(client: &Client, ns: &str, db: &GeoDatabase) -> Target {
         client: client.clone(),
         ns: ns.to_owned(),
         name,
-        instances: 3,
+        instances,
     };
     target.prepare_tables().await.unwrap();
     target
@@ -187,6 +191,11 @@ async fn drills(client: &Client, ns: &str) {
         partition.cut_side_acks_after_promotion, 0,
         "the old primary took writes after the new one was promoted"
     );
+    // A rejoin whose pg_rewind fails keeps the data aside and names it.
+    let kept = geodb_e2e::kept::rewind_fails(&target, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("failed rewind: {e:#}"));
+    eprintln!("failed rewind: {kept}");
     let (left, back, replica) = target.lagging_replica(TIMEOUT).await.unwrap();
     eprintln!("lagging replica {replica}: out of -ro after {left:?}, back {back:?} after resuming");
 
@@ -198,6 +207,30 @@ async fn drills(client: &Client, ns: &str) {
         .await
         .unwrap_or_else(|e| panic!("synchronous drill: {e:#}"));
     check(&report, true);
+
+    // A replica down past the WAL bound clones again, its data kept aside.
+    let mut bounded = geodatabase("bounded", false);
+    bounded.spec.instances = 2;
+    bounded
+        .spec
+        .postgresql
+        .parameters
+        .insert("max_slot_wal_keep_size".into(), "64MB".into());
+    bounded
+        .spec
+        .postgresql
+        .parameters
+        .insert("wal_keep_size".into(), "16MB".into());
+    bounded
+        .spec
+        .postgresql
+        .parameters
+        .insert("max_wal_size".into(), "96MB".into());
+    let bounded = create_with(client, ns, &bounded, 2).await;
+    let recloned = geodb_e2e::kept::replica_past_wal_bound(&bounded, TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("replica past the WAL bound: {e:#}"));
+    eprintln!("replica past the WAL bound: {recloned}");
 
     // Deleted (volumes kept) after a switchover and created again: same data, same primary.
     let mut kept = geodatabase("recreate", false);

@@ -185,18 +185,37 @@ pub fn rejoin(settings: &Settings, bin: &Path) -> Result<Rejoined> {
         Err(error) => error,
     };
     after_failed_rewind(&kept_directories(settings)).map_err(AgentError::Parked)?;
-    let kept = format!(
-        "{KEPT_DATA_PREFIX}{}",
-        k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
-    );
-    let aside = settings.pgdata.with_file_name(&kept);
-    warn!(%error, kept = %aside.display(), "pg_rewind failed: the data directory is kept aside, and a fresh copy of the primary taken");
-    std::fs::rename(&settings.pgdata, &aside).map_err(AgentError::io(&settings.pgdata))?;
+    let kept = set_aside(settings)?;
+    warn!(%error, %kept, "pg_rewind failed: the data directory is kept aside, and a fresh copy of the primary taken");
     clone_primary(settings, bin)?;
     Ok(Rejoined::KeptAndCloned {
         kept,
         why: error.to_string(),
     })
+}
+
+/// A replica that fell behind past the primary's WAL retention: its data directory is
+/// set aside (never removed) and a fresh copy of the primary taken; a volume that keeps one
+/// already parks the instance instead.
+pub fn reclone(settings: &Settings, bin: &Path, why: &str) -> Result<Rejoined> {
+    after_failed_rewind(&kept_directories(settings)).map_err(AgentError::Parked)?;
+    let kept = set_aside(settings)?;
+    clone_primary(settings, bin)?;
+    Ok(Rejoined::KeptAndCloned {
+        kept,
+        why: why.to_owned(),
+    })
+}
+
+/// Rename the data directory to `pgdata.kept-<UTC time>` beside it; returns the name.
+fn set_aside(settings: &Settings) -> Result<String> {
+    let kept = format!(
+        "{KEPT_DATA_PREFIX}{}",
+        k8s_openapi::jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")
+    );
+    let aside = settings.pgdata.with_file_name(&kept);
+    std::fs::rename(&settings.pgdata, &aside).map_err(AgentError::io(&settings.pgdata))?;
+    Ok(kept)
 }
 
 /// A fault injected by the e2e drills: a file `geodb-failpoints` on the data volume

@@ -200,7 +200,26 @@ impl Agent {
         info!(primary = %self.desired.primary, "rejoining as a replica");
         let (s, b) = (self.settings.clone(), self.bin.clone());
         let rejoining = blocking("rejoin", move || clone::rejoin(&s, &b));
-        let rejoined = match unless_stopped(term, rejoining).await {
+        self.copied(term, rejoining, "pg_rewind failed").await
+    }
+
+    /// A replica that fell behind the primary's WAL retention: copied afresh.
+    async fn reclone(&mut self, term: &mut Stop, why: String) -> Result<Option<Pass>> {
+        let (s, b) = (self.settings.clone(), self.bin.clone());
+        let recloning = blocking("reclone", move || clone::reclone(&s, &b, &why));
+        self.copied(term, recloning, "it needs WAL the primary no longer keeps")
+            .await
+    }
+
+    /// The outcome of a rewind or a fresh copy: told as an Event when data was set aside,
+    /// parked when it could not be; `Some` when the agent stops.
+    async fn copied(
+        &mut self,
+        term: &mut Stop,
+        copying: impl std::future::Future<Output = Result<clone::Rejoined>>,
+        what: &str,
+    ) -> Result<Option<Pass>> {
+        let rejoined = match unless_stopped(term, copying).await {
             Waited::Stopped => return Ok(Some(Pass::Stop(ExitStatus::default()))),
             Waited::Done(rejoined) => rejoined,
         };
@@ -209,7 +228,7 @@ impl Agent {
             Ok(clone::Rejoined::Rewound) => Ok(None),
             Ok(clone::Rejoined::KeptAndCloned { kept, why }) => {
                 self.warn("DataDirectoryKept", format!(
-                    "{instance}: pg_rewind failed ({why}); the data directory was kept as {kept} on its volume and a fresh copy of the primary taken (see docs/runbooks/kept-data.md)"
+                    "{instance}: {what} ({why}); the data directory was kept as {kept} on its volume and a fresh copy of the primary taken (see docs/runbooks/kept-data.md)"
                 )).await;
                 Ok(None)
             }
@@ -288,6 +307,11 @@ impl Agent {
         match ended {
             Ended::Terminated(status) => return Ok(Pass::Stop(status)),
             Ended::Demoted | Ended::Fenced => {}
+            Ended::FellBehind(why) => {
+                if let Some(stop) = self.reclone(term, why).await? {
+                    return Ok(stop);
+                }
+            }
             Ended::Diverged => {
                 // Rewind it like a former primary: drop the recovery signal so the next
                 // pass sees a data directory that must rejoin.

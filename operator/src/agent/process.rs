@@ -28,6 +28,9 @@ pub struct LogFacts {
     /// A replica whose history forked from the primary's (it received WAL the new
     /// primary never had): it cannot follow without a rewind.
     pub diverged: Option<String>,
+    /// A replica that needs WAL the primary no longer has (it was down past the WAL
+    /// retention): only a fresh copy lets it follow again.
+    pub wal_gone: Option<String>,
 }
 
 impl LogFacts {
@@ -40,6 +43,9 @@ impl LogFacts {
             || line.contains("is not a child of this server's history")
         {
             self.diverged = Some(line.to_owned());
+        }
+        if line.contains("requested WAL segment") && line.contains("has already been removed") {
+            self.wal_gone = Some(line.to_owned());
         }
     }
 }
@@ -139,5 +145,7 @@ mod tests {
         assert!(facts.last_fatal.is_some());
         facts.read("LOG:  new timeline 3 forked off current database system timeline 2 before current recovery point 0/5000060");
         assert!(facts.diverged.is_some());
+        facts.read("FATAL:  could not receive data from WAL stream: ERROR:  requested WAL segment 000000010000000000000003 has already been removed");
+        assert!(facts.wal_gone.is_some());
     }
 }

@@ -29,6 +29,8 @@ pub enum Ended {
     Demoted,
     /// A replica that received WAL the primary never had: rewound before it follows.
     Diverged,
+    /// A replica that needs WAL the primary no longer keeps: copied afresh.
+    FellBehind(String),
     /// Fenced: the primary Lease was not renewed in time (or another instance holds it).
     Fenced,
     /// PostgreSQL exited on its own, with its last FATAL line, if any.
@@ -131,11 +133,20 @@ pub async fn supervise(
             config = now;
         }
         let primary_now = !settings.is_standby();
-        let diverged = postgres.log.lock().ok().and_then(|mut l| l.diverged.take());
+        let (diverged, wal_gone) = postgres
+            .log
+            .lock()
+            .map(|mut l| (l.diverged.take(), l.wal_gone.take()))
+            .unwrap_or_default();
         if let Some(line) = diverged.filter(|_| !primary_now) {
             warn!(%line, "this replica's history forked from the primary's: stopping to rewind it");
             postgres.stop_fast().await?;
             return Ok(Ended::Diverged);
+        }
+        if let Some(line) = wal_gone.filter(|_| !primary_now) {
+            warn!(%line, "this replica needs WAL the primary no longer keeps: stopping to copy it afresh");
+            postgres.stop_fast().await?;
+            return Ok(Ended::FellBehind(line));
         }
         if let Some(now) = fetch(api, settings).await {
             desired = now;

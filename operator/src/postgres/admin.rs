@@ -50,6 +50,15 @@ pub async fn converge_slots(
     let client = connect(address, password).await?;
     let mut changed = Vec::new();
     for slot in create {
+        // A slot invalidated for holding too much WAL is dropped and made again; its
+        // replica then clones afresh (see `agent::clone::reclone`).
+        let lost = client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND wal_status = 'lost' AND NOT active",
+                &[slot],
+            )
+            .await
+            .map_err(|e| PgError::query(&e))?;
         client
             .execute(
                 "SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
@@ -57,7 +66,10 @@ pub async fn converge_slots(
             )
             .await
             .map_err(|e| PgError::query(&e))?;
-        changed.push(format!("created {slot}"));
+        changed.push(match lost {
+            0 => format!("created {slot}"),
+            _ => format!("made again {slot} (it was invalidated: past max_slot_wal_keep_size)"),
+        });
     }
     for slot in drop {
         let dropped = client

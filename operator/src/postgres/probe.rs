@@ -21,7 +21,8 @@ pub struct Sample {
     pub last_message_age: Option<f64>,
     /// Replica: age of the last replayed transaction.
     pub replay_age: Option<f64>,
-    /// Primary: physical replication slots the operator manages.
+    /// Primary: physical replication slots the operator manages (not those invalidated
+    /// for holding more WAL than `max_slot_wal_keep_size`: they are made again).
     pub slots: Vec<String>,
     /// Data directories set aside on the instance's volume (`pod_contract::KEPT_DATA_PREFIX`).
     pub kept_data: Vec<String>,
@@ -69,7 +70,7 @@ const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
     CASE WHEN pg_is_in_recovery() \
       THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver WHERE received_tli > 0), (SELECT timeline_id FROM pg_control_checkpoint()))::int8 \
       ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8 END, \
-    ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' AND slot_name LIKE 'geodb\\_%' ORDER BY 1)";
+    ARRAY(SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' AND slot_name LIKE 'geodb\\_%' AND wal_status IS DISTINCT FROM 'lost' ORDER BY 1)";
 
 /// Run the probe query on `client`.
 pub async fn sample(client: &tokio_postgres::Client) -> Result<Sample, PgError> {
