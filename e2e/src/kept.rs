@@ -158,7 +158,7 @@ pub async fn replica_past_wal_bound(target: &Target, timeout: Duration) -> anyho
     )
     .await?;
     network_cut(replica_pid, true)?;
-    let written = async {
+    let written = tokio::time::timeout(timeout, async {
         sql.batch_execute("CREATE TABLE IF NOT EXISTS ballast (id bigint, pad text)").await?;
         for _ in 0..3 {
             sql.batch_execute("INSERT INTO ballast SELECT g, repeat(md5(g::text), 12) FROM generate_series(1, 150000) g; CHECKPOINT").await?;
@@ -169,10 +169,10 @@ pub async fn replica_past_wal_bound(target: &Target, timeout: Duration) -> anyho
             .await?
             .get(0);
         Ok::<_, anyhow::Error>(status)
-    }
+    })
     .await;
     network_cut(replica_pid, false)?;
-    let status = written?;
+    let status = written.context("writing past the WAL bound timed out")??;
     if status.as_deref() != Some("lost") {
         bail!("the slot of {replica} is {status:?} after writing past max_slot_wal_keep_size");
     }

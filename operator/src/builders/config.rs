@@ -72,6 +72,14 @@ fn default_settings(cluster: &Cluster) -> Vec<(&'static str, String)> {
         ("wal_sender_timeout", "5s".into()),
         ("wal_receiver_status_interval", "1s".into()),
         ("wal_retrieve_retry_interval", "1s".into()),
+        // A peer cut off without a reset (a partition) must not hold a backend or a
+        // WAL sender for the kernel's retransmission timeout (many minutes): a sender
+        // stuck writing to it keeps its slot, and a checkpoint that must invalidate
+        // that slot waits for it.
+        ("tcp_user_timeout", "10s".into()),
+        ("tcp_keepalives_idle", "5".into()),
+        ("tcp_keepalives_interval", "2".into()),
+        ("tcp_keepalives_count", "3".into()),
         ("hot_standby_feedback", "on".into()),
     ]
 }
