@@ -109,7 +109,7 @@ fn kept_data_condition(
         )
     } else {
         (true, Reason::DataKept, format!(
-            "{} beside its data directory on its volume: set aside when pg_rewind failed, not used, never removed by geodb; see docs/runbooks/kept-data.md",
+            "{} beside its data directory on its volume: set aside when the instance could not follow the primary (a failed pg_rewind, or WAL the primary no longer keeps), not used, never removed by geodb; see docs/runbooks/kept-data.md",
             kept.join("; ")
         ))
     };
