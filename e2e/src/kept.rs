@@ -163,19 +163,13 @@ pub async fn replica_past_wal_bound(target: &Target, timeout: Duration) -> anyho
         for _ in 0..3 {
             sql.batch_execute("INSERT INTO ballast SELECT g, repeat(md5(g::text), 12) FROM generate_series(1, 150000) g; CHECKPOINT").await?;
         }
-        let slot = format!("geodb_{}", replica.replace('-', "_"));
-        let status: Option<String> = sql
-            .query_one("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-            .await?
-            .get(0);
-        Ok::<_, anyhow::Error>(status)
+        Ok::<_, anyhow::Error>(())
     })
     .await;
     network_cut(replica_pid, false)?;
-    let status = written.context("writing past the WAL bound timed out")??;
-    if status.as_deref() != Some("lost") {
-        bail!("the slot of {replica} is {status:?} after writing past max_slot_wal_keep_size");
-    }
+    written.context("writing past the WAL bound timed out")??;
+    // The slot was invalidated at a checkpoint (the operator may already have made it
+    // again); the replica, back, finds the WAL it needs gone and copies the primary.
     let message = wait_kept(client, ns, name, &replica, timeout).await?;
     wait_healthy(client, ns, name, target.instances, timeout).await?;
     let volume = volume_dir(client, ns, &replica).await?;
