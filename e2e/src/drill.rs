@@ -687,13 +687,40 @@ pub async fn missing_ids(
     table: &str,
     acks: &[Ack],
 ) -> anyhow::Result<Vec<i64>> {
-    let client = endpoint.connect(Duration::from_secs(5)).await?;
-    let present: BTreeSet<i64> = client
-        .query(&format!("SELECT id FROM {table}"), &[])
-        .await?
-        .iter()
-        .map(|r| r.get::<_, i64>(0))
-        .collect();
+    // The service may have no ready endpoint for a moment after a recovery (the kubelet's
+    // readiness probe lags the database), so the read waits for one, with a deadline.
+    let last_error = Mutex::new(String::new());
+    let read = wait_for(
+        &format!(
+            "a read of {table} through {}:{}",
+            endpoint.host, endpoint.port
+        ),
+        Duration::from_secs(60),
+        || async {
+            let result = async {
+                let client = endpoint.connect(Duration::from_secs(5)).await?;
+                Ok::<_, anyhow::Error>(
+                    client
+                        .query(&format!("SELECT id FROM {table}"), &[])
+                        .await?,
+                )
+            }
+            .await;
+            result
+                .map_err(|e| {
+                    if let Ok(mut last) = last_error.lock() {
+                        *last = format!("{e:#}");
+                    }
+                })
+                .ok()
+        },
+    )
+    .await;
+    let rows = read.map_err(|e| {
+        let last = last_error.lock().map(|l| l.clone()).unwrap_or_default();
+        anyhow!("{e}; last error: {last}")
+    })?;
+    let present: BTreeSet<i64> = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
     Ok(acks
         .iter()
         .map(|a| a.id)
