@@ -274,10 +274,17 @@ async fn scenario_reload_and_restart(client: &Client, ns: &str) {
         "a reload restarted pods"
     );
 
-    set_parameters(client, ns, serde_json::json!({"shared_buffers": "48MB"})).await;
+    // max_connections lowered too: a standby may not run it below its primary, and the
+    // replicas roll first.
+    set_parameters(
+        client,
+        ns,
+        serde_json::json!({"shared_buffers": "48MB", "max_connections": "95"}),
+    )
+    .await;
     let most_down = std::sync::atomic::AtomicUsize::new(0);
     wait_for(
-        "every pod restarted with shared_buffers 48MB",
+        "every pod restarted with shared_buffers 48MB and max_connections 95",
         Duration::from_secs(900),
         || async {
             let pods = instance_pods(client, ns).await;
@@ -288,8 +295,10 @@ async fn scenario_reload_and_restart(client: &Client, ns: &str) {
             if !restarted {
                 return None;
             }
-            let shown = shown_everywhere(client, ns, "shared_buffers").await;
-            shown.iter().all(|v| v == "48MB").then_some(())
+            let buffers = shown_everywhere(client, ns, "shared_buffers").await;
+            let connections = shown_everywhere(client, ns, "max_connections").await;
+            (buffers.iter().all(|v| v == "48MB") && connections.iter().all(|v| v == "95"))
+                .then_some(())
         },
     )
     .await

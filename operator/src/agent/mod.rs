@@ -25,6 +25,7 @@ pub mod reaper;
 mod report;
 mod roles;
 pub mod settings;
+mod standby_floor;
 mod stop;
 mod supervise;
 
@@ -294,19 +295,31 @@ impl Agent {
         restrict_data_directory(&self.settings)?;
         info!(standby = self.settings.is_standby(), primary = %self.desired.primary, "starting PostgreSQL");
         let started = Instant::now();
-        let postgres = Postgres::start(&self.settings, &self.bin)?;
+        let (settings, bin) = (self.settings.clone(), self.bin.clone());
+        let overrides = blocking("reading the primary's recorded settings", move || {
+            Ok(standby_floor::standby_overrides(&settings, &bin))
+        })
+        .await?;
+        if !overrides.is_empty() {
+            info!(
+                ?overrides,
+                "starting at the primary's recorded values until it runs the lower ones"
+            );
+        }
+        let postgres = Postgres::start(&self.settings, &self.bin, &overrides)?;
         if !self.settings.is_standby() {
             tokio::spawn(roles::sync_passwords(self.settings.clone()));
         }
         let watch = Watch {
             settings: &self.settings,
+            bin: &self.bin,
             api: self.api.as_ref(),
             lease: self.lease.as_ref(),
         };
         let ended = supervise(watch, postgres, term, self.desired.clone()).await?;
         match ended {
             Ended::Terminated(status) => return Ok(Pass::Stop(status)),
-            Ended::Demoted | Ended::Fenced => {}
+            Ended::Demoted | Ended::Fenced | Ended::Restart => {}
             Ended::FellBehind(why) => {
                 if let Some(stop) = self.reclone(term, why).await? {
                     return Ok(stop);

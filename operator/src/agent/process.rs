@@ -18,6 +18,9 @@ pub struct Postgres {
     pub child: tokio::process::Child,
     /// What its log told (it goes through the agent to the container log).
     pub log: Arc<Mutex<LogFacts>>,
+    /// The settings it runs above its configuration (`name=value`), as a standby below
+    /// a primary that runs them higher.
+    pub raised: Vec<String>,
 }
 
 /// What the agent learns from PostgreSQL's log.
@@ -64,9 +67,10 @@ fn forward_log(stderr: tokio::process::ChildStderr, facts: Arc<Mutex<LogFacts>>)
 }
 
 impl Postgres {
-    /// Start the server on the data directory. Replicas stream through the read-write
-    /// Service, so they follow every promotion without a configuration change.
-    pub fn start(settings: &Settings, bin: &Path) -> Result<Self> {
+    /// Start the server on the data directory, `overrides` (`name=value`) on its command
+    /// line. Replicas stream through the read-write Service, so they follow every
+    /// promotion without a configuration change.
+    pub fn start(settings: &Settings, bin: &Path, overrides: &[String]) -> Result<Self> {
         let conninfo = format!(
             "primary_conninfo=host={} port={POSTGRES_PORT} user={REPLICATION_USER} passfile={} application_name={} connect_timeout=5",
             settings.rw_host,
@@ -82,6 +86,7 @@ impl Postgres {
             .arg(conninfo)
             .arg("-c")
             .arg(format!("primary_slot_name={}", settings.slot))
+            .args(overrides.iter().flat_map(|o| ["-c", o.as_str()]))
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -91,7 +96,11 @@ impl Postgres {
         if let Some(stderr) = child.stderr.take() {
             forward_log(stderr, log.clone());
         }
-        Ok(Self { child, log })
+        Ok(Self {
+            child,
+            log,
+            raised: overrides.to_vec(),
+        })
     }
 
     fn signal(&self, signal: i32) {

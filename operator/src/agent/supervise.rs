@@ -1,6 +1,7 @@
 //! One run of PostgreSQL under the agent: follow the desired primary, fence when the
 //! primary role cannot be confirmed, stop on the kubelet's signal.
 
+use std::path::Path;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use super::lease::{LeaseState, PrimaryLease, Wanted};
 use super::process::Postgres;
 use super::reaper;
 use super::settings::Settings;
+use super::standby_floor::standby_overrides;
 use super::stop::Stop;
 use crate::api::GeoDatabase;
 use crate::pod_contract::{PG_HBA_CONF, PG_IDENT_CONF, POSTGRESQL_CONF};
@@ -33,6 +35,8 @@ pub enum Ended {
     FellBehind(String),
     /// Fenced: the primary Lease was not renewed in time (or another instance holds it).
     Fenced,
+    /// Stopped to start again with other settings (see `standby_floor`).
+    Restart,
     /// PostgreSQL exited on its own, with its last FATAL line, if any.
     Exited {
         was_primary: bool,
@@ -81,6 +85,7 @@ pub fn must_fence(state: LeaseState, primary_since: Instant, fence_after: Durati
 /// What the supervisor works with besides the server.
 pub struct Watch<'a> {
     pub settings: &'a Settings,
+    pub bin: &'a Path,
     pub api: Option<&'a Api<GeoDatabase>>,
     pub lease: Option<&'a PrimaryLease>,
 }
@@ -95,6 +100,55 @@ async fn stop_and_release(postgres: Postgres, lease: Option<&PrimaryLease>) -> R
     Ok(status)
 }
 
+/// How often a server that runs raised settings checks whether it still needs them.
+const FLOOR_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// A server promoted with raised settings restarts in place this long after its
+/// promotion (the former primary is rejoining meanwhile).
+const PROMOTED_SETTLE: Duration = Duration::from_secs(30);
+
+/// When a server started with raised settings (`Postgres::raised`) checks whether it
+/// still needs them: a standby while its primary runs them, a primary never.
+struct FloorCheck {
+    active: bool,
+    last: Instant,
+    primary_since: Option<Instant>,
+}
+
+impl FloorCheck {
+    fn new(postgres: &Postgres) -> Self {
+        Self {
+            active: !postgres.raised.is_empty(),
+            last: Instant::now(),
+            primary_since: None,
+        }
+    }
+
+    fn due(&mut self, primary_now: bool) -> bool {
+        if !self.active {
+            return false;
+        }
+        if primary_now {
+            let since = *self.primary_since.get_or_insert_with(Instant::now);
+            return since.elapsed() >= PROMOTED_SETTLE;
+        }
+        if self.last.elapsed() < FLOOR_CHECK_EVERY {
+            return false;
+        }
+        self.last = Instant::now();
+        true
+    }
+
+    /// Whether the raised settings differ from what it needs now.
+    async fn stale(&self, settings: &Settings, bin: &Path, postgres: &Postgres) -> Result<bool> {
+        let (settings, bin) = (settings.clone(), bin.to_path_buf());
+        let needed = blocking("reading the primary's recorded settings", move || {
+            Ok(standby_overrides(&settings, &bin))
+        })
+        .await?;
+        Ok(needed != postgres.raised)
+    }
+}
+
 /// Supervise one run of PostgreSQL until it ends.
 pub async fn supervise(
     watch: Watch<'_>,
@@ -104,12 +158,14 @@ pub async fn supervise(
 ) -> Result<Ended> {
     let Watch {
         settings,
+        bin,
         api,
         lease,
     } = watch;
     let mut tick = tokio::time::interval(TICK);
     let mut config = mounted_config(settings);
     let mut primary_since: Option<Instant> = None;
+    let mut floor = FloorCheck::new(&postgres);
     loop {
         tokio::select! {
             // A stop from the kubelet comes before anything else.
@@ -147,6 +203,11 @@ pub async fn supervise(
             warn!(%line, "this replica needs WAL the primary no longer keeps: stopping to copy it afresh");
             postgres.stop_fast().await?;
             return Ok(Ended::FellBehind(line));
+        }
+        if floor.due(primary_now) && floor.stale(settings, bin, &postgres).await? {
+            info!(running = ?postgres.raised, "restarting PostgreSQL in place to run its configured settings");
+            postgres.stop_fast().await?;
+            return Ok(Ended::Restart);
         }
         if let Some(now) = fetch(api, settings).await {
             desired = now;

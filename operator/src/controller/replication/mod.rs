@@ -52,12 +52,15 @@ pub async fn step(
     let status = db.status.clone().unwrap_or_default();
     // The Lease matters while an old primary must be seen fenced; it is watched from the
     // first failed probe of the primary on, so its expiry is known by the time the
-    // failover delay has passed.
+    // failover delay has passed. Before any primary ran (no timeline) nothing fails over
+    // and nothing is read.
+    let primary_ran = status.timeline.is_some() && cluster.instances.len() > 1;
     let primary_failing = status
         .current_primary
         .as_deref()
         .is_some_and(|p| health.get(p).is_some_and(|h| !h.reachable));
-    let lease = match status.target_primary != status.current_primary || primary_failing {
+    let moving = status.target_primary != status.current_primary || primary_failing;
+    let lease = match primary_ran && moving {
         true => {
             ctx.observe_lease(&cluster.namespace, &cluster.names.cluster)
                 .await?
