@@ -134,8 +134,72 @@ pub async fn rewind_fails(target: &Target, timeout: Duration) -> anyhow::Result<
         bail!("no kept data directory on {}", volume.display());
     }
     wait_healthy(client, ns, name, target.instances, timeout).await?;
+    // A second failed rewind while a directory is kept: nothing more is set aside, the
+    // instance is parked and says so, until the kept directory is discarded.
+    switch_to(target, &old, timeout).await?;
+    let kept_before = kept_on(&volume);
+    switch_to(target, &next, timeout).await?;
+    let parked = wait_degraded(target, "InstanceParked", &old, timeout).await?;
+    if kept_on(&volume) != kept_before {
+        bail!(
+            "the parked instance changed what is kept: {:?} then {:?}",
+            kept_before,
+            kept_on(&volume)
+        );
+    }
     clear(client, ns, name, &volume, timeout).await?;
-    Ok(message)
+    wait_healthy(client, ns, name, target.instances, timeout).await?;
+    Ok(format!("{message}; then parked: {parked}"))
+}
+
+/// Ask for `instance` as the primary and wait until it is the confirmed one.
+async fn switch_to(target: &Target, instance: &str, timeout: Duration) -> anyhow::Result<()> {
+    let (client, ns, name) = (&target.client, target.ns.as_str(), target.name.as_str());
+    wait_healthy(client, ns, name, target.instances, timeout).await?;
+    Api::<GeoDatabase>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"primary": instance}})),
+        )
+        .await?;
+    wait_for(
+        &format!("{instance} the confirmed primary"),
+        timeout,
+        || async {
+            let db = geodatabase(client, ns, name).await.ok()?;
+            let status = db.status?;
+            (status.current_primary.as_deref() == Some(instance)
+                && status.target_primary.as_deref() == Some(instance))
+            .then_some(())
+        },
+    )
+    .await
+}
+
+/// Wait for `Degraded` with `reason`, its message naming `instance`.
+async fn wait_degraded(
+    target: &Target,
+    reason: &str,
+    instance: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let (client, ns, name) = (&target.client, target.ns.as_str(), target.name.as_str());
+    wait_for(
+        &format!("Degraded {reason} naming {instance}"),
+        timeout,
+        || async {
+            let db = geodatabase(client, ns, name).await.ok()?;
+            let c = db
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Degraded")?;
+            (c.status == "True" && c.reason == reason && c.message.contains(instance))
+                .then_some(c.message)
+        },
+    )
+    .await
 }
 
 /// A replica cut off while the primary writes more WAL than `max_slot_wal_keep_size`:

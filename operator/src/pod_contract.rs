@@ -14,6 +14,14 @@ pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
 /// former primary could not be rewound: `pgdata.kept-<UTC time>`. It is never removed by
 /// geodb; the operator reports it.
 pub const KEPT_DATA_PREFIX: &str = "pgdata.kept-";
+/// How the agent's termination message starts when PostgreSQL refused to start.
+pub const REFUSED_PREFIX: &str = "PostgreSQL refused to start: ";
+/// The Event reason of an instance that waits for a human (its data kept aside, a
+/// rewind failed again); the agent publishes it again every `PARKED_RETELL` while it
+/// waits, and the operator reports one younger than `PARKED_FRESH` as Degraded.
+pub const INSTANCE_PARKED: &str = "InstanceParked";
+pub const PARKED_RETELL: std::time::Duration = std::time::Duration::from_secs(300);
+pub const PARKED_FRESH: std::time::Duration = std::time::Duration::from_secs(660);
 /// Mount point of the instance ConfigMap.
 pub const CONFIG_DIR: &str = "/etc/geodb/config";
 /// Mount point of the credentials (one directory per role, see [`Credential`]).

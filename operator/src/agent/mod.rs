@@ -37,7 +37,7 @@ use tracing::{info, warn};
 
 use crate::api::GeoDatabase;
 use crate::names::REPLICATION_USER;
-use crate::pod_contract::Credential;
+use crate::pod_contract::{Credential, INSTANCE_PARKED, PARKED_RETELL, REFUSED_PREFIX};
 use bootstrap::{bootstrap_mode, initdb, Bootstrap};
 use command::{bin_dir, blocking};
 use desired::{fetch, kube_api, next_step, Desired, Next};
@@ -235,21 +235,24 @@ impl Agent {
             }
             Err(AgentError::Parked(why)) => {
                 warn!(%why, "parked: waiting for a human");
-                self.warn(
-                    "InstanceParked",
-                    format!("{instance} waits: {why} (see docs/runbooks/kept-data.md)"),
-                )
-                .await;
-                self.park(term).await
+                let note = format!("{instance} waits: {why} (see docs/runbooks/kept-data.md)");
+                self.park(term, note).await
             }
             Err(error) => Err(error),
         }
     }
 
     /// Wait until the kept data directories are gone (a human removed them), then look
-    /// again; `Some` when the agent stops meanwhile.
-    async fn park(&mut self, term: &mut Stop) -> Result<Option<Pass>> {
+    /// again; `Some` when the agent stops meanwhile. The container keeps running (a human
+    /// can exec into it); the Event is published again while it waits, which the
+    /// operator reports as Degraded (InstanceParked).
+    async fn park(&mut self, term: &mut Stop, note: String) -> Result<Option<Pass>> {
+        let mut told: Option<Instant> = None;
         while !clone::kept_directories(&self.settings).is_empty() {
+            if told.is_none_or(|t| t.elapsed() >= PARKED_RETELL) {
+                self.warn(INSTANCE_PARKED, note.clone()).await;
+                told = Some(Instant::now());
+            }
             if let Waited::Stopped =
                 unless_stopped(term, tokio::time::sleep(Duration::from_secs(5))).await
             {
@@ -339,7 +342,7 @@ impl Agent {
                     // It refused to start (a setting, a file): the container ends with
                     // PostgreSQL's own line as its termination message, which the
                     // operator reports; the kubelet restarts it with a growing delay.
-                    let message = format!("PostgreSQL refused to start: {fatal}");
+                    let message = format!("{REFUSED_PREFIX}{fatal}");
                     let _ = std::fs::write(TERMINATION_LOG, &message);
                     return Err(AgentError::command("postgres", message));
                 }

@@ -1,8 +1,12 @@
 //! Read step: what exists now for one GeoDatabase, from the watch caches (and the
 //! StorageClass its spec names, from the API server).
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::owned::{Owned, Related};
@@ -10,6 +14,7 @@ use super::Context;
 use crate::api::GeoDatabase;
 use crate::error::{Error, Result};
 use crate::names::Names;
+use crate::pod_contract::{INSTANCE_PARKED, PARKED_FRESH};
 
 /// What exists now for one GeoDatabase.
 #[derive(Clone, Debug, Default)]
@@ -20,6 +25,9 @@ pub struct Observed {
     pub related: Related,
     /// `Some(false)` when `spec.storage.storageClassName` names a class that does not exist.
     pub storage_class_exists: Option<bool>,
+    /// Pods whose agent waits for a human (a recent `InstanceParked` Event), with what
+    /// it says.
+    pub parked: BTreeMap<String, String>,
 }
 
 /// The cluster's objects, from the watch caches.
@@ -38,11 +46,92 @@ pub async fn observe(ctx: &Context, db: &GeoDatabase) -> Result<Observed> {
         ),
         None => None,
     };
+    let related = ctx.caches.related(&namespace, &cluster);
+    let parked = parked(ctx, db, &namespace, &related.pods).await?;
     Ok(Observed {
         owned: ctx.caches.owned(&namespace, &cluster, &uid),
-        related: ctx.caches.related(&namespace, &cluster),
+        related,
         storage_class_exists,
+        parked,
     })
+}
+
+/// A running container that is not ready.
+fn running_unready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| !c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+}
+
+/// The parked agents among `pods`, from their Events. Read only while a pod's container
+/// runs unready (a parked agent keeps it so), never in a healthy cluster.
+async fn parked(
+    ctx: &Context,
+    db: &GeoDatabase,
+    namespace: &str,
+    pods: &[Pod],
+) -> Result<BTreeMap<String, String>> {
+    let unready: Vec<String> = pods
+        .iter()
+        .filter(|p| running_unready(p))
+        .map(ResourceExt::name_any)
+        .collect();
+    if unready.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let selector = format!(
+        "involvedObject.name={},reason={INSTANCE_PARKED}",
+        db.name_any()
+    );
+    let events = Api::<Event>::namespaced(ctx.client.clone(), namespace)
+        .list(&ListParams::default().fields(&selector))
+        .await
+        .map_err(Error::kube("reading the instances' Events"))?;
+    Ok(parked_from(&events.items, &unready, Timestamp::now()))
+}
+
+/// The newest note per pod in `unready` among Events younger than `PARKED_FRESH` (pure).
+pub fn parked_from(
+    events: &[Event],
+    unready: &[String],
+    now: Timestamp,
+) -> BTreeMap<String, String> {
+    let mut newest: BTreeMap<String, (Timestamp, String)> = BTreeMap::new();
+    for event in events {
+        let Some(pod) = event
+            .reporting_instance
+            .clone()
+            .filter(|p| unready.contains(p))
+        else {
+            continue;
+        };
+        let seen = [
+            event
+                .series
+                .as_ref()
+                .and_then(|s| s.last_observed_time.as_ref())
+                .map(|t| t.0),
+            event.event_time.as_ref().map(|t| t.0),
+            event.last_timestamp.as_ref().map(|t| t.0),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        let young = |t: &Timestamp| now.duration_since(*t).unsigned_abs().le(&PARKED_FRESH);
+        let Some(seen) = seen.filter(young) else {
+            continue;
+        };
+        if newest.get(&pod).is_none_or(|(t, _)| *t < seen) {
+            newest.insert(pod, (seen, event.message.clone().unwrap_or_default()));
+        }
+    }
+    newest
+        .into_iter()
+        .map(|(pod, (_, note))| (pod, note))
+        .collect()
 }
 
 impl Observed {
@@ -79,4 +168,37 @@ pub fn pod_ready(pod: &Pod) -> bool {
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "True")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    fn event(pod: &str, at: Timestamp, note: &str) -> Event {
+        Event {
+            reporting_instance: Some(pod.to_owned()),
+            event_time: Some(MicroTime(at)),
+            message: Some(note.to_owned()),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn the_newest_fresh_event_of_an_unready_pod_counts() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let ago = |s: i64| now - k8s_openapi::jiff::SignedDuration::from_secs(s);
+        let events = [
+            event("geo-1-0", ago(30), "geo-1 waits: newer"),
+            event("geo-1-0", ago(400), "geo-1 waits: older"),
+            event("geo-2-0", ago(3000), "geo-2 waits: long ago"),
+            event("geo-3-0", ago(10), "geo-3 waits: but it is ready"),
+        ];
+        let unready = ["geo-1-0".to_owned(), "geo-2-0".to_owned()];
+        let parked = parked_from(&events, &unready, now);
+        assert_eq!(
+            parked.into_iter().collect::<Vec<_>>(),
+            vec![("geo-1-0".to_owned(), "geo-1 waits: newer".to_owned())]
+        );
+    }
 }

@@ -54,6 +54,9 @@ spelled! {
         ConfigurationRefused,
         /// Degraded: an instance's PostgreSQL refuses to start.
         InstanceFailing,
+        /// Degraded: an instance whose data directory could not be rewound nor set aside
+        /// again waits for a human (docs/runbooks/kept-data.md).
+        InstanceParked,
         /// PrimaryTransition: nothing under way.
         Stable,
         /// The primary fails its probes, not yet for the failover delay.

@@ -14,6 +14,7 @@ use crate::controller::read::Observed;
 use crate::controller::rollout::Rollout;
 use crate::controller::topology::{current_primary, primary_confirmed, InstanceRole};
 use crate::names::Names;
+use crate::pod_contract::REFUSED_PREFIX;
 use crate::postgres::probe::{ClusterHealth, Sample};
 
 /// Everything the status of an applied spec is computed from.
@@ -188,19 +189,21 @@ fn instance_problems(
                 sample.config_errors.join("; ")
             )));
         }
-        let refused = observed
+        let ended = observed
             .instance_pod(instance)
             .and_then(|pod| pod.status.as_ref()?.container_statuses.as_ref())
             .into_iter()
             .flatten()
             .filter(|c| !c.ready)
-            .filter_map(|c| c.last_state.as_ref()?.terminated.as_ref()?.message.clone())
-            .find(|m| m.starts_with("PostgreSQL refused to start"));
-        if let Some(message) = refused {
+            .filter_map(|c| c.last_state.as_ref()?.terminated.as_ref()?.message.clone());
+        if let Some(message) = ended.into_iter().find(|m| m.starts_with(REFUSED_PREFIX)) {
             problems.push((
                 Reason::InstanceFailing,
                 format!("{instance}: {}", message.trim()),
             ));
+        }
+        if let Some(note) = observed.parked.get(&Names::pod(instance)) {
+            problems.push((Reason::InstanceParked, note.clone()));
         }
     }
     problems
