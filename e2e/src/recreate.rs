@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use geodb::api::{GeoDatabase, Phase};
-use k8s_openapi::api::core::v1::Pod;
+use geodb::names::{ANNOTATION_LAST_PRIMARY, ANNOTATION_LAST_TIMELINE};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 use crate::drill::{primary_of, wait_healthy, Endpoint};
 use crate::kube_util::wait_for;
@@ -47,10 +48,15 @@ pub struct RecreateReport {
 
 /// Switch over, write, delete the GeoDatabase (volumes kept), create it again from
 /// `spec`, and compare.
+///
+/// With `forget_record`, the PVCs lose what the deletion recorded on them (the last
+/// primary and timeline) before the GeoDatabase comes back, as when it was removed without
+/// the operator: the volumes' own contents must choose the primary.
 pub async fn recreate_after_switchover(
     client: &Client,
     ns: &str,
     db: &GeoDatabase,
+    forget_record: bool,
     timeout: Duration,
 ) -> anyhow::Result<RecreateReport> {
     let name = db.metadata.name.clone().context("no name")?;
@@ -61,7 +67,9 @@ pub async fn recreate_after_switchover(
     let rw = Endpoint::of(client, ns, &format!("{name}-app-rw"), &format!("{name}-rw")).await?;
     rw.connect(Duration::from_secs(5))
         .await?
-        .batch_execute("CREATE TABLE recreate (id bigint PRIMARY KEY, payload text NOT NULL)")
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS recreate (id bigint PRIMARY KEY, payload text NOT NULL); TRUNCATE recreate",
+        )
         .await?;
     insert(&rw, 1, 1000).await?;
     let target = ready
@@ -99,6 +107,20 @@ pub async fn recreate_after_switchover(
         (gone && pods.items.is_empty()).then_some(())
     })
     .await?;
+    if forget_record {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+        let selector = format!("geodb.io/cluster={name}");
+        for pvc in pvcs.list(&ListParams::default().labels(&selector)).await? {
+            let forget = serde_json::json!({"metadata": {"annotations": {
+                ANNOTATION_LAST_PRIMARY: null, ANNOTATION_LAST_TIMELINE: null}}});
+            pvcs.patch(
+                &pvc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(forget),
+            )
+            .await?;
+        }
+    }
 
     let mut again = db.clone();
     again.metadata = kube::api::ObjectMeta {

@@ -237,15 +237,24 @@ async fn drills(client: &Client, ns: &str) {
     kept.spec.instances = 2;
     let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
     api.create(&PostParams::default(), &kept).await.unwrap();
-    let report = geodb_e2e::recreate::recreate_after_switchover(client, ns, &kept, TIMEOUT)
+    // Then again with nothing recorded on the volumes: their contents choose.
+    for forget_record in [false, true] {
+        let report = geodb_e2e::recreate::recreate_after_switchover(
+            client,
+            ns,
+            &kept,
+            forget_record,
+            TIMEOUT,
+        )
         .await
-        .unwrap_or_else(|e| panic!("recreate drill: {e:#}"));
-    eprintln!("{report:?}");
-    assert_eq!(report.before.0, 2000, "rows before the recreate");
-    assert_eq!(
-        report.primary_after, report.primary_before,
-        "the recreated GeoDatabase assumed a primary instead of the last one"
-    );
+        .unwrap_or_else(|e| panic!("recreate drill (record forgotten: {forget_record}): {e:#}"));
+        eprintln!("{report:?}");
+        assert_eq!(report.before.0, 2000, "rows before the recreate");
+        assert_eq!(
+            report.primary_after, report.primary_before,
+            "the recreated GeoDatabase assumed a primary instead of the last one (record forgotten: {forget_record})"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,26 @@ pub const PG_IDENT_CONF: &str = "pg_ident.conf";
 /// part of the configuration hash, so setting it rolls no pod.
 pub const BOOTSTRAPPED_KEY: &str = "bootstrapped";
 
+/// The agent's HTTP port: `GET` [`VOLUME_PATH`] tells what the data volume holds.
+pub const AGENT_PORT: i32 = 8008;
+pub const VOLUME_PATH: &str = "/volume";
+
+/// What an instance's data volume holds, from `pg_controldata` (the answer at
+/// [`VOLUME_PATH`]): how far its history goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeReport {
+    /// A data directory exists.
+    pub data: bool,
+    /// The timeline of its latest checkpoint.
+    pub timeline: Option<u32>,
+    /// The furthest WAL position it records (latest checkpoint, or the minimum recovery
+    /// end of a replica), as `X/Y`.
+    pub lsn: Option<String>,
+    /// `Database cluster state`, as pg_controldata says it.
+    pub state: Option<String>,
+}
+
 /// Key of the password in each credential directory (and in the credential Secrets).
 pub const PASSWORD_FILE: &str = "password";
 

@@ -19,6 +19,7 @@ mod command;
 mod desired;
 pub mod error;
 mod files;
+mod http;
 mod lease;
 mod process;
 pub mod reaper;
@@ -369,6 +370,7 @@ impl Agent {
 pub async fn run(settings: Settings) -> Result<ExitStatus> {
     let bin = bin_dir()?;
     let mut term = Stop::new()?;
+    http::serve(&settings, bin.clone());
     if let Err(error) = reaper::become_subreaper() {
         warn!(%error, "cannot become a child subreaper: processes a crashed server leaves may outlive it");
     }

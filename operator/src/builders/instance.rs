@@ -26,8 +26,8 @@ use crate::names::{
     POSTGRES_PORT,
 };
 use crate::pod_contract::{
-    env as var, Credential, CONFIG_DIR, DATA_DIR, PASSWORD_FILE, PGDATA, POSTGRES_UID, SECRETS_DIR,
-    SHM_DIR, SOCKET_DIR, TMP_DIR,
+    env as var, Credential, AGENT_PORT, CONFIG_DIR, DATA_DIR, PASSWORD_FILE, PGDATA, POSTGRES_UID,
+    SECRETS_DIR, SHM_DIR, SOCKET_DIR, TMP_DIR,
 };
 
 fn env(name: &str, value: impl Into<String>) -> EnvVar {
@@ -194,12 +194,20 @@ fn container(cluster: &Cluster, instance: &str) -> Container {
             env(var::PGHOST, SOCKET_DIR),
             env(var::PGPORT, POSTGRES_PORT.to_string()),
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("postgres".into()),
-            container_port: POSTGRES_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("postgres".into()),
+                container_port: POSTGRES_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("agent".into()),
+                container_port: AGENT_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
         resources: cluster.spec.resources.clone(),
         // No liveness probe: `geodb instance` supervises PostgreSQL and keeps it down on
         // purpose while it is fenced or waiting to rejoin; a restart would not help.

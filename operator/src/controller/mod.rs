@@ -18,6 +18,7 @@
 //! | `finalizer` | the deletion policy on removal | finalizer, PVCs |
 //! | `runner` | the kube-runtime Controller and its error policy | watches |
 
+mod adopt;
 pub mod apply;
 mod credentials;
 mod events;

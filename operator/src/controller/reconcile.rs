@@ -22,7 +22,7 @@ use super::health::Targets;
 use super::read::Observed;
 use super::replication::{self, plan::Plan};
 use super::status::conditions::{is_true, now, Type};
-use super::{credentials, events, read, rollout, status, topology, validate, Context};
+use super::{adopt, credentials, events, read, rollout, status, topology, validate, Context};
 use crate::api::GeoDatabase;
 use crate::builders::{self, Cluster};
 use crate::error::{Error, Result};
@@ -149,7 +149,15 @@ fn bootstrapped(cluster: &Cluster, observed: &Observed) -> bool {
 }
 
 /// The builders' input: the spec with the instances, the primary and the passwords.
-async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<(Cluster, bool)> {
+/// What `decide` settled: the builders' input, whether credentials were generated now,
+/// and why no primary can be chosen yet (see `adopt`).
+struct Decided {
+    cluster: Cluster,
+    generated: bool,
+    choosing: Option<String>,
+}
+
+async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<Decided> {
     let names = Names::new(db);
     let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
     let (credentials, generated) =
@@ -157,17 +165,42 @@ async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<
     let wanted = usize::try_from(db.spec.instances).unwrap_or(1);
     // A new GeoDatabase over kept volumes starts with the primary they recorded.
     let legacy = apply::last_primary(&observed.related.pvcs);
-    let chosen = db
+    let mut chosen = db
         .status
         .as_ref()
         .and_then(|s| s.chosen_primary())
-        .or(legacy.as_deref());
-    let (instances, primary) =
-        topology::plan_instances(&names, wanted, &observed.instance_names(), chosen);
+        .or(legacy.as_deref())
+        .map(str::to_owned);
+    let mut choosing = None;
+    let mut surveyed = false;
+    if chosen.is_none() && !observed.related.pvcs.is_empty() {
+        // Volumes exist and nothing says who was primary: their contents decide.
+        let (instances, _) =
+            topology::plan_instances(&names, wanted, &observed.instance_names(), None);
+        match adopt::survey(observed, &instances).await {
+            adopt::Survey::Newest(instance) => {
+                info!(%instance, "the volumes chose the primary: the furthest history");
+                chosen = Some(instance);
+                surveyed = true;
+            }
+            adopt::Survey::Empty => {}
+            adopt::Survey::Waiting(why) => choosing = Some(why),
+        }
+    }
+    let (instances, primary) = topology::plan_instances(
+        &names,
+        wanted,
+        &observed.instance_names(),
+        chosen.as_deref(),
+    );
     let mut cluster =
         Cluster::new(db, instances, primary, credentials).ok_or(Error::MissingObjectKey)?;
-    cluster.bootstrapped = bootstrapped(&cluster, observed) || legacy.is_some();
-    Ok((cluster, generated))
+    cluster.bootstrapped = bootstrapped(&cluster, observed) || legacy.is_some() || surveyed;
+    Ok(Decided {
+        cluster,
+        generated,
+        choosing,
+    })
 }
 
 /// The role of every instance as the (possibly just committed) status says.
@@ -212,6 +245,34 @@ fn probe_targets(cluster: &Cluster, observed: &Observed, db: &GeoDatabase) -> Ta
     }
 }
 
+/// Volumes without a recorded primary: every object is applied (so that the pods and
+/// their agents start), no primary is written, and the status says what it waits for.
+async fn wait_for_volumes(
+    ctx: &Context,
+    db: &GeoDatabase,
+    cluster: &Cluster,
+    observed: &Observed,
+    why: &str,
+) -> Result<Action> {
+    let applier = Applier::new(
+        &ctx.client,
+        &cluster.namespace,
+        &cluster.names.cluster,
+        &ctx.applied,
+    );
+    let no_roles = std::collections::BTreeMap::new();
+    apply::apply(
+        &applier,
+        cluster,
+        builders::build(cluster),
+        observed,
+        &no_roles,
+    )
+    .await?;
+    write_status(ctx, db, status::choosing(db, why, &now())).await?;
+    Ok(Action::requeue(Duration::from_secs(2)))
+}
+
 /// read -> validate -> decide -> build -> apply -> status
 async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     let observed = read::observe(ctx, db).await?;
@@ -219,7 +280,14 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     if !problems.is_empty() {
         return refuse(ctx, db, &problems).await;
     }
-    let (mut cluster, generated) = decide(ctx, db, &observed).await?;
+    let Decided {
+        mut cluster,
+        generated,
+        choosing,
+    } = decide(ctx, db, &observed).await?;
+    if let Some(why) = choosing {
+        return wait_for_volumes(ctx, db, &cluster, &observed, &why).await;
+    }
     let key = ObjectRef::from_obj(db);
     ctx.monitor
         .track(key.clone(), probe_targets(&cluster, &observed, db));

@@ -46,6 +46,9 @@ spelled! {
         NotReady,
         Converged,
         Reconciling,
+        /// Progressing: data volumes exist without a recorded primary; the agents are
+        /// asked what each holds.
+        ChoosingPrimary,
         /// Pods are being restarted one at a time onto a new template.
         RollingUpdate,
         AsExpected,

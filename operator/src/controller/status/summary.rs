@@ -342,6 +342,41 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
     }
 }
 
+/// Status of a GeoDatabase created over volumes whose primary is not known yet: Creating,
+/// `Progressing` saying what it waits for, no primary.
+pub fn choosing(db: &GeoDatabase, why: &str, now: &Time) -> GeoDatabaseStatus {
+    let status = db.status.clone().unwrap_or_default();
+    let previous = &status.conditions;
+    let generation = db.metadata.generation;
+    GeoDatabaseStatus {
+        phase: Some(Phase::Creating),
+        observed_generation: generation,
+        conditions: vec![
+            condition(
+                previous,
+                Type::Ready,
+                false,
+                Reason::NotReady,
+                "no primary chosen yet".to_owned(),
+                generation,
+                now,
+            ),
+            condition(
+                previous,
+                Type::Progressing,
+                true,
+                Reason::ChoosingPrimary,
+                why.to_owned(),
+                generation,
+                now,
+            ),
+        ],
+        target_primary: None,
+        current_primary: None,
+        ..status
+    }
+}
+
 /// Status of a GeoDatabase whose spec cannot be applied: Degraded, with the problems,
 /// and everything else as it was (nothing was changed).
 pub fn invalid(db: &GeoDatabase, problems: &[String], now: &Time) -> GeoDatabaseStatus {
