@@ -70,8 +70,14 @@ async fn ask(ip: &str) -> Option<VolumeReport> {
         .await
         .ok()?
         .ok()?;
+    parse_response(&response)
+}
+
+/// The report in an HTTP response, if its status is 200 (pure).
+fn parse_response(response: &str) -> Option<VolumeReport> {
     let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200")
+    let status = head.split_whitespace().nth(1)?;
+    (status == "200")
         .then(|| serde_json::from_str(body).ok())
         .flatten()
 }
@@ -126,6 +132,17 @@ mod tests {
             ("geo-2".to_owned(), Some(VolumeReport::default())),
         ]);
         assert_eq!(empty, Survey::Empty);
+    }
+
+    #[test]
+    fn reads_the_report_of_an_http_1_0_or_1_1_answer() {
+        let body = r#"{"data":true,"timeline":3,"lsn":"0/4115F28","state":"shut down"}"#;
+        for version in ["HTTP/1.0", "HTTP/1.1"] {
+            let response =
+                format!("{version} 200 OK\r\ncontent-type: application/json\r\n\r\n{body}");
+            assert_eq!(parse_response(&response), report(3, "0/4115F28"));
+        }
+        assert_eq!(parse_response("HTTP/1.1 500 Internal\r\n\r\n{}"), None);
     }
 
     #[test]
