@@ -115,4 +115,23 @@ pub mod env {
     pub const PGDATA: &str = "PGDATA";
     pub const PGHOST: &str = "PGHOST";
     pub const PGPORT: &str = "PGPORT";
+
+    /// The WAL archive (`spec.backup`), read by `geodb wal-push` and `geodb wal-fetch`.
+    pub const S3_ENDPOINT: &str = "GEODB_S3_ENDPOINT";
+    pub const S3_BUCKET: &str = "GEODB_S3_BUCKET";
+    /// Path inside the bucket.
+    pub const S3_PREFIX: &str = "GEODB_S3_PREFIX";
+    pub const S3_REGION: &str = "GEODB_S3_REGION";
+    pub const S3_PATH_STYLE: &str = "GEODB_S3_PATH_STYLE";
+    /// Files holding the access key (mounted from the user's Secret).
+    pub const S3_ACCESS_KEY_ID_FILE: &str = "GEODB_S3_ACCESS_KEY_ID_FILE";
+    pub const S3_SECRET_ACCESS_KEY_FILE: &str = "GEODB_S3_SECRET_ACCESS_KEY_FILE";
+    /// A PEM CA bundle for a private CA.
+    pub const S3_CA_FILE: &str = "GEODB_S3_CA_FILE";
+    pub const WAL_COMPRESSION: &str = "GEODB_WAL_COMPRESSION";
 }
+
+/// Where the object store's access key and CA are mounted, under [`SECRETS_DIR`].
+pub const S3_ACCESS_KEY_ID_PATH: &str = "s3/access-key-id";
+pub const S3_SECRET_ACCESS_KEY_PATH: &str = "s3/secret-access-key";
+pub const S3_CA_PATH: &str = "s3/ca.crt";

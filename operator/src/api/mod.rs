@@ -5,11 +5,13 @@
 //! (`x-kubernetes-validations`); what only the operator can judge is reported as a
 //! `Degraded` condition (see `controller::validate`).
 
+mod backup;
 mod pooler;
 mod postgresql;
 mod replication;
 mod status;
 
+pub use backup::{BackupSpec, Compression, ObjectStoreCredentials, ObjectStoreSpec, SecretKey};
 pub use pooler::{PoolMode, PoolerSpec};
 pub use postgresql::{PostgresqlSpec, RESERVED_PARAMETERS};
 pub use replication::ReplicationSpec;
@@ -100,6 +102,10 @@ pub struct GeoDatabaseSpec {
     /// Streaming replication and failover.
     #[serde(default)]
     pub replication: ReplicationSpec,
+
+    /// Continuous WAL archiving to an S3-compatible object store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
 }
 
 fn default_instances() -> i32 {

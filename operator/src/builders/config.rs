@@ -108,6 +108,7 @@ fn settings(cluster: &Cluster) -> Vec<(String, String)> {
     let mut all: Vec<(String, String)> = managed_settings()
         .into_iter()
         .chain(synchronous_settings(cluster))
+        .chain(super::archive::settings(cluster))
         .map(owned)
         .collect();
     all.extend(

@@ -137,11 +137,16 @@ fn secrets_volume(cluster: &Cluster) -> Volume {
     Volume {
         name: "secrets".into(),
         projected: Some(ProjectedVolumeSource {
-            sources: Some(vec![
-                project(n.superuser_secret(), Credential::Superuser),
-                project(n.replication_secret(), Credential::Replication),
-                project(n.app_secret(), Credential::App),
-            ]),
+            sources: Some(
+                [
+                    project(n.superuser_secret(), Credential::Superuser),
+                    project(n.replication_secret(), Credential::Replication),
+                    project(n.app_secret(), Credential::App),
+                ]
+                .into_iter()
+                .chain(super::archive::projections(cluster))
+                .collect(),
+            ),
             ..ProjectedVolumeSource::default()
         }),
         ..Volume::default()
@@ -178,22 +183,27 @@ fn container(cluster: &Cluster, instance: &str) -> Container {
         image: Some(cluster.spec.image().to_owned()),
         image_pull_policy: Some(cluster.spec.image_pull_policy.as_str().to_owned()),
         command: Some(vec!["geodb".into(), "instance".into()]),
-        env: Some(vec![
-            env(var::CLUSTER, cluster.names.cluster.clone()),
-            env(var::INSTANCE, instance),
-            field_env(var::POD_NAME, "metadata.name"),
-            field_env(var::POD_NAMESPACE, "metadata.namespace"),
-            env(var::BOOTSTRAP_INSTANCE, cluster.names.instance(1)),
-            env(var::RW_HOST, cluster.names.rw_service()),
-            env(var::SLOT, Names::slot(instance)),
-            env(var::DATABASE, cluster.spec.database.name.clone()),
-            env(var::DATABASE_OWNER, cluster.spec.database.owner.clone()),
-            env(var::CONFIG_DIR, CONFIG_DIR),
-            env(var::SECRETS_DIR, SECRETS_DIR),
-            env(var::PGDATA, PGDATA),
-            env(var::PGHOST, SOCKET_DIR),
-            env(var::PGPORT, POSTGRES_PORT.to_string()),
-        ]),
+        env: Some(
+            vec![
+                env(var::CLUSTER, cluster.names.cluster.clone()),
+                env(var::INSTANCE, instance),
+                field_env(var::POD_NAME, "metadata.name"),
+                field_env(var::POD_NAMESPACE, "metadata.namespace"),
+                env(var::BOOTSTRAP_INSTANCE, cluster.names.instance(1)),
+                env(var::RW_HOST, cluster.names.rw_service()),
+                env(var::SLOT, Names::slot(instance)),
+                env(var::DATABASE, cluster.spec.database.name.clone()),
+                env(var::DATABASE_OWNER, cluster.spec.database.owner.clone()),
+                env(var::CONFIG_DIR, CONFIG_DIR),
+                env(var::SECRETS_DIR, SECRETS_DIR),
+                env(var::PGDATA, PGDATA),
+                env(var::PGHOST, SOCKET_DIR),
+                env(var::PGPORT, POSTGRES_PORT.to_string()),
+            ]
+            .into_iter()
+            .chain(super::archive::env_vars(cluster))
+            .collect(),
+        ),
         ports: Some(vec![
             ContainerPort {
                 name: Some("postgres".into()),

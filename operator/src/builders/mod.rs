@@ -1,6 +1,7 @@
 //! Pure builders: from a validated GeoDatabase and what was read from the API, the
 //! objects the cluster should have. Nothing here talks to the API server.
 
+pub mod archive;
 pub mod config;
 pub mod instance;
 pub mod pooler;

@@ -10,6 +10,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::owned::{Owned, Related};
+use super::validate::SecretKeys;
 use super::Context;
 use crate::api::GeoDatabase;
 use crate::error::{Error, Result};
@@ -28,6 +29,8 @@ pub struct Observed {
     /// Pods whose agent waits for a human (a recent `InstanceParked` Event), with what
     /// it says.
     pub parked: BTreeMap<String, String>,
+    /// The keys of the user's Secrets that `spec.backup` names.
+    pub backup_secrets: SecretKeys,
 }
 
 /// The cluster's objects, from the watch caches.
@@ -48,12 +51,41 @@ pub async fn observe(ctx: &Context, db: &GeoDatabase) -> Result<Observed> {
     };
     let related = ctx.caches.related(&namespace, &cluster);
     let parked = parked(ctx, db, &namespace, &related.pods).await?;
+    let backup_secrets = backup_secrets(ctx, db, &namespace).await?;
     Ok(Observed {
         owned: ctx.caches.owned(&namespace, &cluster, &uid),
         related,
         storage_class_exists,
         parked,
+        backup_secrets,
     })
+}
+
+/// The key names (never the values) of the Secrets `spec.backup` names.
+async fn backup_secrets(ctx: &Context, db: &GeoDatabase, namespace: &str) -> Result<SecretKeys> {
+    let Some(backup) = &db.spec.backup else {
+        return Ok(SecretKeys::new());
+    };
+    let store = &backup.object_store;
+    let names = std::iter::once(&store.credentials.secret_name)
+        .chain(store.ca.as_ref().map(|ca| &ca.secret_name));
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), namespace);
+    let mut keys = SecretKeys::new();
+    for name in names {
+        let secret = api
+            .get_opt(name)
+            .await
+            .map_err(Error::kube("reading a Secret that spec.backup names"))?;
+        let found = secret.map(|s| {
+            s.data
+                .unwrap_or_default()
+                .into_keys()
+                .chain(s.string_data.unwrap_or_default().into_keys())
+                .collect()
+        });
+        keys.insert(name.clone(), found);
+    }
+    Ok(keys)
 }
 
 /// A running container that is not ready.

@@ -276,7 +276,11 @@ async fn wait_for_volumes(
 /// read -> validate -> decide -> build -> apply -> status
 async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     let observed = read::observe(ctx, db).await?;
-    let problems = validate::validate(&db.spec, observed.storage_class_exists);
+    let mut problems = validate::validate(&db.spec, observed.storage_class_exists);
+    problems.extend(validate::validate_backup(
+        &db.spec,
+        &observed.backup_secrets,
+    ));
     if !problems.is_empty() {
         return refuse(ctx, db, &problems).await;
     }

@@ -114,10 +114,80 @@ pub fn validate(spec: &GeoDatabaseSpec, storage_class_exists: Option<bool>) -> V
     problems
 }
 
+/// The keys of the Secrets `spec.backup` names, as read (`None`: no such Secret).
+pub type SecretKeys = std::collections::BTreeMap<String, Option<Vec<String>>>;
+
+/// The Secrets that `spec.backup` names exist and hold the keys it names: a pod that
+/// mounts a missing one never starts.
+pub fn validate_backup(spec: &GeoDatabaseSpec, secrets: &SecretKeys) -> Vec<String> {
+    let Some(backup) = &spec.backup else {
+        return Vec::new();
+    };
+    let store = &backup.object_store;
+    let c = &store.credentials;
+    let mut wanted = vec![
+        (
+            "backup.objectStore.credentials",
+            &c.secret_name,
+            &c.access_key_id_key,
+        ),
+        (
+            "backup.objectStore.credentials",
+            &c.secret_name,
+            &c.secret_access_key_key,
+        ),
+    ];
+    if let Some(ca) = &store.ca {
+        wanted.push(("backup.objectStore.ca", &ca.secret_name, &ca.key));
+    }
+    let mut problems = Vec::new();
+    for (field, secret, key) in wanted {
+        match secrets.get(secret.as_str()) {
+            Some(Some(keys)) if keys.iter().any(|k| k == key) => {}
+            Some(Some(_)) => {
+                problems.push(format!("{field}: the Secret {secret:?} has no key {key:?}"))
+            }
+            _ => problems.push(format!(
+                "{field}: the Secret {secret:?} does not exist in this namespace"
+            )),
+        }
+    }
+    problems.dedup();
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn backup_secrets_must_exist_with_their_keys() {
+        let s = spec(
+            json!({"storage": {"size": "1Gi"}, "backup": {"objectStore": {
+            "endpoint": "https://s3:8333", "bucket": "bkt", "credentials": {"secretName": "s3"},
+            "ca": {"secretName": "ca", "key": "ca.crt"}}}}),
+        );
+        let mut secrets = SecretKeys::new();
+        let problems = validate_backup(&s, &secrets);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("backup.objectStore.credentials")
+                && problems[0].contains("\"s3\" does not exist")
+        );
+        secrets.insert("s3".into(), Some(vec!["accessKeyId".into()]));
+        secrets.insert("ca".into(), Some(vec!["ca.crt".into()]));
+        let problems = validate_backup(&s, &secrets);
+        assert_eq!(
+            problems,
+            ["backup.objectStore.credentials: the Secret \"s3\" has no key \"secretAccessKey\""]
+        );
+        secrets.insert(
+            "s3".into(),
+            Some(vec!["accessKeyId".into(), "secretAccessKey".into()]),
+        );
+        assert!(validate_backup(&s, &secrets).is_empty());
+    }
 
     fn spec(v: serde_json::Value) -> GeoDatabaseSpec {
         serde_json::from_value(v).unwrap()
