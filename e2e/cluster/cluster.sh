@@ -25,7 +25,7 @@
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-for lib in config helpers prereqs images pki processes controlplane node network addons teardown; do
+for lib in config helpers prereqs images pki processes controlplane node network addons s3 teardown; do
 	# shellcheck source=/dev/null
 	source "$SCRIPT_DIR/lib/$lib.sh"
 done
@@ -38,6 +38,7 @@ render_configs() {
 	render_node_configs
 	render_network_configs
 	render_addon_configs
+	render_s3_config
 }
 
 # ---- commands --------------------------------------------------------------------
@@ -58,8 +59,9 @@ cmd_up() {
 	log "bringing up the geodb cluster (state: $STATE)"
 	phase "prerequisites (apt)"
 	ensure_prereqs
-	phase "binaries (build-tools.sh)"
+	phase "binaries (build-tools.sh, weed)"
 	ensure_binaries
+	ensure_weed
 	phase "images (pause, test image)"
 	ensure_pause_image
 	ensure_test_image_tar
@@ -71,6 +73,7 @@ cmd_up() {
 	if all_healthy; then
 		phase "fast path: bootstrap objects, images"
 		apply_bootstrap_objects
+		publish_s3_secret
 		load_images
 		phase "fast path: dns"
 		wait_until 30 dns_answers || die "the cluster is up but CoreDNS does not answer (log: $LOGS/coredns.log)"
@@ -110,13 +113,14 @@ cmd_up() {
 	phase "bootstrap objects (RBAC, kube-dns, StorageClass)"
 	wait_until 30 kc get --raw /readyz || die "the apiserver is not ready for kubectl"
 	apply_bootstrap_objects
-	phase "controllers, kubelet, kube-proxy, CoreDNS, provisioner"
-	for c in kube-controller-manager kube-scheduler kubelet kube-proxy coredns provisioner; do
+	phase "controllers, kubelet, kube-proxy, CoreDNS, provisioner, S3"
+	for c in kube-controller-manager kube-scheduler kubelet kube-proxy coredns provisioner s3; do
 		ensure_proc "$c"
 	done
-	for c in kube-controller-manager kube-scheduler kubelet kube-proxy coredns provisioner; do
+	for c in kube-controller-manager kube-scheduler kubelet kube-proxy coredns provisioner s3; do
 		await_proc "$c" 120
 	done
+	publish_s3_secret
 	phase "node Ready"
 	if ! wait_until 120 node_ready; then
 		kc describe node "$NODE_NAME" >&2 || true

@@ -131,6 +131,10 @@ pub mod env {
     pub const WAL_COMPRESSION: &str = "GEODB_WAL_COMPRESSION";
 }
 
+/// `geodb wal-push` writes its last error here, on the data volume (beside `pgdata/`), and
+/// removes it after a success; the operator's probe reads it (`pg_read_file`).
+pub const ARCHIVE_ERROR_FILE: &str = "geodb-archive-error";
+
 /// Where the object store's access key and CA are mounted, under [`SECRETS_DIR`].
 pub const S3_ACCESS_KEY_ID_PATH: &str = "s3/access-key-id";
 pub const S3_SECRET_ACCESS_KEY_PATH: &str = "s3/secret-access-key";

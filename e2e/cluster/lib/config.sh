@@ -69,7 +69,7 @@ CNI_BIN_DIR=/usr/lib/cni
 CNI_CACHE_DIR=/var/lib/cni
 
 # In start order. `down` stops them in reverse.
-COMPONENTS=(etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns provisioner)
+COMPONENTS=(etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns provisioner s3)
 
 # Sysctls that we, kubelet (protectKernelDefaults=false) or kube-proxy change;
 # their values before `up` are restored by `down`.

@@ -13,6 +13,7 @@ PREREQS=(
 	"gcc:gcc" "/usr/lib/x86_64-linux-gnu/libc.a:libc6-dev"
 	"flock:util-linux" "findmnt:util-linux" "nsenter:util-linux" "mount:mount"
 	"awk:mawk" "sha256sum:coreutils" "tar:tar" "pgrep:procps" "readelf:binutils" "strip:binutils"
+	"python3:python3" "pip3:python3-pip"
 )
 ensure_prereqs() {
 	local missing=() entry what pkg

@@ -92,7 +92,7 @@ cmd_down() {
 	NETNS_FROM_CTRD=""
 	# kubelet first, so that it does not react to the others going away.
 	stop_many kubelet
-	stop_many provisioner coredns kube-proxy kube-scheduler kube-controller-manager kube-apiserver
+	stop_many s3 provisioner coredns kube-proxy kube-scheduler kube-controller-manager kube-apiserver
 	stop_many etcd
 	phase "stop containers and containerd"
 	if [ -n "$(pid_of containerd)" ] && containerd_healthy; then

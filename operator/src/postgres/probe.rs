@@ -3,7 +3,7 @@
 
 use super::connect::{bounded, connect, PgError, TIMEOUT};
 use super::lsn;
-use crate::pod_contract::{DATA_DIR, KEPT_DATA_PREFIX};
+use crate::pod_contract::{ARCHIVE_ERROR_FILE, DATA_DIR, KEPT_DATA_PREFIX};
 
 /// One probe of one instance.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -29,6 +29,24 @@ pub struct Sample {
     /// Settings of the configuration file that PostgreSQL refuses, in its own words
     /// (`pg_file_settings`); it keeps running with its previous settings meanwhile.
     pub config_errors: Vec<String>,
+    /// WAL archiving as this server sees it (`pg_stat_archiver`).
+    pub archiver: Archiver,
+}
+
+/// `pg_stat_archiver`, the segments waiting, and the last error `geodb wal-push` wrote.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Archiver {
+    pub last_archived_wal: Option<String>,
+    /// Seconds since the last success.
+    pub archived_age: Option<f64>,
+    pub last_failed_wal: Option<String>,
+    /// Seconds since the last failure.
+    pub failed_age: Option<f64>,
+    pub failed_count: i64,
+    /// Segments ready and not yet archived.
+    pub waiting: i64,
+    /// The last error of `geodb wal-push` (`pod_contract::ARCHIVE_ERROR_FILE`), if any.
+    pub last_error: Option<String>,
 }
 
 impl Sample {
@@ -48,11 +66,20 @@ fn probe_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
         format!(
-            "{PROBE_SQL}, ARRAY(SELECT f FROM pg_ls_dir('{DATA_DIR}', true, false) f WHERE f LIKE '{}%' ORDER BY 1), {CONFIG_ERRORS_SQL}",
+            "{PROBE_SQL}, ARRAY(SELECT f FROM pg_ls_dir('{DATA_DIR}', true, false) f WHERE f LIKE '{}%' ORDER BY 1), {CONFIG_ERRORS_SQL}, {ARCHIVER_SQL}, \
+             pg_read_file('{DATA_DIR}/{ARCHIVE_ERROR_FILE}', true)",
             KEPT_DATA_PREFIX.replace('_', "\\_")
         )
     })
 }
+
+/// The archiver's view: last success and failure, their ages, failures, segments waiting.
+const ARCHIVER_SQL: &str = "(SELECT last_archived_wal FROM pg_stat_archiver), \
+    (SELECT extract(epoch FROM now() - last_archived_time)::float8 FROM pg_stat_archiver), \
+    (SELECT last_failed_wal FROM pg_stat_archiver), \
+    (SELECT extract(epoch FROM now() - last_failed_time)::float8 FROM pg_stat_archiver), \
+    (SELECT failed_count FROM pg_stat_archiver), \
+    (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready')";
 
 /// What PostgreSQL refuses in its configuration file, worded as its log words it.
 const CONFIG_ERRORS_SQL: &str = "ARRAY(SELECT CASE WHEN error = 'unrecognized configuration parameter' \
@@ -88,6 +115,17 @@ pub async fn sample(client: &tokio_postgres::Client) -> Result<Sample, PgError> 
         slots: row.try_get(8).unwrap_or_default(),
         kept_data: row.try_get(9).unwrap_or_default(),
         config_errors: row.try_get(10).unwrap_or_default(),
+        archiver: Archiver {
+            last_archived_wal: text(11),
+            archived_age: row.try_get(12).ok().flatten(),
+            last_failed_wal: text(13),
+            failed_age: row.try_get(14).ok().flatten(),
+            failed_count: row.try_get(15).unwrap_or_default(),
+            waiting: row.try_get(16).unwrap_or_default(),
+            last_error: text(17)
+                .map(|e| e.trim().to_owned())
+                .filter(|e| !e.is_empty()),
+        },
     })
 }
 

@@ -36,6 +36,8 @@ spelled! {
         /// True while an instance's volume keeps a data directory set aside after a
         /// failed rewind (never removed by geodb).
         KeptData,
+        /// With `spec.backup`: True while the primary's WAL reaches the object store.
+        ContinuousArchiving,
     }
 }
 
@@ -46,6 +48,14 @@ spelled! {
         NotReady,
         Converged,
         Reconciling,
+        /// ContinuousArchiving: segments reach the object store.
+        Archiving,
+        /// ContinuousArchiving: the last attempt failed.
+        ArchiveFailing,
+        /// ContinuousArchiving: nothing archived yet.
+        ArchiveWaiting,
+        /// ContinuousArchiving: the primary cannot be probed.
+        ArchiveUnknown,
         /// Progressing: data volumes exist without a recorded primary; the agents are
         /// asked what each holds.
         ChoosingPrimary,

@@ -312,6 +312,15 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
         generation,
         now,
     ));
+    if cluster.spec.backup.is_some() {
+        let archiver = health
+            .sample(&current)
+            .and_then(Sample::primary)
+            .map(|s| &s.archiver);
+        conditions.push(super::archiving::condition_for(
+            previous, archiver, generation, now,
+        ));
+    }
     let phase = match (all_ready, switching) {
         (true, _) => Phase::Ready,
         (false, true) => Phase::Degraded,
