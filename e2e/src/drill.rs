@@ -1030,6 +1030,26 @@ impl Target {
         let (client, ns, name) = (&self.client, self.ns.as_str(), self.name.as_str());
         let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
         let request = |value: serde_json::Value| serde_json::json!({"spec": {"primary": value}});
+        // A value is acted on once: asking again for the instance an earlier switchover
+        // went to needs the request withdrawn (and that seen) first.
+        let db = api.get(name).await?;
+        let handled = db
+            .status
+            .as_ref()
+            .and_then(|s| s.handled_primary_request.clone());
+        if db.spec.primary.as_deref() == Some(target) || handled.as_deref() == Some(target) {
+            api.patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(request(serde_json::Value::Null)),
+            )
+            .await?;
+            wait_for("the earlier request withdrawn", timeout, || async {
+                let status = api.get(name).await.ok()?.status?;
+                status.handled_primary_request.is_none().then_some(())
+            })
+            .await?;
+        }
         api.patch(
             name,
             &PatchParams::default(),
