@@ -128,26 +128,24 @@ enum Pass {
     Again,
 }
 
-/// A server that exits this soon after its start with a FATAL line refused to start.
-const REFUSED_START: Duration = Duration::from_secs(10);
 /// Where the kubelet reads a container's termination message.
 const TERMINATION_LOG: &str = "/dev/termination-log";
 
-/// Restarts of a PostgreSQL that keeps exiting soon after it started wait longer each
-/// time (1 s, 2 s, 4 s, ... 30 s); a server that ran for a while restarts at once.
+/// Restarts of a PostgreSQL that keeps exiting before it accepts connections wait longer
+/// each time (1 s, 2 s, 4 s, ... 30 s); a server that had started (a crash, a kill)
+/// restarts at once, however short its run: every second there counts against the
+/// failover delay.
 #[derive(Debug, Default)]
 struct RestartBackoff {
     quick_exits: u32,
 }
 
 impl RestartBackoff {
-    /// A run that lasted this long counts as healthy.
-    const HEALTHY_RUN: Duration = Duration::from_secs(30);
     const MAX: Duration = Duration::from_secs(30);
 
-    /// How long to wait before the next start, after a run of `ran`.
-    fn after_exit(&mut self, ran: Duration) -> Duration {
-        if ran >= Self::HEALTHY_RUN {
+    /// How long to wait before the next start, after a run that `served` or not.
+    fn after_exit(&mut self, served: bool) -> Duration {
+        if served {
             self.quick_exits = 0;
             return Duration::ZERO;
         }
@@ -298,7 +296,6 @@ impl Agent {
         }
         restrict_data_directory(&self.settings)?;
         info!(standby = self.settings.is_standby(), primary = %self.desired.primary, "starting PostgreSQL");
-        let started = Instant::now();
         let (settings, bin) = (self.settings.clone(), self.bin.clone());
         let overrides = blocking("reading the primary's recorded settings", move || {
             Ok(standby_floor::standby_overrides(&settings, &bin))
@@ -335,11 +332,15 @@ impl Agent {
                 let signal = self.settings.pgdata.join("standby.signal");
                 std::fs::remove_file(&signal).map_err(AgentError::io(&signal))?;
             }
-            Ended::Exited { was_primary, fatal } => {
+            Ended::Exited {
+                was_primary,
+                fatal,
+                served,
+            } => {
                 if self.api.is_none() {
                     return Err(AgentError::command("postgres", "exited"));
                 }
-                if let Some(fatal) = fatal.filter(|_| started.elapsed() < REFUSED_START) {
+                if let Some(fatal) = fatal.filter(|_| !served) {
                     // It refused to start (a setting, a file): the container ends with
                     // PostgreSQL's own line as its termination message, which the
                     // operator reports; the kubelet restarts it with a growing delay.
@@ -350,7 +351,7 @@ impl Agent {
                 // Restarted in place: a crashed primary runs crash recovery, which loses
                 // no committed transaction; a failover happens only if this takes longer
                 // than the failover delay.
-                let wait = self.backoff.after_exit(started.elapsed());
+                let wait = self.backoff.after_exit(served);
                 info!(
                     was_primary,
                     wait_ms = wait.as_millis() as u64,
@@ -411,18 +412,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_server_that_ran_restarts_at_once_one_that_cannot_start_backs_off() {
+    fn a_server_that_served_restarts_at_once_one_that_cannot_start_backs_off() {
         let mut backoff = RestartBackoff::default();
-        assert_eq!(
-            backoff.after_exit(Duration::from_secs(3600)),
-            Duration::ZERO
-        );
-        let quick = Duration::from_millis(200);
+        assert_eq!(backoff.after_exit(true), Duration::ZERO);
         let waits: Vec<u64> = (0..8)
-            .map(|_| backoff.after_exit(quick).as_secs())
+            .map(|_| backoff.after_exit(false).as_secs())
             .collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
-        assert_eq!(backoff.after_exit(Duration::from_secs(60)), Duration::ZERO);
-        assert_eq!(backoff.after_exit(quick), Duration::from_secs(1));
+        // Killed right after it started again, several times: never a wait.
+        assert_eq!(backoff.after_exit(true), Duration::ZERO);
+        assert_eq!(backoff.after_exit(true), Duration::ZERO);
+        assert_eq!(backoff.after_exit(false), Duration::from_secs(1));
     }
 }

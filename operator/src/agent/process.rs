@@ -34,6 +34,8 @@ pub struct LogFacts {
     /// A replica that needs WAL the primary no longer has (it was down past the WAL
     /// retention): only a fresh copy lets it follow again.
     pub wal_gone: Option<String>,
+    /// The server said it accepts connections: it started, whatever ends it later.
+    pub served: bool,
 }
 
 impl LogFacts {
@@ -46,6 +48,9 @@ impl LogFacts {
             || line.contains("is not a child of this server's history")
         {
             self.diverged = Some(line.to_owned());
+        }
+        if line.contains("database system is ready to accept") {
+            self.served = true;
         }
         if line.contains("requested WAL segment") && line.contains("has already been removed") {
             self.wal_gone = Some(line.to_owned());

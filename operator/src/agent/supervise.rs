@@ -41,6 +41,8 @@ pub enum Ended {
     Exited {
         was_primary: bool,
         fatal: Option<String>,
+        /// It had started (accepted connections) before it exited.
+        served: bool,
     },
 }
 
@@ -48,7 +50,7 @@ pub enum Ended {
 async fn reap(
     settings: &Settings,
     status: std::io::Result<ExitStatus>,
-    fatal: Option<String>,
+    (fatal, served): (Option<String>, bool),
 ) -> Result<Ended> {
     let status = status.map_err(|e| AgentError::command("postgres", e))?;
     let was_primary = !settings.is_standby();
@@ -60,7 +62,11 @@ async fn reap(
             "killed the processes the postmaster left behind"
         );
     }
-    Ok(Ended::Exited { was_primary, fatal })
+    Ok(Ended::Exited {
+        was_primary,
+        fatal,
+        served,
+    })
 }
 
 /// The content of the mounted configuration files; the kubelet replaces them (within a
@@ -175,8 +181,12 @@ pub async fn supervise(
                 return stop_and_release(postgres, lease).await.map(Ended::Terminated);
             }
             status = postgres.child.wait() => {
-                let fatal = postgres.log.lock().ok().and_then(|mut l| l.last_fatal.take());
-                return reap(settings, status, fatal).await;
+                let facts = postgres
+                    .log
+                    .lock()
+                    .map(|mut l| (l.last_fatal.take(), l.served))
+                    .unwrap_or_default();
+                return reap(settings, status, facts).await;
             }
             _ = tick.tick() => {}
         }
