@@ -155,6 +155,22 @@ impl FloorCheck {
     }
 }
 
+/// A replica whose log says it cannot follow its primary: how its run must end.
+fn cannot_follow(postgres: &Postgres) -> Option<Ended> {
+    let (diverged, wal_gone) = postgres
+        .log
+        .lock()
+        .map(|mut l| (l.diverged.take(), l.wal_gone.take()))
+        .unwrap_or_default();
+    if let Some(line) = diverged {
+        warn!(%line, "this replica's history forked from the primary's: stopping to rewind it");
+        return Some(Ended::Diverged);
+    }
+    let line = wal_gone?;
+    warn!(%line, "this replica needs WAL the primary no longer keeps: stopping to copy it afresh");
+    Some(Ended::FellBehind(line))
+}
+
 /// Supervise one run of PostgreSQL until it ends.
 pub async fn supervise(
     watch: Watch<'_>,
@@ -199,20 +215,11 @@ pub async fn supervise(
             config = now;
         }
         let primary_now = !settings.is_standby();
-        let (diverged, wal_gone) = postgres
-            .log
-            .lock()
-            .map(|mut l| (l.diverged.take(), l.wal_gone.take()))
-            .unwrap_or_default();
-        if let Some(line) = diverged.filter(|_| !primary_now) {
-            warn!(%line, "this replica's history forked from the primary's: stopping to rewind it");
-            postgres.stop_fast().await?;
-            return Ok(Ended::Diverged);
-        }
-        if let Some(line) = wal_gone.filter(|_| !primary_now) {
-            warn!(%line, "this replica needs WAL the primary no longer keeps: stopping to copy it afresh");
-            postgres.stop_fast().await?;
-            return Ok(Ended::FellBehind(line));
+        if !primary_now {
+            if let Some(ended) = cannot_follow(&postgres) {
+                postgres.stop_fast().await?;
+                return Ok(ended);
+            }
         }
         if floor.due(primary_now) && floor.stale(settings, bin, &postgres).await? {
             info!(running = ?postgres.raised, "restarting PostgreSQL in place to run its configured settings");

@@ -284,14 +284,11 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     if !problems.is_empty() {
         return refuse(ctx, db, &problems).await;
     }
-    let Decided {
-        mut cluster,
-        generated,
-        choosing,
-    } = decide(ctx, db, &observed).await?;
-    if let Some(why) = choosing {
-        return wait_for_volumes(ctx, db, &cluster, &observed, &why).await;
+    let decided = decide(ctx, db, &observed).await?;
+    if let Some(why) = &decided.choosing {
+        return wait_for_volumes(ctx, db, &decided.cluster, &observed, why).await;
     }
+    let (mut cluster, generated) = (decided.cluster, decided.generated);
     let key = ObjectRef::from_obj(db);
     ctx.monitor
         .track(key.clone(), probe_targets(&cluster, &observed, db));
@@ -350,11 +347,15 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
             "slow reconcile"
         );
     }
-    Ok(if let Some(soon) = plan.requeue() {
-        Action::requeue(soon)
-    } else if changes.requeue_soon || rollout.rolling() {
-        Action::requeue(Duration::from_secs(2))
-    } else {
-        Action::requeue(RESYNC)
-    })
+    Ok(next_look(&plan, changes.requeue_soon || rollout.rolling()))
+}
+
+/// When to look again: as the plan says, soon while objects or pods change, else at the
+/// periodic resync.
+fn next_look(plan: &Plan, changing: bool) -> Action {
+    match plan.requeue() {
+        Some(soon) => Action::requeue(soon),
+        None if changing => Action::requeue(Duration::from_secs(2)),
+        None => Action::requeue(RESYNC),
+    }
 }
