@@ -1,5 +1,6 @@
 //! Test harness and end-to-end tests for geodb.
 
+pub mod archiving;
 pub mod bench;
 pub mod controlplane;
 pub mod drill;
@@ -7,3 +8,4 @@ pub mod kept;
 pub mod kube_util;
 pub mod partition;
 pub mod recreate;
+pub mod s3;

@@ -310,6 +310,55 @@ async fn scenario_reload_and_restart(client: &Client, ns: &str) {
     );
 }
 
+/// WAL archiving to the cluster's S3 server: switched-out segments reach the bucket and
+/// `ContinuousArchiving` says so.
+async fn scenario_archiving(client: &Client, ns: &str) {
+    use geodb_e2e::archiving::{ensure_bucket, switch_and_wait, ClusterStore};
+    let store = ClusterStore::read(client).await.unwrap();
+    store.copy_secret(client, ns, "s3").await.unwrap();
+    let s3 = store.client();
+    let bucket = "geodb-e2e";
+    ensure_bucket(&s3, bucket).await.unwrap();
+    let db: GeoDatabase = serde_json::from_value(serde_json::json!({
+        "apiVersion": "geodb.io/v1alpha1", "kind": "GeoDatabase",
+        "metadata": {"name": "arch"},
+        "spec": {"instances": 2, "storage": {"size": "1Gi"}, "pooler": {"enabled": false},
+            "backup": {"archiveTimeoutSeconds": 10, "objectStore": {
+                "endpoint": store.endpoint, "bucket": bucket,
+                "credentials": {"secretName": "s3"},
+                "ca": {"secretName": "s3", "key": "ca.crt"}}}}
+    }))
+    .unwrap();
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &db).await.unwrap();
+    wait_for("arch Ready", READY_TIMEOUT, || async {
+        let s = api.get("arch").await.ok()?.status?;
+        (s.phase == Some(Phase::Ready) && s.ready_instances == 2).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let archived = switch_and_wait(
+        client,
+        ns,
+        "arch",
+        &s3,
+        bucket,
+        &format!("{ns}/arch"),
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("archiving: {e:#}"));
+    eprintln!("archived: {archived:?}");
+    assert!(
+        archived.segments.iter().all(|k| k.ends_with(".zst")
+            || k.ends_with(".history")
+            || k.ends_with(".backup")
+            || k.ends_with(".partial")),
+        "uncompressed or unknown objects: {:?}",
+        archived.segments
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_suite() {
     let client = Client::try_default()
@@ -318,6 +367,7 @@ async fn cluster_suite() {
     let ns = format!("e2e-postgis-{}", std::process::id());
     let passed = geodb_e2e::kube_util::run_in_namespace(&client, &ns, |client, ns| async move {
         scenario_postgis_cluster(&client, &ns).await;
+        scenario_archiving(&client, &ns).await;
         scenario_reload_and_restart(&client, &ns).await;
     })
     .await;

@@ -33,6 +33,10 @@ enum Command {
         #[arg(long)]
         out_dir: PathBuf,
     },
+    /// Archive one WAL file to S3 (`archive_command = 'geodb wal-push %p'`).
+    WalPush { path: PathBuf },
+    /// Restore one WAL file from S3 (`restore_command = 'geodb wal-fetch %f %p'`).
+    WalFetch { name: String, destination: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,10 @@ fn main() -> ExitCode {
         Command::Crdgen { out_dir } => commands::crdgen(&out_dir),
         Command::Instance => commands::instance(),
         Command::Operator(args) => commands::operator::run(args),
+        Command::WalPush { path } => commands::archive::wal_push(&path),
+        Command::WalFetch { name, destination } => {
+            return commands::archive::wal_fetch(&name, &destination)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! The binary's subcommands (the library does the work; these wire it up).
 
+pub mod archive;
 pub mod operator;
 
 use std::path::Path;
