@@ -146,24 +146,7 @@ impl S3Server {
 
     /// Every key under `prefix`, sorted.
     pub async fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
-        let mut keys = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.context("listing objects")?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(String::from)),
-            );
-        }
-        keys.sort();
-        Ok(keys)
+        crate::archiving::keys(&self.client, &self.bucket, prefix).await
     }
 
     /// The body and user metadata of `key`.

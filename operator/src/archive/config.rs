@@ -9,28 +9,16 @@ use std::time::Duration;
 use super::error::{ArchiveError, Result};
 use super::segment::Compression;
 
-/// `http://` or `https://` URL of the S3-compatible endpoint.
-pub const S3_ENDPOINT: &str = "GEODB_S3_ENDPOINT";
-pub const S3_BUCKET: &str = "GEODB_S3_BUCKET";
-/// Path prefix inside the bucket, e.g. `ns/name`; objects go under `<prefix>/wal/`.
-pub const S3_PREFIX: &str = "GEODB_S3_PREFIX";
-/// Default [`DEFAULT_REGION`].
-pub const S3_REGION: &str = "GEODB_S3_REGION";
-/// `true` (default) for `endpoint/bucket/key` URLs, `false` for `bucket.endpoint/key`.
-pub const S3_PATH_STYLE: &str = "GEODB_S3_PATH_STYLE";
-pub const S3_ACCESS_KEY_ID_FILE: &str = "GEODB_S3_ACCESS_KEY_ID_FILE";
-pub const S3_SECRET_ACCESS_KEY_FILE: &str = "GEODB_S3_SECRET_ACCESS_KEY_FILE";
-/// Optional PEM bundle trusted instead of the system roots (a self-signed endpoint).
-pub const S3_CA_FILE: &str = "GEODB_S3_CA_FILE";
+// The names are the pod contract's (the StatefulSet sets them); the two that only the
+// tools read are here.
+pub use crate::pod_contract::env::{
+    PGDATA, S3_ACCESS_KEY_ID_FILE, S3_BUCKET, S3_CA_FILE, S3_ENDPOINT, S3_PATH_STYLE, S3_PREFIX,
+    S3_REGION, S3_SECRET_ACCESS_KEY_FILE, WAL_COMPRESSION,
+};
 /// Optional: seconds one invocation keeps retrying a failing request (default 30).
 pub const S3_RETRY_TIMEOUT_SECONDS: &str = "GEODB_S3_RETRY_TIMEOUT_SECONDS";
-/// `zstd` (default) or `none`.
-pub const WAL_COMPRESSION: &str = "GEODB_WAL_COMPRESSION";
 /// Directory for uploads done ahead of time and downloads prefetched.
 pub const WAL_SPOOL: &str = "GEODB_WAL_SPOOL";
-/// The data directory; without it, the working directory (PostgreSQL runs archive and
-/// restore commands there).
-pub const PGDATA: &str = "PGDATA";
 
 pub const DEFAULT_REGION: &str = "us-east-1";
 pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
