@@ -1120,9 +1120,19 @@ impl Target {
             .clone();
         let replica_pod = format!("{replica}-0");
         let ro = format!("{name}-ro");
-        if !service_pods(client, ns, &ro).await?.contains(&replica_pod) {
-            bail!("{replica_pod} is not in {ro} before the drill");
-        }
+        // The status can say it serves reads a moment before the Service's endpoints do.
+        wait_for(
+            &format!("{replica_pod} in {ro} before the drill"),
+            timeout,
+            || async {
+                service_pods(client, ns, &ro)
+                    .await
+                    .ok()?
+                    .contains(&replica_pod)
+                    .then_some(())
+            },
+        )
+        .await?;
         let password = superuser_password(client, ns, name).await?;
         let replica_sql = superuser(&pod_ip(client, ns, &replica_pod).await?, &password).await?;
         replica_sql
