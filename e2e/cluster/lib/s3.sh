@@ -41,11 +41,15 @@ render_s3_config() {
 		local key secret
 		key="geodb$(openssl rand -hex 8)"
 		secret="$(openssl rand -hex 24)"
-		umask 077
-		printf '{"identities":[{"name":"geodb-e2e","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
-			"$key" "$secret" >"$S3_DIR/identity.json.tmp"
+		# A subshell: the umask must not reach the processes started later (containerd
+		# would create its snapshots unreadable to non-root containers).
+		(
+			umask 077
+			printf '{"identities":[{"name":"geodb-e2e","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
+				"$key" "$secret" >"$S3_DIR/identity.json.tmp"
+			printf '%s\n%s\n' "$key" "$secret" >"$S3_DIR/key"
+		)
 		mv -f "$S3_DIR/identity.json.tmp" "$S3_DIR/identity.json"
-		printf '%s\n%s\n' "$key" "$secret" >"$S3_DIR/key"
 	fi
 }
 
