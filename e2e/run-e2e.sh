@@ -21,4 +21,4 @@ cleanup() {
 }
 trap cleanup EXIT
 bash e2e/install.sh
-time cargo test -p geodb-e2e --features cluster-e2e --test cluster --test failover -- --nocapture --test-threads=1
+time cargo test -p geodb-e2e --features cluster-e2e --test cluster --test recovery --test failover -- --nocapture --test-threads=1

@@ -2,10 +2,13 @@
 
 pub mod archiving;
 pub mod bench;
+pub mod bench_backup;
+pub mod conn;
 pub mod controlplane;
 pub mod drill;
 pub mod kept;
 pub mod kube_util;
+pub mod outage;
 pub mod partition;
 pub mod recreate;
 pub mod s3;

@@ -375,7 +375,7 @@ async fn check_fetch_and_prefetch(
     assert_eq!(std::fs::read(&dest).unwrap(), b"1\t0/3000000\tno reason\n");
 }
 
-/// An object altered in the bucket fails its fetch (exit 2) with the reason.
+/// An object altered in the bucket fails its fetch (exit 126, fatal to a recovery) with the reason.
 async fn check_corruption(
     server: &S3Server,
     bin: &Path,
@@ -396,7 +396,11 @@ async fn check_corruption(
         vars.insert(env::WAL_SPOOL.into(), spool.display().to_string());
         let out = geodb(bin, dir, &vars, &["wal-fetch", C, "RECOVERYXLOG"]).await;
         let message = stderr(&out);
-        assert_eq!(out.status.code(), Some(2), "{message}");
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(geodb::archive::EXIT_FAILED)),
+            "{message}"
+        );
         assert!(
             message.contains(expected) && message.contains(C),
             "{message}"
@@ -773,7 +777,12 @@ async fn https_endpoint_with_a_private_ca() {
     let out = geodb(&bin, &dir, &vars, &["wal-push", &format!("pg_wal/{A}")]).await;
     assert!(!out.status.success(), "an unknown CA was trusted");
     let out = geodb(&bin, &dir, &vars, &["wal-fetch", A, "RECOVERYXLOG"]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(geodb::archive::EXIT_FAILED)),
+        "{}",
+        stderr(&out)
+    );
 
     vars.insert(env::S3_CA_FILE.into(), tls.ca.display().to_string());
     let out = geodb(&bin, &dir, &vars, &["wal-push", &format!("pg_wal/{A}")]).await;

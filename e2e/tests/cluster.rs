@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use geodb::api::{GeoDatabase, Phase};
+use geodb_e2e::conn::{connect, connection_for};
 use geodb_e2e::kube_util::{repo_root, wait_for};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{ListParams, PostParams};
@@ -14,51 +15,6 @@ use kube::{Api, Client, ResourceExt};
 use tokio_postgres::NoTls;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
-
-struct Conn {
-    host: String,
-    port: u16,
-    user: String,
-    password: String,
-    dbname: String,
-}
-
-async fn connect(conn: &Conn) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::Config::new()
-        .host(&conn.host)
-        .port(conn.port)
-        .user(&conn.user)
-        .password(&conn.password)
-        .dbname(&conn.dbname)
-        .connect_timeout(Duration::from_secs(5))
-        .connect(NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {}:{}: {e}", conn.host, conn.port));
-    tokio::spawn(connection);
-    client
-}
-
-/// Connection details from a connection Secret, with the Service's ClusterIP as host
-/// (the test runs on the node, outside cluster DNS).
-async fn connection_for(client: &Client, ns: &str, secret: &str, service: &str) -> Conn {
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get(secret)
-        .await
-        .unwrap();
-    let data = secret.data.unwrap();
-    let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
-    let svc = Api::<Service>::namespaced(client.clone(), ns)
-        .get(service)
-        .await
-        .unwrap();
-    Conn {
-        host: svc.spec.unwrap().cluster_ip.unwrap(),
-        port: text("port").parse().unwrap(),
-        user: text("user"),
-        password: text("password"),
-        dbname: text("dbname"),
-    }
-}
 
 async fn scenario_postgis_cluster(client: &Client, ns: &str) {
     let text =

@@ -7,6 +7,7 @@
 //! | `builders` | pure functions from a `Cluster` to the objects it should have |
 //! | `agent` | `geodb instance`, the manager of PostgreSQL inside each database pod |
 //! | `pod_contract` | every name the instance StatefulSet and the agent share |
+//! | `archive`, `backup` | WAL archiving, base backups and restores in S3 |
 //! | `postgres` | connections, the health probe, promotion, slots, LSNs, quoting |
 //! | `runtime` | leader election, HTTP endpoints, the Kubernetes client, metrics |
 //! | `names` | names and labels of owned objects |
@@ -18,6 +19,7 @@
 pub mod agent;
 pub mod api;
 pub mod archive;
+pub mod backup;
 pub mod builders;
 pub mod controller;
 pub mod crdgen;

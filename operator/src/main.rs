@@ -36,7 +36,41 @@ enum Command {
     /// Archive one WAL file to S3 (`archive_command = 'geodb wal-push %p'`).
     WalPush { path: PathBuf },
     /// Restore one WAL file from S3 (`restore_command = 'geodb wal-fetch %f %p'`).
-    WalFetch { name: String, destination: PathBuf },
+    WalFetch {
+        name: String,
+        destination: PathBuf,
+        /// `recovery`: the archive a recovery restores from (`GEODB_RECOVERY_S3_*`).
+        #[arg(long, value_enum, default_value_t = FetchSource::Own)]
+        source: FetchSource,
+    },
+    /// Take a base backup to S3, then apply the retention policy (`GEODB_BACKUP_*`).
+    Backup,
+    /// Unpack the base backup a recovery target starts from into an empty directory.
+    Restore {
+        /// `latest`, `time:<RFC 3339>`, `lsn:<X/Y>` or `name:<restore point>`.
+        #[arg(long, default_value = "latest")]
+        target: String,
+        #[arg(long)]
+        pgdata: PathBuf,
+        /// `recovery`: the archive named by `GEODB_RECOVERY_S3_*`.
+        #[arg(long, value_enum, default_value_t = FetchSource::Own)]
+        source: FetchSource,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FetchSource {
+    Own,
+    Recovery,
+}
+
+impl From<FetchSource> for geodb::archive::Source {
+    fn from(source: FetchSource) -> Self {
+        match source {
+            FetchSource::Own => Self::Own,
+            FetchSource::Recovery => Self::Recovery,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -46,8 +80,18 @@ fn main() -> ExitCode {
         Command::Instance => commands::instance(),
         Command::Operator(args) => commands::operator::run(args),
         Command::WalPush { path } => commands::archive::wal_push(&path),
-        Command::WalFetch { name, destination } => {
-            return commands::archive::wal_fetch(&name, &destination)
+        Command::Backup => commands::backup::backup(),
+        Command::Restore {
+            target,
+            pgdata,
+            source,
+        } => commands::backup::restore(source.into(), &target, &pgdata),
+        Command::WalFetch {
+            name,
+            destination,
+            source,
+        } => {
+            return commands::archive::wal_fetch(source.into(), &name, &destination);
         }
     };
     match result {

@@ -31,6 +31,8 @@ pub const ANNOTATION_CONFIG_HASH: &str = "geodb.io/config-hash";
 /// again with the same name starts with that primary instead of assuming one.
 pub const ANNOTATION_LAST_PRIMARY: &str = "geodb.io/last-primary";
 pub const ANNOTATION_LAST_TIMELINE: &str = "geodb.io/last-timeline";
+/// On a GeoDatabase: every new value runs one base backup now (a Job of its own).
+pub const ANNOTATION_BACKUP_REQUEST: &str = "geodb.io/backup-request";
 /// On a credentials Secret kept by a deleted GeoDatabase: a GeoDatabase created again
 /// with the same name adopts it, so its roles keep their passwords.
 pub const ANNOTATION_RETAINED: &str = "geodb.io/retained-by-deleted-geodatabase";
@@ -41,6 +43,7 @@ pub const INSTANCE_CLUSTER_ROLE: &str = "geodb-instance";
 pub const COMPONENT_DATABASE: &str = "database";
 pub const COMPONENT_POOLER: &str = "pooler";
 pub const COMPONENT_POOLER_RO: &str = "pooler-ro";
+pub const COMPONENT_BACKUP: &str = "backup";
 
 pub const POSTGRES_PORT: i32 = 5432;
 pub const POOLER_PORT: i32 = 6432;
@@ -86,6 +89,14 @@ impl Names {
     }
     pub fn pooler_ro(&self) -> String {
         format!("{}-pooler-ro", self.cluster)
+    }
+    /// The scheduled base backups.
+    pub fn backup_cron_job(&self) -> String {
+        format!("{}-backup", self.cluster)
+    }
+    /// The backup that one value of the backup-request annotation asked for.
+    pub fn requested_backup_job(&self, request_hash: &str) -> String {
+        format!("{}-backup-{request_hash}", self.cluster)
     }
     pub fn app_pooler_ro_secret(&self) -> String {
         format!("{}-app-pooler-ro", self.cluster)

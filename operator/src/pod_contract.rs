@@ -129,6 +129,32 @@ pub mod env {
     /// A PEM CA bundle for a private CA.
     pub const S3_CA_FILE: &str = "GEODB_S3_CA_FILE";
     pub const WAL_COMPRESSION: &str = "GEODB_WAL_COMPRESSION";
+
+    /// `geodb backup` (the backup Job): the server to copy, its replication login, how
+    /// long to wait for the backup's last WAL segment to be archived, and the retention
+    /// applied after a backup.
+    pub const BACKUP_HOST: &str = "GEODB_BACKUP_HOST";
+    pub const BACKUP_PORT: &str = "GEODB_BACKUP_PORT";
+    pub const BACKUP_USER: &str = "GEODB_BACKUP_USER";
+    pub const BACKUP_PASSWORD_FILE: &str = "GEODB_BACKUP_PASSWORD_FILE";
+    pub const BACKUP_WAL_WAIT_SECONDS: &str = "GEODB_BACKUP_WAL_WAIT_SECONDS";
+    pub const BACKUP_RETENTION_WINDOW: &str = "GEODB_BACKUP_RETENTION_WINDOW";
+    pub const BACKUP_RETENTION_COUNT: &str = "GEODB_BACKUP_RETENTION_COUNT";
+
+    /// The recovery target of a cluster bootstrapped from another's backups
+    /// (`spec.bootstrap.recovery`): `latest`, `time:<RFC 3339>`, `lsn:<X/Y>` or
+    /// `name:<restore point>`.
+    pub const RECOVERY_TARGET: &str = "GEODB_RECOVERY_TARGET";
+
+    /// The source archive of a recovery has the same variables as the own archive, under
+    /// `GEODB_RECOVERY_` (`GEODB_RECOVERY_S3_ENDPOINT`, ...): `geodb wal-fetch --source
+    /// recovery` reads those.
+    pub fn recovery(name: &str) -> String {
+        match name.strip_prefix("GEODB_") {
+            Some(rest) => format!("GEODB_RECOVERY_{rest}"),
+            None => name.to_owned(),
+        }
+    }
 }
 
 /// `geodb wal-push` writes its last error here, on the data volume (beside `pgdata/`), and
@@ -139,3 +165,7 @@ pub const ARCHIVE_ERROR_FILE: &str = "geodb-archive-error";
 pub const S3_ACCESS_KEY_ID_PATH: &str = "s3/access-key-id";
 pub const S3_SECRET_ACCESS_KEY_PATH: &str = "s3/secret-access-key";
 pub const S3_CA_PATH: &str = "s3/ca.crt";
+/// The same for the source archive of a recovery.
+pub const S3_RECOVERY_ACCESS_KEY_ID_PATH: &str = "s3-recovery/access-key-id";
+pub const S3_RECOVERY_SECRET_ACCESS_KEY_PATH: &str = "s3-recovery/secret-access-key";
+pub const S3_RECOVERY_CA_PATH: &str = "s3-recovery/ca.crt";

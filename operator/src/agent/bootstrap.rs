@@ -17,6 +17,8 @@ pub enum Bootstrap {
     Existing,
     /// A brand-new cluster: this instance runs initdb.
     Initdb,
+    /// A brand-new cluster from another's backups: this instance restores and replays.
+    Recover,
     /// Copy the primary with pg_basebackup and follow it.
     Clone,
 }
@@ -28,11 +30,13 @@ pub fn bootstrap_mode(
     has_data: bool,
     is_bootstrap_instance: bool,
     bootstrapped: bool,
+    recovering: bool,
 ) -> Bootstrap {
-    match (has_data, is_bootstrap_instance && !bootstrapped) {
-        (true, _) => Bootstrap::Existing,
-        (false, true) => Bootstrap::Initdb,
-        (false, false) => Bootstrap::Clone,
+    match (has_data, is_bootstrap_instance && !bootstrapped, recovering) {
+        (true, _, _) => Bootstrap::Existing,
+        (false, true, false) => Bootstrap::Initdb,
+        (false, true, true) => Bootstrap::Recover,
+        (false, false, _) => Bootstrap::Clone,
     }
 }
 
@@ -155,10 +159,17 @@ mod tests {
 
     #[test]
     fn only_a_new_bootstrap_instance_runs_initdb() {
-        assert_eq!(bootstrap_mode(false, true, false), Bootstrap::Initdb);
-        assert_eq!(bootstrap_mode(false, true, true), Bootstrap::Clone);
-        assert_eq!(bootstrap_mode(false, false, false), Bootstrap::Clone);
-        assert_eq!(bootstrap_mode(true, true, false), Bootstrap::Existing);
+        assert_eq!(bootstrap_mode(false, true, false, false), Bootstrap::Initdb);
+        assert_eq!(bootstrap_mode(false, true, true, false), Bootstrap::Clone);
+        assert_eq!(bootstrap_mode(false, false, false, false), Bootstrap::Clone);
+        assert_eq!(
+            bootstrap_mode(true, true, false, false),
+            Bootstrap::Existing
+        );
+        // A recovery replaces initdb only: a bootstrapped cluster's empty instance clones.
+        assert_eq!(bootstrap_mode(false, true, false, true), Bootstrap::Recover);
+        assert_eq!(bootstrap_mode(false, true, true, true), Bootstrap::Clone);
+        assert_eq!(bootstrap_mode(false, false, false, true), Bootstrap::Clone);
     }
 
     #[test]

@@ -5,23 +5,10 @@ use std::process::{Command, Stdio};
 
 use super::error::{AgentError, Result};
 
-/// The directory of PostgreSQL's server programs: where `pg_ctl` is on PATH, else the
-/// newest `/usr/lib/postgresql/*/bin`.
+/// The directory of PostgreSQL's server programs (see
+/// [`bin_dir`](crate::postgres::programs::bin_dir)).
 pub fn bin_dir() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            if dir.join("pg_ctl").exists() {
-                return Ok(dir);
-            }
-        }
-    }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map_err(|_| AgentError::NoBinaries)?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("pg_ctl").exists())
-        .collect();
-    versions.sort();
-    versions.pop().ok_or(AgentError::NoBinaries)
+    crate::postgres::programs::bin_dir().ok_or(AgentError::NoBinaries)
 }
 
 /// Run `program` from `bin` with `args`, output to the container log, `stdin` fed in.

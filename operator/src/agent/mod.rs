@@ -1,13 +1,15 @@
 //! `geodb instance`: the agent that runs as PID 1 in every database pod. It prepares
-//! the data directory (initdb on the bootstrap instance of a new cluster, a base backup
-//! of the primary everywhere else), runs PostgreSQL as its child, follows the role the
-//! GeoDatabase gives this instance, and turns the kubelet's stop into a fast shutdown.
+//! the data directory (initdb or a restore of backups on the bootstrap instance of a new
+//! cluster, a base backup of the primary everywhere else), runs PostgreSQL as its child,
+//! follows the role the GeoDatabase gives this instance, and turns the kubelet's stop
+//! into a fast shutdown.
 //!
 //! | module | what |
 //! |---|---|
 //! | `settings` | the pod's environment (`pod_contract`) |
 //! | `desired` | the role the GeoDatabase asks for, and the next step |
 //! | `bootstrap` | initdb, roles, database, extensions |
+//! | `recover` | a new cluster from another's backups: restore, replay, promote |
 //! | `clone` | base backup of the primary; rejoin of a former primary |
 //! | `process` | the PostgreSQL child |
 //! | `supervise` | one run of PostgreSQL: follow, fence, stop |
@@ -23,6 +25,7 @@ mod http;
 mod lease;
 mod process;
 pub mod reaper;
+mod recover;
 mod report;
 mod roles;
 pub mod settings;
@@ -100,12 +103,17 @@ async fn prepare(
         settings.has_data(),
         settings.instance == desired.primary && settings.instance == settings.bootstrap_instance,
         settings.bootstrapped(),
+        settings.recovery_target.is_some(),
     );
     info!(instance = %settings.instance, ?mode, primary = %desired.primary, bin = %bin.display(), "preparing data directory");
     let (prepare, prepare_bin) = (settings.clone(), bin.to_owned());
     let preparing = blocking("prepare", move || match mode {
         Bootstrap::Existing => Ok(()),
         Bootstrap::Initdb => initdb(&prepare, &prepare_bin),
+        Bootstrap::Recover => {
+            let target = prepare.recovery_target.clone().unwrap_or_default();
+            recover::recover(&prepare, &prepare_bin, &target)
+        }
         Bootstrap::Clone => clone::clone_primary(&prepare, &prepare_bin),
     });
     match unless_stopped(term, preparing).await {

@@ -20,6 +20,8 @@ pub struct Settings {
     pub config_dir: PathBuf,
     pub secrets_dir: PathBuf,
     pub socket_dir: PathBuf,
+    /// The recovery target when the cluster is bootstrapped from another's backups.
+    pub recovery_target: Option<String>,
 }
 
 impl Settings {
@@ -44,6 +46,7 @@ impl Settings {
             config_dir: PathBuf::from(var(env::CONFIG_DIR)?),
             secrets_dir: PathBuf::from(var(env::SECRETS_DIR)?),
             socket_dir: PathBuf::from(var(env::PGHOST)?),
+            recovery_target: lookup(env::RECOVERY_TARGET).filter(|v| !v.is_empty()),
         })
     }
 
@@ -129,6 +132,7 @@ mod tests {
                 config_dir: pod_contract::CONFIG_DIR.into(),
                 secrets_dir: pod_contract::SECRETS_DIR.into(),
                 socket_dir: pod_contract::SOCKET_DIR.into(),
+                recovery_target: None,
             }
         );
     }

@@ -18,9 +18,43 @@ pub struct BackupSpec {
     #[schemars(range(min = 10, max = 3600))]
     pub archive_timeout_seconds: i32,
 
-    /// Compression of the archived WAL segments.
+    /// Compression of the archived WAL segments and of base backups.
     #[serde(default)]
     pub compression: Compression,
+
+    /// When base backups run, as a cron schedule in UTC (`minute hour day month weekday`,
+    /// e.g. `0 3 * * *`); none without it. A backup also runs whenever the annotation
+    /// `geodb.io/backup-request` takes a new value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^(@(hourly|daily|weekly|monthly|yearly)|[0-9*/,-]+ [0-9*/,-]+ [0-9*/,?LW-]+ [0-9A-Za-z*/,-]+ [0-9A-Za-z*/,?L#-]+)$')").message("backup.schedule must be a cron schedule of five fields, such as '0 3 * * *', or @hourly/@daily/@weekly/@monthly/@yearly"))]
+    pub schedule: Option<String>,
+
+    /// Take base backups from a streaming replica when one is ready, so the primary
+    /// serves only the WAL.
+    #[serde(default = "default_true")]
+    pub prefer_standby: bool,
+
+    /// Which base backups (and the WAL they need) are kept; everything when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+}
+
+/// How long backups are kept: a recovery window, a count, or both (the union is kept).
+/// The newest backup is never deleted, nor any WAL a kept backup needs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.window) || has(self.count)").message("backup.retention needs a window (such as 7d) or a count"))]
+pub struct RetentionSpec {
+    /// Every point inside this window stays recoverable: a number and a unit, `s`, `m`,
+    /// `h` or `d` (e.g. `7d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[1-9][0-9]{0,5}[smhd]$')").message("backup.retention.window must be a number and a unit s, m, h or d, such as 7d"))]
+    pub window: Option<String>,
+
+    /// Keep at least the newest `count` base backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub count: Option<i32>,
 }
 
 /// An S3-compatible bucket and how to reach it.

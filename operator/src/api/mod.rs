@@ -6,18 +6,22 @@
 //! `Degraded` condition (see `controller::validate`).
 
 mod backup;
+mod bootstrap;
 mod pooler;
 mod postgresql;
 mod replication;
 mod status;
 
-pub use backup::{BackupSpec, Compression, ObjectStoreCredentials, ObjectStoreSpec, SecretKey};
+pub use backup::{
+    BackupSpec, Compression, ObjectStoreCredentials, ObjectStoreSpec, RetentionSpec, SecretKey,
+};
+pub use bootstrap::{BootstrapSpec, RecoverySpec, RecoveryTarget};
 pub use pooler::{PoolMode, PoolerSpec};
 pub use postgresql::{PostgresqlSpec, RESERVED_PARAMETERS};
 pub use replication::ReplicationSpec;
 pub use status::{
-    find_condition, FailoverKind, FailoverRecord, GeoDatabaseStatus, InstanceStatus, Phase, Role,
-    SecretNames, ServiceNames,
+    find_condition, BackupsStatus, FailoverKind, FailoverRecord, GeoDatabaseStatus, InstanceStatus,
+    Phase, Role, SecretNames, ServiceNames,
 };
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
@@ -103,9 +107,15 @@ pub struct GeoDatabaseSpec {
     #[serde(default)]
     pub replication: ReplicationSpec,
 
-    /// Continuous WAL archiving to an S3-compatible object store.
+    /// Continuous WAL archiving and base backups to an S3-compatible object store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
+
+    /// Where a new cluster's data comes from: initdb, or another cluster's backups.
+    /// Immutable: it is read once, when the cluster is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("bootstrap is immutable: it is read once, when the cluster is created"))]
+    pub bootstrap: Option<BootstrapSpec>,
 }
 
 fn default_instances() -> i32 {
@@ -191,6 +201,20 @@ pub enum DeletionPolicy {
 impl GeoDatabaseSpec {
     pub fn image(&self) -> &str {
         self.image.as_deref().unwrap_or(DEFAULT_IMAGE)
+    }
+
+    /// Every object store the spec names, with the field that names it.
+    pub fn object_stores(&self) -> Vec<(&'static str, &ObjectStoreSpec)> {
+        let own = self
+            .backup
+            .as_ref()
+            .map(|b| ("backup.objectStore", &b.object_store));
+        let source = self
+            .bootstrap
+            .as_ref()
+            .and_then(|b| b.recovery.as_ref())
+            .map(|r| ("bootstrap.recovery.source", &r.source));
+        own.into_iter().chain(source).collect()
     }
 }
 

@@ -50,6 +50,36 @@ pub struct GeoDatabaseStatus {
     /// Names of the Services the operator manages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<ServiceNames>,
+    /// The base backups in the object store (`spec.backup`), as last read from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<BackupsStatus>,
+}
+
+/// What the bucket holds: complete base backups (those with a manifest) and the WAL.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupsStatus {
+    /// Complete base backups.
+    pub count: i32,
+    /// The newest complete backup's id and when it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_time: Option<String>,
+    /// The earliest time a recovery can target (the oldest backup's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_recoverability_point: Option<String>,
+    /// The newest archived WAL's time: the latest a recovery can reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived_time: Option<String>,
+    /// Bytes stored for the complete backups.
+    pub size_bytes: i64,
+    /// When the bucket was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<String>,
+    /// Why the last read failed (the figures above are from the read before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl GeoDatabaseStatus {

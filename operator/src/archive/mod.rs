@@ -36,9 +36,33 @@ pub use error::{ArchiveError, Result};
 /// `wal-fetch`'s exit code when the archive has no such file: PostgreSQL asks for files
 /// that may not exist (the next timeline's history, the segment after the last).
 pub const EXIT_NOT_FOUND: u8 = 1;
-/// `wal-fetch`'s exit code for every other failure (below 126, which would make
-/// PostgreSQL stop recovery as for a missing command).
-pub const EXIT_FAILED: u8 = 2;
+/// `wal-fetch`'s exit code for every other failure (an unreachable store, a checksum
+/// mismatch): above 125, which PostgreSQL takes as fatal, so a recovery stops rather
+/// than ending early at the last file it could read and promoting there.
+pub const EXIT_FAILED: u8 = 126;
+
+/// Which archive a command reads: the cluster's own, or the source of a recovery
+/// (the same variables under `GEODB_RECOVERY_`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Own,
+    Recovery,
+}
+
+impl Source {
+    pub fn config(self) -> Result<ArchiveConfig> {
+        match self {
+            Self::Own => ArchiveConfig::from_env(),
+            Self::Recovery => {
+                let cwd = std::env::current_dir().map_err(ArchiveError::io(Path::new(".")))?;
+                ArchiveConfig::from_lookup(
+                    |name| std::env::var(crate::pod_contract::env::recovery(name)).ok(),
+                    &cwd,
+                )
+            }
+        }
+    }
+}
 
 /// `geodb wal-push <path>`.
 pub fn push_command(path: &Path) -> Result<()> {
@@ -47,8 +71,8 @@ pub fn push_command(path: &Path) -> Result<()> {
 }
 
 /// `geodb wal-fetch <name> <destination>`.
-pub fn fetch_command(name: &str, destination: &Path) -> Result<()> {
-    let config = ArchiveConfig::from_env()?;
+pub fn fetch_command(source: Source, name: &str, destination: &Path) -> Result<()> {
+    let config = source.config()?;
     runtime()?.block_on(fetch::wal_fetch(&config, name, destination))
 }
 
@@ -77,6 +101,9 @@ mod tests {
     fn exit_codes() {
         assert_eq!(fetch_exit_code(&Ok(())), 0);
         assert_eq!(fetch_exit_code(&Err(ArchiveError::NotFound("x".into()))), 1);
-        assert_eq!(fetch_exit_code(&Err(ArchiveError::Runtime("x".into()))), 2);
+        assert_eq!(
+            fetch_exit_code(&Err(ArchiveError::Runtime("x".into()))),
+            126
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! objects the cluster should have. Nothing here talks to the API server.
 
 pub mod archive;
+pub mod backup;
 pub mod config;
 pub mod instance;
 pub mod pooler;
@@ -13,6 +14,7 @@ pub mod services;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -52,6 +54,10 @@ pub struct Cluster {
     pub credentials: Credentials,
     /// The first primary has run; empty instances clone instead of running initdb.
     pub bootstrapped: bool,
+    /// A streaming replica serves reads (base backups prefer one).
+    pub standby_ready: bool,
+    /// The value of the backup-request annotation: one base backup per value.
+    pub backup_request: Option<String>,
 }
 
 impl Cluster {
@@ -71,6 +77,12 @@ impl Cluster {
             primary,
             credentials,
             bootstrapped: false,
+            standby_ready: false,
+            backup_request: db
+                .annotations()
+                .get(crate::names::ANNOTATION_BACKUP_REQUEST)
+                .filter(|v| !v.trim().is_empty())
+                .cloned(),
         })
     }
 
@@ -109,6 +121,9 @@ pub struct Resources {
     pub services: Vec<Service>,
     pub deployments: Vec<Deployment>,
     pub statefulsets: Vec<StatefulSet>,
+    /// Scheduled base backups, and the one the backup-request annotation asks for.
+    pub cron_jobs: Vec<CronJob>,
+    pub jobs: Vec<Job>,
 }
 
 /// Build every object of `cluster`.
@@ -138,6 +153,8 @@ pub fn build(cluster: &Cluster) -> Resources {
             .iter()
             .map(|instance| instance::statefulset(cluster, instance))
             .collect(),
+        cron_jobs: backup::cron_job(cluster).into_iter().collect(),
+        jobs: backup::requested_job(cluster).into_iter().collect(),
     }
 }
 

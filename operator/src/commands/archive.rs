@@ -29,9 +29,9 @@ fn error_file() -> Option<std::path::PathBuf> {
     Some(volume.join(geodb::pod_contract::ARCHIVE_ERROR_FILE))
 }
 
-/// Exit 1 quietly when the archive has no such file, 2 with a message on other errors.
-pub fn wal_fetch(name: &str, destination: &Path) -> ExitCode {
-    let result = geodb::archive::fetch_command(name, destination);
+/// Exit 1 quietly when the archive has no such file, 126 with a message on other errors.
+pub fn wal_fetch(source: geodb::archive::Source, name: &str, destination: &Path) -> ExitCode {
+    let result = geodb::archive::fetch_command(source, name, destination);
     let code = geodb::archive::fetch_exit_code(&result);
     if let Err(e) = &result {
         if code != geodb::archive::EXIT_NOT_FOUND {

@@ -1,6 +1,7 @@
 //! The binary's subcommands (the library does the work; these wire it up).
 
 pub mod archive;
+pub mod backup;
 pub mod operator;
 
 use std::path::Path;

@@ -45,6 +45,9 @@ struct Digest {
     timeline: Option<i64>,
     slots: usize,
     kept_data: usize,
+    /// A primary's archiving works (`ContinuousArchiving`'s status): a change is
+    /// reported at once, not at the next resync.
+    archiving: Option<bool>,
 }
 
 /// What a reconcile must react to; lag figures change all the time and are left out.
@@ -65,6 +68,9 @@ fn digest(health: &ClusterHealth, targets: &Targets) -> Vec<Digest> {
                 timeline: sample.and_then(|s| s.timeline),
                 slots: sample.map(|s| s.slots.len()).unwrap_or(0),
                 kept_data: sample.map(|s| s.kept_data.len()).unwrap_or(0),
+                archiving: sample
+                    .and_then(|s| s.primary())
+                    .map(|s| super::status::archiving::assess(Some(&s.archiver)).0),
             }
         })
         .collect()
@@ -95,6 +101,15 @@ impl Monitor {
             },
             triggered,
         )
+    }
+
+    /// A reconcile of `key` on call: for what it reads outside the API (a bucket) that
+    /// changed in the background.
+    pub fn waker(&self, key: ObjectRef<GeoDatabase>) -> impl FnOnce() + Send + 'static {
+        let trigger = self.trigger.clone();
+        move || {
+            let _ = trigger.send(key);
+        }
     }
 
     /// Start (or update) the probes of a GeoDatabase.

@@ -7,6 +7,7 @@
 //! | `owned` | the table of owned kinds: caches, watches, pruning | watches |
 //! | `read` | what exists now, from the caches | StorageClass only |
 //! | `credentials` | passwords read back or generated once | Secret reads |
+//! | `catalog` | the buckets' backups: status, recovery targets | Secret reads, S3 |
 //! | `validate` | what the schema cannot refuse (pure) | no |
 //! | `topology` | instances, primary, roles, lag (pure) | no |
 //! | `replication` | failover/switchover plan (pure), its execution, slots | status |
@@ -20,6 +21,7 @@
 
 mod adopt;
 pub mod apply;
+pub mod catalog;
 mod credentials;
 mod events;
 mod finalizer;
@@ -68,6 +70,8 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<GeoDatabase>, u32>>,
     /// Primary Lease records and when they were first seen, by (namespace, cluster).
     leases: Mutex<HashMap<(String, String), replication::LeaseSeen>>,
+    /// The last reads of the backup buckets.
+    pub catalogs: catalog::Catalogs,
 }
 
 impl Context {
@@ -89,6 +93,7 @@ impl Context {
             cache_writers: Mutex::new(Some(cache_writers)),
             failures: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
+            catalogs: catalog::Catalogs::default(),
         })
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::controller::Controller;
@@ -194,6 +195,8 @@ owned_kinds! {
         services: Service,
         config_maps: ConfigMap,
         secrets: Secret,
+        cron_jobs: CronJob,
+        jobs: Job,
     }
     related {
         pods: Pod => pod_status_only,

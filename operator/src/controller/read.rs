@@ -1,7 +1,7 @@
 //! Read step: what exists now for one GeoDatabase, from the watch caches (and the
 //! StorageClass its spec names, from the API server).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -61,21 +61,25 @@ pub async fn observe(ctx: &Context, db: &GeoDatabase) -> Result<Observed> {
     })
 }
 
-/// The key names (never the values) of the Secrets `spec.backup` names.
+/// The key names (never the values) of the Secrets `spec.backup` and
+/// `spec.bootstrap.recovery` name.
 async fn backup_secrets(ctx: &Context, db: &GeoDatabase, namespace: &str) -> Result<SecretKeys> {
-    let Some(backup) = &db.spec.backup else {
-        return Ok(SecretKeys::new());
-    };
-    let store = &backup.object_store;
-    let names = std::iter::once(&store.credentials.secret_name)
-        .chain(store.ca.as_ref().map(|ca| &ca.secret_name));
+    let names: BTreeSet<&String> = db
+        .spec
+        .object_stores()
+        .into_iter()
+        .flat_map(|(_, store)| {
+            std::iter::once(&store.credentials.secret_name)
+                .chain(store.ca.as_ref().map(|ca| &ca.secret_name))
+        })
+        .collect();
     let api = Api::<Secret>::namespaced(ctx.client.clone(), namespace);
     let mut keys = SecretKeys::new();
     for name in names {
         let secret = api
             .get_opt(name)
             .await
-            .map_err(Error::kube("reading a Secret that spec.backup names"))?;
+            .map_err(Error::kube("reading a Secret that an object store names"))?;
         let found = secret.map(|s| {
             s.data
                 .unwrap_or_default()

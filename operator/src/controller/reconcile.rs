@@ -22,8 +22,10 @@ use super::health::Targets;
 use super::read::Observed;
 use super::replication::{self, plan::Plan};
 use super::status::conditions::{is_true, now, Type};
-use super::{adopt, credentials, events, read, rollout, status, topology, validate, Context};
-use crate::api::GeoDatabase;
+use super::{
+    adopt, catalog, credentials, events, read, rollout, status, topology, validate, Context,
+};
+use crate::api::{GeoDatabase, Role};
 use crate::builders::{self, Cluster};
 use crate::error::{Error, Result};
 use crate::names::Names;
@@ -196,11 +198,35 @@ async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<
     let mut cluster =
         Cluster::new(db, instances, primary, credentials).ok_or(Error::MissingObjectKey)?;
     cluster.bootstrapped = bootstrapped(&cluster, observed) || legacy.is_some() || surveyed;
+    cluster.standby_ready = db.status.as_ref().is_some_and(|s| {
+        s.instances
+            .iter()
+            .any(|i| i.role == Role::Replica && i.serving_reads == Some(true))
+    });
     Ok(Decided {
         cluster,
         generated,
         choosing,
     })
+}
+
+/// What keeps the spec from being applied: the pure checks, then (only when they pass)
+/// the recovery source's catalog.
+async fn problems(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Vec<String> {
+    let mut problems = validate::validate(&db.spec, observed.storage_class_exists);
+    problems.extend(validate::validate_backup(
+        &db.spec,
+        &observed.backup_secrets,
+    ));
+    problems.extend(validate::validate_recovery(
+        &db.spec,
+        &db.namespace().unwrap_or_default(),
+        &db.name_any(),
+    ));
+    if problems.is_empty() {
+        problems.extend(catalog::recovery_refusal(ctx, db, observed).await);
+    }
+    problems
 }
 
 /// The role of every instance as the (possibly just committed) status says.
@@ -276,11 +302,7 @@ async fn wait_for_volumes(
 /// read -> validate -> decide -> build -> apply -> status
 async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     let observed = read::observe(ctx, db).await?;
-    let mut problems = validate::validate(&db.spec, observed.storage_class_exists);
-    problems.extend(validate::validate_backup(
-        &db.spec,
-        &observed.backup_secrets,
-    ));
+    let problems = problems(ctx, db, &observed).await;
     if !problems.is_empty() {
         return refuse(ctx, db, &problems).await;
     }
@@ -324,6 +346,7 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     };
     let changes = applier.into_changes();
     let applied_in = applying.elapsed();
+    let backups = catalog::backups_status(ctx, &db, &observed).await;
     let computed = status::converged(status::Converged {
         db: &db,
         cluster: &cluster,
@@ -332,6 +355,7 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         roles: &roles,
         transition,
         rollout: &rollout,
+        backups,
         now: &now(),
     });
     // The status says what the rollout does before it does it.

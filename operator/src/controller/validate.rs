@@ -120,40 +120,62 @@ pub type SecretKeys = std::collections::BTreeMap<String, Option<Vec<String>>>;
 /// The Secrets that `spec.backup` names exist and hold the keys it names: a pod that
 /// mounts a missing one never starts.
 pub fn validate_backup(spec: &GeoDatabaseSpec, secrets: &SecretKeys) -> Vec<String> {
-    let Some(backup) = &spec.backup else {
-        return Vec::new();
-    };
-    let store = &backup.object_store;
-    let c = &store.credentials;
-    let mut wanted = vec![
-        (
-            "backup.objectStore.credentials",
-            &c.secret_name,
-            &c.access_key_id_key,
-        ),
-        (
-            "backup.objectStore.credentials",
-            &c.secret_name,
-            &c.secret_access_key_key,
-        ),
-    ];
-    if let Some(ca) = &store.ca {
-        wanted.push(("backup.objectStore.ca", &ca.secret_name, &ca.key));
-    }
     let mut problems = Vec::new();
-    for (field, secret, key) in wanted {
-        match secrets.get(secret.as_str()) {
-            Some(Some(keys)) if keys.iter().any(|k| k == key) => {}
-            Some(Some(_)) => {
-                problems.push(format!("{field}: the Secret {secret:?} has no key {key:?}"))
+    for (field, store) in spec.object_stores() {
+        let c = &store.credentials;
+        let mut wanted = vec![
+            (
+                format!("{field}.credentials"),
+                &c.secret_name,
+                &c.access_key_id_key,
+            ),
+            (
+                format!("{field}.credentials"),
+                &c.secret_name,
+                &c.secret_access_key_key,
+            ),
+        ];
+        if let Some(ca) = &store.ca {
+            wanted.push((format!("{field}.ca"), &ca.secret_name, &ca.key));
+        }
+        for (field, secret, key) in wanted {
+            match secrets.get(secret.as_str()) {
+                Some(Some(keys)) if keys.iter().any(|k| k == key) => {}
+                Some(Some(_)) => {
+                    problems.push(format!("{field}: the Secret {secret:?} has no key {key:?}"))
+                }
+                _ => problems.push(format!(
+                    "{field}: the Secret {secret:?} does not exist in this namespace"
+                )),
             }
-            _ => problems.push(format!(
-                "{field}: the Secret {secret:?} does not exist in this namespace"
-            )),
         }
     }
     problems.dedup();
     problems
+}
+
+/// A restored cluster archives on its own: never into the archive it restores from,
+/// whose history would fork.
+pub fn validate_recovery(spec: &GeoDatabaseSpec, namespace: &str, name: &str) -> Vec<String> {
+    let (Some(backup), Some(recovery)) = (
+        &spec.backup,
+        spec.bootstrap.as_ref().and_then(|b| b.recovery.as_ref()),
+    ) else {
+        return Vec::new();
+    };
+    let (own, source) = (&backup.object_store, &recovery.source);
+    let same = own.endpoint.trim_end_matches('/') == source.endpoint.trim_end_matches('/')
+        && own.bucket == source.bucket
+        && own.path_for(namespace, name) == source.path_for(namespace, name);
+    if same {
+        vec![format!(
+            "backup.objectStore.path: {:?} in bucket {:?} is the archive bootstrap.recovery.source restores from; a restored cluster must archive elsewhere",
+            own.path_for(namespace, name),
+            own.bucket
+        )]
+    } else {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

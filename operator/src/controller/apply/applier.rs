@@ -226,6 +226,29 @@ impl<'a> Applier<'a> {
     }
 
     /// Create a Secret only if it does not exist: credentials are never rewritten.
+    /// Create an object whose spec never changes once made (a Job); an existing one
+    /// stands.
+    pub async fn create_if_missing<K: OwnedKind>(&self, desired: &K, exists: bool) -> Result<()> {
+        if exists {
+            return Ok(());
+        }
+        match self
+            .api::<K>()
+            .create(&PostParams::default(), desired)
+            .await
+        {
+            Ok(_) => {
+                self.record(|c| {
+                    c.created
+                        .push(format!("{}/{}", K::kind(&()), desired.name_any()))
+                });
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(e) => Err(Error::kube("creating an object")(e)),
+        }
+    }
+
     pub async fn create_once(&self, desired: &Secret, exists: bool) -> Result<()> {
         if exists {
             return Ok(());

@@ -65,6 +65,8 @@ pub async fn apply(
         services,
         deployments,
         statefulsets,
+        cron_jobs,
+        jobs,
     } = resources;
     let live = &observed.owned;
     // Everything the StatefulSets' pods mount, run as or are reached through, at once:
@@ -96,6 +98,11 @@ pub async fn apply(
                 .iter()
                 .map(|o| applier.apply(o, find(&live.deployments, &o.name_any())))
         ),
+        try_join_all(
+            cron_jobs
+                .iter()
+                .map(|o| applier.apply(o, find(&live.cron_jobs, &o.name_any())))
+        ),
     )?;
     // Then the StatefulSets: their pods start with everything above in place.
     try_join_all(statefulsets.iter().map(|sts| {
@@ -107,6 +114,12 @@ pub async fn apply(
         )
     }))
     .await?;
+    // A Job's pod template is immutable: an existing one is left as it is.
+    try_join_all(
+        jobs.iter()
+            .map(|job| applier.create_if_missing(job, find(&live.jobs, &job.name_any()).is_some())),
+    )
+    .await?;
 
     let mut wanted_secrets = names_of(&secrets);
     wanted_secrets.extend(names_of(&credentials));
@@ -116,6 +129,8 @@ pub async fn apply(
         services: names_of(&services),
         config_maps: names_of(&config_maps),
         secrets: wanted_secrets,
+        cron_jobs: names_of(&cron_jobs),
+        jobs: names_of(&jobs),
     };
     live.prune(applier, &wanted).await?;
     applier

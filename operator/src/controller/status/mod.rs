@@ -8,7 +8,7 @@
 //! | `instances` | `status.instances[]` |
 //! | `summary` | phase, Ready / Progressing / Degraded / PrimaryTransition, names |
 
-mod archiving;
+pub mod archiving;
 pub mod conditions;
 mod instances;
 mod summary;

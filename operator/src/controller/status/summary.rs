@@ -8,7 +8,7 @@ use kube::ResourceExt;
 
 use super::conditions::{condition, Reason, TransitionState, Type};
 use super::instances::statuses;
-use crate::api::{GeoDatabase, GeoDatabaseStatus, Phase, SecretNames, ServiceNames};
+use crate::api::{BackupsStatus, GeoDatabase, GeoDatabaseStatus, Phase, SecretNames, ServiceNames};
 use crate::builders::Cluster;
 use crate::controller::read::Observed;
 use crate::controller::rollout::Rollout;
@@ -26,6 +26,8 @@ pub struct Converged<'a> {
     pub roles: &'a BTreeMap<String, InstanceRole>,
     pub transition: Option<TransitionState>,
     pub rollout: &'a Rollout,
+    /// What the backup bucket holds, when `spec.backup` is set.
+    pub backups: Option<BackupsStatus>,
     pub now: &'a Time,
 }
 
@@ -268,6 +270,14 @@ fn service_names(names: &Names, pooler: bool) -> ServiceNames {
     }
 }
 
+fn phase_of(all_ready: bool, switching: bool) -> Phase {
+    match (all_ready, switching) {
+        (true, _) => Phase::Ready,
+        (false, true) => Phase::Degraded,
+        (false, false) => Phase::Creating,
+    }
+}
+
 /// Status of a cluster whose spec was applied.
 pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
     let Converged {
@@ -278,6 +288,7 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
         roles,
         transition,
         rollout,
+        backups,
         now,
     } = input;
     let kept = db.status.clone().unwrap_or_default();
@@ -321,11 +332,7 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
             previous, archiver, generation, now,
         ));
     }
-    let phase = match (all_ready, switching) {
-        (true, _) => Phase::Ready,
-        (false, true) => Phase::Degraded,
-        (false, false) => Phase::Creating,
-    };
+    let phase = phase_of(all_ready, switching);
     let timeline = health
         .sample(&current)
         .and_then(Sample::primary)
@@ -347,6 +354,7 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
         instances,
         secrets: Some(secret_names(cluster)),
         services: Some(service_names(&cluster.names, cluster.spec.pooler.enabled)),
+        backups,
         ..kept
     }
 }
@@ -470,6 +478,7 @@ mod tests {
             roles: &roles,
             transition: None,
             rollout: &Rollout::default(),
+            backups: None,
             now: &at(seconds),
         })
     }
