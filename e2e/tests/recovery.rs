@@ -318,11 +318,17 @@ async fn scenario_archive_outage_and_failover(client: &Client, ns: &str) {
         missing.len(),
         acks.len()
     );
-    let timeline = api.get("latest").await.unwrap().status.unwrap().timeline;
-    assert!(
-        timeline >= Some(3),
-        "the restore crossed timeline 2 and promoted: {timeline:?}"
-    );
+    // The replay followed the source onto timeline 2; its own promotion made timeline 3.
+    wait_for(
+        "the restored primary on timeline 3",
+        Duration::from_secs(120),
+        || async {
+            let timeline = api.get("latest").await.ok()?.status?.timeline?;
+            (timeline >= 3).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,6 +124,26 @@ pub fn initdb(settings: &Settings, bin: &Path) -> Result<()> {
     outcome
 }
 
+/// Statements fed to `psql` as the superuser over the socket, stopping at the first error.
+pub fn psql_socket(bin: &Path, socket: &str, db: &str, input: &str) -> Result<()> {
+    run(
+        bin,
+        "psql",
+        &[
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-h",
+            socket,
+            "-U",
+            SUPERUSER,
+            "-d",
+            db,
+        ],
+        Some(input),
+    )
+}
+
 fn create_roles_and_database(settings: &Settings, bin: &Path, socket: &str) -> Result<()> {
     let sql = bootstrap_sql(
         &settings.owner,
@@ -131,26 +151,8 @@ fn create_roles_and_database(settings: &Settings, bin: &Path, socket: &str) -> R
         &settings.password(Credential::App)?,
         &settings.password(Credential::Replication)?,
     );
-    let psql = |db: &str, input: &str| {
-        run(
-            bin,
-            "psql",
-            &[
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-q",
-                "-h",
-                socket,
-                "-U",
-                SUPERUSER,
-                "-d",
-                db,
-            ],
-            Some(input),
-        )
-    };
-    psql("postgres", &sql)?;
-    psql(&settings.database, EXTENSIONS_SQL)
+    psql_socket(bin, socket, "postgres", &sql)?;
+    psql_socket(bin, socket, &settings.database, EXTENSIONS_SQL)
 }
 
 #[cfg(test)]

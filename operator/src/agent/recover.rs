@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use super::bootstrap::{conf_arg, EXTENSIONS_SQL};
+use super::bootstrap::{conf_arg, psql_socket, EXTENSIONS_SQL};
 use super::command::run;
 use super::error::{AgentError, Result};
 use super::files::write_private;
@@ -113,23 +113,7 @@ fn database_sql(database: &str, owner: &str) -> String {
 }
 
 fn psql(settings: &Settings, bin: &Path, db: &str, input: &str) -> Result<()> {
-    let socket = settings.socket_dir.display().to_string();
-    run(
-        bin,
-        "psql",
-        &[
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-q",
-            "-h",
-            &socket,
-            "-U",
-            SUPERUSER,
-            "-d",
-            db,
-        ],
-        Some(input),
-    )
+    psql_socket(bin, &settings.socket_dir.display().to_string(), db, input)
 }
 
 /// Where the replaying server is.
@@ -315,7 +299,7 @@ mod tests {
             "{options}"
         );
         assert!(
-            options.contains("-c recovery_target_time='2026-12-01T10:00:00Z'"),
+            options.contains("-c recovery_target_time='2026-12-01 10:00:00+00:00'"),
             "{options}"
         );
         assert!(

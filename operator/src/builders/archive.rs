@@ -5,7 +5,7 @@
 
 use k8s_openapi::api::core::v1::{EnvVar, KeyToPath, SecretProjection, VolumeProjection};
 
-use super::Cluster;
+use super::{env, Cluster};
 use crate::api::{ObjectStoreSpec, RecoverySpec};
 use crate::pod_contract::{
     env as var, S3_ACCESS_KEY_ID_PATH, S3_CA_PATH, S3_RECOVERY_ACCESS_KEY_ID_PATH,
@@ -30,14 +30,6 @@ pub fn settings(cluster: &Cluster) -> Vec<(&'static str, String)> {
             format!("{}s", backup.archive_timeout_seconds),
         ),
     ]
-}
-
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..EnvVar::default()
-    }
 }
 
 /// Where one object store's access key and CA are mounted.

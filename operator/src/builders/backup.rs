@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::instance::{restricted_container_security, restricted_pod_security};
-use super::{archive, content_hash, Cluster};
+use super::{archive, content_hash, env, Cluster};
 use crate::api::BackupSpec;
 use crate::names::{cluster_labels, COMPONENT_BACKUP, POSTGRES_PORT, REPLICATION_USER};
 use crate::pod_contract::{env as var, Credential, PASSWORD_FILE, POSTGRES_UID, SECRETS_DIR};
@@ -18,14 +18,6 @@ use crate::pod_contract::{env as var, Credential, PASSWORD_FILE, POSTGRES_UID, S
 /// A backup that runs longer than this is stopped (and counts as failed: its manifest
 /// is never written).
 const DEADLINE_SECONDS: i64 = 6 * 3600;
-
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..EnvVar::default()
-    }
-}
 
 /// The server to copy: a streaming replica when preferred and one serves reads, else the
 /// primary.

@@ -19,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::config::config_hash;
+use super::env;
 use super::Cluster;
 use crate::api::DeletionPolicy;
 use crate::names::{
@@ -29,14 +30,6 @@ use crate::pod_contract::{
     env as var, Credential, AGENT_PORT, CONFIG_DIR, DATA_DIR, PASSWORD_FILE, PGDATA, POSTGRES_UID,
     SECRETS_DIR, SHM_DIR, SOCKET_DIR, TMP_DIR,
 };
-
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..EnvVar::default()
-    }
-}
 
 fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {

@@ -20,6 +20,7 @@ use crate::archive::segment::Compression;
 use crate::archive::store::{Inline, Store};
 use crate::backup::catalog::{self, Catalog};
 use crate::backup::select::{select, Target};
+use crate::runtime::metrics::ClusterLabels;
 
 /// How long one read of a bucket stands.
 const FRESH: Duration = Duration::from_secs(30);
@@ -193,6 +194,25 @@ pub async fn archive(
     })
 }
 
+fn record_metrics(ctx: &Context, namespace: &str, cluster: &str, catalog: &Catalog) {
+    let labels = ClusterLabels {
+        namespace: namespace.to_owned(),
+        cluster: cluster.to_owned(),
+    };
+    let m = &ctx.metrics;
+    let count = i64::try_from(catalog.backups.len()).unwrap_or(i64::MAX);
+    m.backups.get_or_create(&labels).set(count);
+    let stored: u64 = catalog.backups.iter().map(|b| b.stored_bytes).sum();
+    m.backup_stored_bytes
+        .get_or_create(&labels)
+        .set(i64::try_from(stored).unwrap_or(i64::MAX));
+    if let Some(finished) = catalog.backups.last().and_then(|b| b.finished_secs()) {
+        m.backup_last_completion_timestamp_seconds
+            .get_or_create(&labels)
+            .set(finished);
+    }
+}
+
 /// `status.backups` from a catalog (pure).
 pub fn summary(catalog: &Catalog, read_at: &str) -> BackupsStatus {
     let range = catalog.recoverable_range();
@@ -260,7 +280,10 @@ pub async fn backups_status(
     Some(match read {
         // Not read yet: what the status said.
         None => before.unwrap_or_default(),
-        Some(Ok(catalog)) => summary(&catalog, &now().0.to_string()),
+        Some(Ok(catalog)) => {
+            record_metrics(ctx, &namespace, &db.name_any(), &catalog);
+            summary(&catalog, &now().0.to_string())
+        }
         Some(Err(error)) => BackupsStatus {
             error: Some(error),
             ..before.unwrap_or_default()

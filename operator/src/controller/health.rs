@@ -202,6 +202,22 @@ fn record_metrics(metrics: &Metrics, targets: &Targets, health: &ClusterHealth) 
                 .get_or_create(&labels)
                 .set(timeline);
         }
+        if let Some(a) = sample.and_then(|s| s.primary()).map(|s| &s.archiver) {
+            metrics
+                .archive_failures
+                .get_or_create(&labels)
+                .set(a.failed_count);
+            metrics
+                .archive_waiting_segments
+                .get_or_create(&labels)
+                .set(a.waiting);
+            if let Some(age) = a.archived_age {
+                metrics
+                    .archive_last_success_age_seconds
+                    .get_or_create(&labels)
+                    .set(age);
+            }
+        }
         if let Some(s) = sample.filter(|s| s.in_recovery) {
             if let Some(lag) = lag_bytes(primary, s) {
                 metrics.replica_lag_bytes.get_or_create(&labels).set(lag);

@@ -33,6 +33,12 @@ pub struct InstanceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub namespace: String,
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabels {
     pub namespace: String,
     pub cluster: String,
@@ -47,6 +53,12 @@ pub struct Metrics {
     pub instance_timeline: Family<InstanceLabels, Gauge>,
     pub replica_lag_bytes: Family<InstanceLabels, Gauge>,
     pub replica_lag_seconds: Family<InstanceLabels, Gauge<f64, AtomicU64>>,
+    pub archive_failures: Family<InstanceLabels, Gauge>,
+    pub archive_waiting_segments: Family<InstanceLabels, Gauge>,
+    pub archive_last_success_age_seconds: Family<InstanceLabels, Gauge<f64, AtomicU64>>,
+    pub backups: Family<ClusterLabels, Gauge>,
+    pub backup_last_completion_timestamp_seconds: Family<ClusterLabels, Gauge>,
+    pub backup_stored_bytes: Family<ClusterLabels, Gauge>,
     pub transitions: Family<TransitionLabels, Counter>,
     pub transition_duration: Histogram,
     pub promotions_refused: Family<TransitionLabels, Counter>,
@@ -69,13 +81,55 @@ impl Metrics {
             instance_timeline: Family::default(),
             replica_lag_bytes: Family::default(),
             replica_lag_seconds: Family::default(),
+            archive_failures: Family::default(),
+            archive_waiting_segments: Family::default(),
+            archive_last_success_age_seconds: Family::default(),
+            backups: Family::default(),
+            backup_last_completion_timestamp_seconds: Family::default(),
+            backup_stored_bytes: Family::default(),
             transitions: Family::default(),
             transition_duration: Histogram::new(exponential_buckets(0.25, 2.0, 10)),
             promotions_refused: Family::default(),
         });
         metrics.register_instance_metrics(registry);
+        metrics.register_backup_metrics(registry);
         metrics.register_operator_metrics(registry);
         metrics
+    }
+
+    /// The WAL archive (from the primary's `pg_stat_archiver`) and the base backups (from
+    /// the bucket).
+    fn register_backup_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "geodb_wal_archive_failures",
+            "Failed archive_command runs on the primary since its statistics were reset",
+            self.archive_failures.clone(),
+        );
+        registry.register(
+            "geodb_wal_archive_waiting_segments",
+            "WAL files the primary keeps until they are archived",
+            self.archive_waiting_segments.clone(),
+        );
+        registry.register(
+            "geodb_wal_archive_last_success_age_seconds",
+            "Time since the primary last archived a WAL file",
+            self.archive_last_success_age_seconds.clone(),
+        );
+        registry.register(
+            "geodb_backups",
+            "Complete base backups in the bucket",
+            self.backups.clone(),
+        );
+        registry.register(
+            "geodb_backup_last_completion_timestamp_seconds",
+            "When the newest complete base backup finished (Unix time)",
+            self.backup_last_completion_timestamp_seconds.clone(),
+        );
+        registry.register(
+            "geodb_backup_stored_bytes",
+            "Bytes the complete base backups take in the bucket",
+            self.backup_stored_bytes.clone(),
+        );
     }
 
     /// What the operator measures of every instance.
