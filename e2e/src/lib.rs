@@ -6,6 +6,7 @@ pub mod bench_backup;
 pub mod conn;
 pub mod controlplane;
 pub mod drill;
+pub mod hostpg;
 pub mod kept;
 pub mod kube_util;
 pub mod outage;

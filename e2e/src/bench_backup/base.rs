@@ -63,6 +63,11 @@ pub fn backup_vars(
         (env::BACKUP_PORT, pg.port.to_string()),
         (env::BACKUP_USER, "postgres".to_owned()),
         (env::BACKUP_PASSWORD_FILE, password.display().to_string()),
+        // Named, not searched: PATH may hold a partial set (a lone pg_ctl link).
+        (
+            geodb::backup::config::PG_BIN,
+            bench.pg_bin.display().to_string(),
+        ),
     ] {
         vars.insert(k.to_owned(), v);
     }

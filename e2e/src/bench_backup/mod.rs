@@ -5,6 +5,7 @@
 pub mod base;
 pub mod pg;
 pub mod pgbackrest;
+pub mod profile;
 pub mod report;
 pub mod restore;
 pub mod rpo;

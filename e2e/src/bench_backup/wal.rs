@@ -165,7 +165,7 @@ fn stage(bench: &Bench, segments: &Segments, run: &str) -> anyhow::Result<PathBu
     for file in ["global/pg_control", "PG_VERSION"] {
         std::fs::copy(segments.source_data.join(file), data.join(file))?;
     }
-    bench.chown(&data.parent().context("a parent")?.to_path_buf())?;
+    bench.chown(data.parent().context("a parent")?)?;
     Ok(data)
 }
 
@@ -321,6 +321,10 @@ pub async fn measure(
     report.context("wal_segments", segments.names.len());
     report.context("wal_raw_mib", mib(raw));
     report.context("wal_push_runs", details);
+    match super::profile::measure(bench, &segments).await {
+        Ok(profile) => report.context("wal_push_geodb_profile", profile),
+        Err(e) => report.context("wal_push_geodb_profile", format!("failed: {e:#}")),
+    }
     Ok(segments)
 }
 
