@@ -63,6 +63,8 @@ pub fn backup_vars(
         (env::BACKUP_PORT, pg.port.to_string()),
         (env::BACKUP_USER, "postgres".to_owned()),
         (env::BACKUP_PASSWORD_FILE, password.display().to_string()),
+        // A stuck archive fails the backup in minutes, not hours.
+        (env::BACKUP_WAL_WAIT_SECONDS, "180".to_owned()),
         // Named, not searched: PATH may hold a partial set (a lone pg_ctl link).
         (
             geodb::backup::config::PG_BIN,

@@ -95,7 +95,7 @@ impl Bench {
         let dir = TempDir::new("bench-backup")?;
         let pgbackrest = which("pgbackrest").context("pgbackrest is not on PATH")?;
         let tls = Tls::generate(dir.path())?.context("no openssl to make the S3 server's CA")?;
-        let s3 = S3Server::start_with(weed, BUCKET, Some(&tls)).await?;
+        let s3 = S3Server::start_with(&roomy_weed(dir.path(), weed)?, BUCKET, Some(&tls)).await?;
         let secrets = dir.path().join("secrets");
         std::fs::create_dir_all(&secrets)?;
         let (access_key_file, secret_key_file) = s3.write_credentials(&secrets)?;
@@ -241,6 +241,21 @@ impl Bench {
         cmd.args(args);
         self.run(cmd, program).await
     }
+}
+
+/// `weed` with room for the bench's ~12 GB: the test server's 32 volumes of 64 MB
+/// would fill up during the first phase (later flags win, so they are appended).
+fn roomy_weed(dir: &Path, weed: &Path) -> anyhow::Result<PathBuf> {
+    let wrapper = dir.join("weed");
+    let quoted = weed.display().to_string().replace('\'', r"'\''");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec '{quoted}' \"$@\" -master.volumeSizeLimitMB=1024 -volume.max=64\n"
+        ),
+    )?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    Ok(wrapper)
 }
 
 /// Bytes of the regular files under `path` (`skip` names a top-level entry left out).

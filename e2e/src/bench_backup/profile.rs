@@ -103,11 +103,8 @@ pub async fn measure(bench: &Bench, segments: &Segments) -> anyhow::Result<Value
         "process_start_ms".into(),
         json!(process_start_ms(bench, segments, &vars).await?),
     );
-    for (tool, args) in [
-        ("zstd", ["-b1", "-e3", "-T1"]),
-        ("lz4", ["-b1", "-e1", "-T1"]),
-    ] {
-        if let Some(levels) = cli_benchmark(tool, &args, segments)? {
+    for (tool, levels) in [("zstd", &[1u32, 3][..]), ("lz4", &[1u32][..])] {
+        if let Some(levels) = cli_benchmark(tool, levels, segments)? {
             out.insert(format!("{tool}_cli_benchmark"), levels);
         }
     }
@@ -143,8 +140,9 @@ async fn process_start_ms(
     Ok(total / 5.0)
 }
 
-/// `<tool> -b…` on 16 concatenated segments; per level: ratio, compression MB/s.
-fn cli_benchmark(tool: &str, args: &[&str], segments: &Segments) -> anyhow::Result<Option<Value>> {
+/// `<tool> -b<level> -i1` on 16 concatenated segments, one core; per level: stored to
+/// raw and compression MB/s.
+fn cli_benchmark(tool: &str, levels: &[u32], segments: &Segments) -> anyhow::Result<Option<Value>> {
     let Some(program) = super::which(tool) else {
         return Ok(None);
     };
@@ -154,30 +152,59 @@ fn cli_benchmark(tool: &str, args: &[&str], segments: &Segments) -> anyhow::Resu
         all.extend(std::fs::read(segments.dir.join(name))?);
     }
     std::fs::write(&sample, &all)?;
-    let out = std::process::Command::new(program)
-        .args(args)
-        .arg(&sample)
-        .output()?;
-    let _ = std::fs::remove_file(&sample);
-    // Lines like ` 3#profile-sample :268435456 -> 98765432 (2.718), 250.1 MB/s, 900.2 MB/s`.
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    let mut levels = Map::new();
-    for line in text.split(['\n', '\r']) {
-        let Some((level, rest)) = line.trim().split_once('#') else {
-            continue;
-        };
-        let ratio = rest.split('(').nth(1).and_then(|r| r.split(')').next());
-        let speed = rest
-            .split("),")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next());
-        if let (Some(ratio), Some(speed)) = (ratio, speed) {
-            levels.insert(
-                format!("level_{}", level.trim()),
-                json!({ "ratio": ratio.trim().parse::<f64>().ok(), "compress_mb_per_s": speed.parse::<f64>().ok() }),
+    let mut out = Map::new();
+    for level in levels {
+        let run = std::process::Command::new(&program)
+            .arg(format!("-b{level}"))
+            .args(["-i1", "-T1"])
+            .arg(&sample)
+            .output();
+        let Ok(run) = run else { continue };
+        let text = String::from_utf8_lossy(&run.stderr).into_owned()
+            + &String::from_utf8_lossy(&run.stdout);
+        if let Some((ratio, speed)) = parse_benchmark(&text) {
+            out.insert(
+                format!("level_{level}"),
+                json!({ "stored_to_raw": 1.0 / ratio, "compress_mb_per_s": speed }),
             );
         }
     }
-    Ok(Some(Value::Object(levels)))
+    let _ = std::fs::remove_file(&sample);
+    Ok(Some(Value::Object(out)))
+}
+
+/// The last complete progress line, like
+/// `|-sample : 268435456 ->  98765432 (x2.718),  250.1 MB/s, 900.2 MB/s`: ratio and the
+/// compression speed.
+fn parse_benchmark(text: &str) -> Option<(f64, f64)> {
+    text.split(['\r', '\n'])
+        .filter(|line| line.contains("->") && line.matches("MB/s").count() >= 2)
+        .filter_map(|line| {
+            let inside = line.split('(').nth(1)?.split(')').next()?;
+            let ratio: f64 = inside.trim().trim_start_matches('x').parse().ok()?;
+            let speed: f64 = line
+                .split("),")
+                .nth(1)?
+                .split("MB/s")
+                .next()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((ratio, speed))
+        })
+        .last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_cli_benchmarks() {
+        let zstd = " |-s :  90655837 -> \r |-s :  90655837 ->  68325880 (x1.327),  630.8 MB/s, 1468.6 MB/s\r 1#\n";
+        assert_eq!(parse_benchmark(zstd), Some((1.327, 630.8)));
+        let lz4 = "\r =-s :  90655837 ->  91011352 (0.996),11457.5 MB/s ,16715.0 MB/s\r 1#\n";
+        assert_eq!(parse_benchmark(lz4), Some((0.996, 11457.5)));
+        assert_eq!(parse_benchmark("nothing"), None);
+    }
 }

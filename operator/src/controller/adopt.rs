@@ -26,6 +26,12 @@ pub enum Survey {
     Waiting(String),
 }
 
+/// A cleanly stopped primary reports where its shutdown checkpoint record starts; a
+/// replica that replayed that record reports where it ends, a hundred-odd bytes later,
+/// and nothing can follow it on the same timeline. So a stopped primary's position counts
+/// this much further: more than one checkpoint record, far less than any transaction.
+const SHUTDOWN_CHECKPOINT_SPAN: u64 = 1024;
+
 /// The choice from every instance's report, `None` for one that did not answer (pure).
 pub fn choose(reports: &[(String, Option<VolumeReport>)]) -> Survey {
     let silent: Vec<&str> = reports
@@ -43,7 +49,10 @@ pub fn choose(reports: &[(String, Option<VolumeReport>)]) -> Survey {
         .iter()
         .filter_map(|(instance, r)| r.as_ref().filter(|r| r.data).map(|r| (instance, r)))
         .max_by_key(|(instance, r)| {
-            let position = r.lsn.as_deref().and_then(lsn::parse).unwrap_or(0);
+            let mut position = r.lsn.as_deref().and_then(lsn::parse).unwrap_or(0);
+            if r.state.as_deref() == Some("shut down") {
+                position = position.saturating_add(SHUTDOWN_CHECKPOINT_SPAN);
+            }
             // Ties go to the first instance by name.
             (
                 r.timeline.unwrap_or(0),
@@ -108,6 +117,30 @@ mod tests {
             lsn: Some(lsn.into()),
             state: Some("shut down".into()),
         })
+    }
+
+    fn replica_report(timeline: u32, lsn: &str) -> Option<VolumeReport> {
+        Some(VolumeReport {
+            state: Some("shut down in recovery".into()),
+            ..report(timeline, lsn)?
+        })
+    }
+
+    #[test]
+    fn a_stopped_primary_is_ahead_of_the_replica_that_replayed_its_last_checkpoint() {
+        // The replica's minimum recovery end is the end of the primary's shutdown
+        // checkpoint record, which the primary reports by its start.
+        let reports = vec![
+            ("geo-1".to_owned(), report(1, "0/4000028")),
+            ("geo-2".to_owned(), replica_report(1, "0/40000A0")),
+        ];
+        assert_eq!(choose(&reports), Survey::Newest("geo-1".into()));
+        // A replica really further on (a later timeline) still wins.
+        let reports = vec![
+            ("geo-1".to_owned(), report(1, "0/4000028")),
+            ("geo-2".to_owned(), replica_report(2, "0/3000000")),
+        ];
+        assert_eq!(choose(&reports), Survey::Newest("geo-2".into()));
     }
 
     #[test]
