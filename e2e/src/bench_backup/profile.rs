@@ -178,6 +178,7 @@ fn cli_benchmark(tool: &str, levels: &[u32], segments: &Segments) -> anyhow::Res
 /// compression speed.
 fn parse_benchmark(text: &str) -> Option<(f64, f64)> {
     text.split(['\r', '\n'])
+        .rev()
         .filter(|line| line.contains("->") && line.matches("MB/s").count() >= 2)
         .filter_map(|line| {
             let inside = line.split('(').nth(1)?.split(')').next()?;
@@ -192,7 +193,7 @@ fn parse_benchmark(text: &str) -> Option<(f64, f64)> {
                 .ok()?;
             Some((ratio, speed))
         })
-        .last()
+        .next()
 }
 
 #[cfg(test)]
