@@ -1,17 +1,18 @@
 //! The finalizer: added before anything is created, removed once the deletion policy
 //! has been honoured.
 
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use tracing::info;
 
 use super::apply::{release_volumes, Legacy};
-use super::{read, status, Context};
+use super::{status, Context};
 use crate::api::{DeletionPolicy, GeoDatabase};
 use crate::error::{Error, Result};
-use crate::names::{Names, FINALIZER};
+use crate::names::{Names, FINALIZER, LABEL_CLUSTER};
 
 pub fn has_finalizer(db: &GeoDatabase) -> bool {
     db.finalizers().iter().any(|f| f == FINALIZER)
@@ -53,12 +54,18 @@ pub async fn set_finalizer(
 /// The GeoDatabase is being deleted: keep or delete data volumes per the deletion policy.
 /// Owned objects are removed by the garbage collector through their owner references.
 pub async fn cleanup(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
-    let observed = read::observe(ctx, db).await?;
     status::write(&ctx.client, db, status::deleting(db)).await?;
     let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
     let policy = db.spec.deletion_policy;
-    let pvcs = &observed.related.pvcs;
     let names = Names::new(db);
+    // Listed from the API server, not the watch cache: a volume the cache has not seen
+    // yet must not escape the deletion policy.
+    let listed = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &namespace)
+        .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={}", names.cluster)))
+        .await
+        .map_err(Error::kube("listing the data volumes"))?
+        .items;
+    let pvcs = &listed;
     let status = db.status.clone().unwrap_or_default();
     let legacy = Legacy {
         primary: status.current_primary.clone(),
