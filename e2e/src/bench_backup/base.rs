@@ -272,6 +272,10 @@ async fn restores(
         return Ok(());
     };
     progress(format!("  geodb restore of {id}"));
+    report.context(
+        "restore_geodb_how",
+        "geodb::backup::restore_for (the recovery bootstrap's restore; no subcommand) in the bench process, then PostgreSQL with geodb wal-fetch",
+    );
     let target = bench.dir.path().join("db").join("restored-geodb");
     let spool = bench.subdir("db/restore-spool")?;
     let vars = bench.geodb_vars(PREFIX, &spool, "zstd")?;

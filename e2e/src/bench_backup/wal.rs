@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use futures::stream::{self, StreamExt as _, TryStreamExt as _};
 use serde_json::json;
 
 use super::pg::{query_i64, Pg};
@@ -53,12 +54,23 @@ impl Tool {
         }
     }
 
-    fn stanza(self) -> &'static str {
+    /// The pgBackRest stanza (own repo path) of round `round`.
+    fn stanza(self, round: usize) -> String {
         match self {
-            Tool::PgbackrestSync => "walsync",
-            _ => "walasync",
+            Tool::PgbackrestSync => format!("walsync{round}"),
+            _ => format!("walasync{round}"),
         }
     }
+}
+
+/// Rounds of the four drains, the second in the reverse order (`BENCH_WAL_ROUNDS`, 2):
+/// the figures are over both, so no tool gains from its place in the order.
+pub fn rounds() -> usize {
+    std::env::var("BENCH_WAL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(2)
 }
 
 /// Write at least `count` full segments on a fresh cluster archiving to a directory;
@@ -84,10 +96,13 @@ pub async fn generate(
     ];
     let mut pg = Pg::start(bench, &data, &settings, &HashMap::new())?;
     let client = pg.connect().await?;
-    pgbr.stanza_create(bench, Tool::PgbackrestAsync.stanza(), &pg, true)
-        .await?;
-    pgbr.stanza_create(bench, Tool::PgbackrestSync.stanza(), &pg, false)
-        .await?;
+    for round in 1..=rounds() {
+        for (tool, archive_async) in [(Tool::PgbackrestAsync, true), (Tool::PgbackrestSync, false)]
+        {
+            pgbr.stanza_create(bench, &tool.stanza(round), &pg, archive_async)
+                .await?;
+        }
+    }
     client
         .batch_execute(
             "CREATE TABLE events (id bigserial PRIMARY KEY, at timestamptz NOT NULL,
@@ -169,19 +184,71 @@ fn stage(bench: &Bench, segments: &Segments, run: &str) -> anyhow::Result<PathBu
     Ok(data)
 }
 
-/// Drain the backlog with `tool`, timed from the first call to the last success.
+/// Drain the backlog with `tool` in round `round`, timed from the first call to the
+/// last success.
 pub async fn drain(
     bench: &Bench,
     pgbr: &mut PgBackRest,
     segments: &Segments,
     tool: Tool,
+    round: usize,
 ) -> anyhow::Result<Drain> {
-    let data = stage(bench, segments, tool.name())?;
+    let run = Variant {
+        name: format!("{}-r{round}", tool.name()),
+        geodb: bench.geodb.clone(),
+        vars: HashMap::new(),
+        stanza: tool.stanza(round),
+    };
+    drain_as(bench, pgbr, segments, tool, &run).await
+}
+
+/// Another `geodb` build or environment to drain with (`BENCH_WAL_VARIANTS`, for
+/// investigating wal-push: `name|/path/to/geodb|VAR=value VAR=value;…`).
+pub struct Variant {
+    pub name: String,
+    pub geodb: PathBuf,
+    pub vars: HashMap<String, String>,
+    /// pgBackRest's stanza (unused by geodb).
+    pub stanza: String,
+}
+
+pub fn variants() -> Vec<Variant> {
+    let spec = std::env::var("BENCH_WAL_VARIANTS").unwrap_or_default();
+    spec.split(';')
+        .filter_map(|entry| {
+            let mut parts = entry.trim().splitn(3, '|');
+            let name = parts.next()?.trim();
+            let geodb = parts.next()?.trim();
+            let vars = parts
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            (!name.is_empty()).then(|| Variant {
+                name: format!("geodb-{name}"),
+                geodb: PathBuf::from(geodb),
+                vars,
+                stanza: String::new(),
+            })
+        })
+        .collect()
+}
+
+async fn drain_as(
+    bench: &Bench,
+    pgbr: &mut PgBackRest,
+    segments: &Segments,
+    tool: Tool,
+    run: &Variant,
+) -> anyhow::Result<Drain> {
+    let data = stage(bench, segments, &run.name)?;
     if matches!(tool, Tool::PgbackrestAsync | Tool::PgbackrestSync) {
-        pgbr.set_pg_path(bench, tool.stanza(), &data)?;
+        pgbr.set_pg_path(bench, &run.stanza, &data)?;
     }
-    let spool = bench.subdir(&format!("run-{}/spool", tool.name()))?;
-    let prefix = format!("wal-{}", tool.name());
+    let spool = bench.subdir(&format!("run-{}/spool", run.name))?;
+    let prefix = format!("wal-{}", run.name);
     let compression = if tool == Tool::GeodbNone {
         "none"
     } else {
@@ -189,6 +256,7 @@ pub async fn drain(
     };
     let mut vars = bench.geodb_vars(&prefix, &spool, compression)?;
     vars.insert("PGDATA".into(), data.display().to_string());
+    vars.extend(run.vars.clone());
     let status = data.join("pg_wal").join("archive_status");
     let (mut calls, mut failures) = (Vec::new(), 0usize);
     let started = Instant::now();
@@ -197,13 +265,13 @@ pub async fn drain(
             let call = Instant::now();
             let out = match tool {
                 Tool::GeodbZstd | Tool::GeodbNone => {
-                    let mut cmd = bench.command(&bench.geodb, &data, &vars);
+                    let mut cmd = bench.command(&run.geodb, &data, &vars);
                     cmd.arg("wal-push").arg(format!("pg_wal/{name}"));
                     cmd.output().await?
                 }
                 Tool::PgbackrestAsync | Tool::PgbackrestSync => {
                     let path = data.join("pg_wal").join(name).display().to_string();
-                    let mut cmd = pgbr.command(bench, tool.stanza(), &["archive-push", &path]);
+                    let mut cmd = pgbr.command(bench, &run.stanza, &["archive-push", &path]);
                     cmd.output().await?
                 }
             };
@@ -218,11 +286,11 @@ pub async fn drain(
             failures += 1;
             progress(format!(
                 "  {} failed on {name}: {}",
-                tool.name(),
+                run.name,
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
             if failures > 5 {
-                bail!("{}: too many failures", tool.name());
+                bail!("{}: too many failures", run.name);
             }
             // PostgreSQL's archiver waits a second before it tries again.
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -230,7 +298,8 @@ pub async fn drain(
     }
     let elapsed = started.elapsed();
     pgbr.settle(Duration::from_secs(60));
-    let (stored_objects, stored_bytes) = stored(bench, tool, &prefix).await?;
+    let (stored_objects, stored_bytes) = stored(bench, tool, &prefix, &run.stanza).await?;
+    let _ = std::fs::remove_dir_all(data.parent().unwrap_or(&data));
     Ok(Drain {
         elapsed,
         calls,
@@ -241,10 +310,15 @@ pub async fn drain(
 }
 
 /// Segment objects the tool left in the bucket and their bytes.
-async fn stored(bench: &Bench, tool: Tool, prefix: &str) -> anyhow::Result<(usize, u64)> {
+async fn stored(
+    bench: &Bench,
+    tool: Tool,
+    prefix: &str,
+    stanza: &str,
+) -> anyhow::Result<(usize, u64)> {
     let list_prefix = match tool {
         Tool::GeodbZstd | Tool::GeodbNone => format!("{prefix}/wal/"),
-        _ => format!("pgbackrest/{0}/archive/{0}/", tool.stanza()),
+        _ => format!("pgbackrest/{stanza}/archive/{stanza}/"),
     };
     let objects: Vec<(String, u64)> = list_sizes(&bench.s3, &list_prefix)
         .await?
@@ -271,39 +345,32 @@ pub async fn measure(
     for name in &segments.names {
         std::fs::read(segments.dir.join(name))?;
     }
-    let mut rates = HashMap::new();
-    let mut details = serde_json::Map::new();
-    for tool in [
+    warm_up(bench).await?;
+    let order = [
         Tool::GeodbZstd,
         Tool::PgbackrestAsync,
         Tool::GeodbNone,
         Tool::PgbackrestSync,
-    ] {
-        progress(format!(
-            "  draining {} segments with {}",
-            segments.names.len(),
-            tool.name()
-        ));
-        let d = drain(bench, pgbr, &segments, tool).await?;
-        let rate = mib_per_s(raw, d.elapsed);
-        progress(format!(
-            "  {}: {:.1} s, {rate:.1} MiB/s, {} objects, {:.0} MiB stored",
-            tool.name(),
-            d.elapsed.as_secs_f64(),
-            d.stored_objects,
-            mib(d.stored_bytes)
-        ));
-        if d.stored_objects != segments.names.len() {
-            bail!(
-                "{}: {} segment objects in the bucket, {} pushed",
-                tool.name(),
-                d.stored_objects,
-                segments.names.len()
-            );
+    ];
+    // Seconds per tool over every round; MiB/s = all bytes pushed / all that time.
+    let mut seconds: HashMap<&str, f64> = HashMap::new();
+    let mut details = serde_json::Map::new();
+    for round in 1..=rounds() {
+        let mut tools = order.to_vec();
+        if round % 2 == 0 {
+            tools.reverse();
         }
-        rates.insert(tool.name(), rate);
-        details.insert(tool.name().to_owned(), drain_details(&d, raw));
+        for tool in tools {
+            let d = drain_one(bench, pgbr, &segments, tool, round).await?;
+            *seconds.entry(tool.name()).or_default() += d.elapsed.as_secs_f64();
+            details.insert(format!("{}-r{round}", tool.name()), drain_details(&d, raw));
+        }
     }
+    let total = raw * rounds() as u64;
+    let rates: HashMap<&str, f64> = seconds
+        .iter()
+        .map(|(k, secs)| (*k, mib(total) / secs.max(1e-9)))
+        .collect();
     let geodb = rates[Tool::GeodbZstd.name()];
     let pgbackrest = rates[Tool::PgbackrestAsync.name()];
     report.figure("wal_push_geodb_mib_per_s", geodb);
@@ -319,13 +386,104 @@ pub async fn measure(
     );
     report.figure("wal_push_segments_count", segments.names.len() as f64);
     report.context("wal_segments", segments.names.len());
+    report.context("wal_push_rounds", rounds());
     report.context("wal_raw_mib", mib(raw));
     report.context("wal_push_runs", details);
+    let mut extra = serde_json::Map::new();
+    for variant in variants() {
+        progress(format!("  draining with {}", variant.name));
+        let d = drain_as(bench, pgbr, &segments, Tool::GeodbZstd, &variant).await?;
+        let rate = mib_per_s(raw, d.elapsed);
+        progress(format!(
+            "  {}: {:.1} s, {rate:.1} MiB/s",
+            variant.name,
+            d.elapsed.as_secs_f64()
+        ));
+        let mut details = drain_details(&d, raw);
+        details["mib_per_s"] = json!(rate);
+        details["vars"] = json!(variant.vars);
+        extra.insert(variant.name.clone(), details);
+    }
+    if !extra.is_empty() {
+        report.context("wal_push_variants", extra);
+    }
     match super::profile::measure(bench, &segments).await {
         Ok(profile) => report.context("wal_push_geodb_profile", profile),
         Err(e) => report.context("wal_push_geodb_profile", format!("failed: {e:#}")),
     }
     Ok(segments)
+}
+
+/// 512 MiB into a fresh server before anything is timed: SeaweedFS creates its first
+/// volumes on the first writes, which would slow whichever tool ran first.
+async fn warm_up(bench: &Bench) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let client = bench.s3.client();
+    let bucket = bench.s3.bucket.as_str();
+    stream::iter(0..128u64)
+        .map(|i| async move {
+            // Not compressible, not all alike.
+            let mut state = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let body: Vec<u8> = (0..4 << 20)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(format!("warm-up/{i}"))
+                .body(body.into())
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| {
+                    anyhow::anyhow!("warm-up PUT: {}", aws_sdk_s3::error::DisplayErrorContext(e))
+                })
+        })
+        .buffer_unordered(4)
+        .try_collect::<Vec<()>>()
+        .await?;
+    progress(format!(
+        "  S3 server warmed up with 512 MiB in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// One timed drain, said on stderr and checked against the bucket.
+async fn drain_one(
+    bench: &Bench,
+    pgbr: &mut PgBackRest,
+    segments: &Segments,
+    tool: Tool,
+    round: usize,
+) -> anyhow::Result<Drain> {
+    let count = segments.names.len();
+    progress(format!(
+        "  round {round}: draining {count} segments with {}",
+        tool.name()
+    ));
+    let d = drain(bench, pgbr, segments, tool, round).await?;
+    progress(format!(
+        "  {}: {:.1} s, {:.1} MiB/s, {} objects, {:.0} MiB stored",
+        tool.name(),
+        d.elapsed.as_secs_f64(),
+        mib_per_s(SEGMENT_BYTES * count as u64, d.elapsed),
+        d.stored_objects,
+        mib(d.stored_bytes)
+    ));
+    if d.stored_objects != count {
+        bail!(
+            "{}: {} segment objects in the bucket, {count} pushed",
+            tool.name(),
+            d.stored_objects
+        );
+    }
+    Ok(d)
 }
 
 fn drain_details(d: &Drain, raw: u64) -> serde_json::Value {

@@ -55,7 +55,17 @@ pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action
             ctx.forget(&key);
             if has_finalizer(&db) {
                 cleanup(&db, &ctx).await?;
-                set_finalizer(&api, &db, false).await?;
+                // Cleanup wrote status, which moved the resourceVersion: the finalizer is
+                // removed from the object as it is now, not as this reconcile first saw it.
+                match api.get_opt(&db.name_any()).await {
+                    Ok(Some(now)) => {
+                        set_finalizer(&api, &now, false).await?;
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        return Err(Error::kube("reading the deleted GeoDatabase")(error))
+                    }
+                }
             }
             return Ok(Action::await_change());
         }
