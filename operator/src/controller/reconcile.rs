@@ -54,7 +54,9 @@ pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action
         if db.meta().deletion_timestamp.is_some() {
             ctx.forget(&key);
             if has_finalizer(&db) {
-                cleanup(&db, &ctx).await?;
+                if let Some(wait) = cleanup(&db, &ctx).await? {
+                    return Ok(wait);
+                }
                 // Cleanup wrote status, which moved the resourceVersion: the finalizer is
                 // removed from the object as it is now, not as this reconcile first saw it.
                 match api.get_opt(&db.name_any()).await {
