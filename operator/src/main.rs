@@ -45,6 +45,25 @@ enum Command {
     },
     /// Take a base backup to S3, then apply the retention policy (`GEODB_BACKUP_*`).
     Backup,
+    /// Take a logical dump of every database and the roles to S3, then keep the newest
+    /// `GEODB_DUMP_KEEP` (`GEODB_BACKUP_*` say where to connect).
+    Dump,
+    /// Write one file of a logical dump to stdout, decompressed and verified: a
+    /// database's custom-format archive (for `pg_restore`) or, with `--globals`, the
+    /// roles as SQL.
+    DumpFetch {
+        /// The dump's id; the newest complete one when unset.
+        #[arg(long)]
+        id: Option<String>,
+        /// The database whose archive to write.
+        #[arg(long, conflicts_with = "globals", required_unless_present = "globals")]
+        database: Option<String>,
+        /// The roles and tablespaces (`pg_dumpall --globals-only`) instead.
+        #[arg(long)]
+        globals: bool,
+    },
+    /// List the complete logical dumps, one JSON manifest a line, oldest first.
+    DumpList,
     /// Unpack the base backup a recovery target starts from into an empty directory.
     Restore {
         /// `latest`, `time:<RFC 3339>`, `lsn:<X/Y>` or `name:<restore point>`.
@@ -81,6 +100,13 @@ fn main() -> ExitCode {
         Command::Operator(args) => commands::operator::run(args),
         Command::WalPush { path } => commands::archive::wal_push(&path),
         Command::Backup => commands::backup::backup(),
+        Command::Dump => commands::backup::dump(),
+        Command::DumpFetch {
+            id,
+            database,
+            globals: _,
+        } => commands::backup::dump_fetch(id.as_deref(), database),
+        Command::DumpList => commands::backup::dump_list(),
         Command::Restore {
             target,
             pgdata,

@@ -33,6 +33,8 @@ pub const ANNOTATION_LAST_PRIMARY: &str = "geodb.io/last-primary";
 pub const ANNOTATION_LAST_TIMELINE: &str = "geodb.io/last-timeline";
 /// On a GeoDatabase: every new value runs one base backup now (a Job of its own).
 pub const ANNOTATION_BACKUP_REQUEST: &str = "geodb.io/backup-request";
+/// A new value asks for one logical dump (`spec.backup.dumps`).
+pub const ANNOTATION_DUMP_REQUEST: &str = "geodb.io/dump-request";
 /// On a credentials Secret kept by a deleted GeoDatabase: a GeoDatabase created again
 /// with the same name adopts it, so its roles keep their passwords.
 pub const ANNOTATION_RETAINED: &str = "geodb.io/retained-by-deleted-geodatabase";
@@ -44,6 +46,7 @@ pub const COMPONENT_DATABASE: &str = "database";
 pub const COMPONENT_POOLER: &str = "pooler";
 pub const COMPONENT_POOLER_RO: &str = "pooler-ro";
 pub const COMPONENT_BACKUP: &str = "backup";
+pub const COMPONENT_DUMP: &str = "dump";
 
 pub const POSTGRES_PORT: i32 = 5432;
 pub const POOLER_PORT: i32 = 6432;
@@ -97,6 +100,14 @@ impl Names {
     /// The backup that one value of the backup-request annotation asked for.
     pub fn requested_backup_job(&self, request_hash: &str) -> String {
         format!("{}-backup-{request_hash}", self.cluster)
+    }
+    /// The scheduled logical dumps.
+    pub fn dump_cron_job(&self) -> String {
+        format!("{}-dump", self.cluster)
+    }
+    /// The dump that one value of the dump-request annotation asked for.
+    pub fn requested_dump_job(&self, request_hash: &str) -> String {
+        format!("{}-dump-{request_hash}", self.cluster)
     }
     pub fn app_pooler_ro_secret(&self) -> String {
         format!("{}-app-pooler-ro", self.cluster)

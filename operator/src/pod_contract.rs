@@ -140,6 +140,9 @@ pub mod env {
     pub const BACKUP_WAL_WAIT_SECONDS: &str = "GEODB_BACKUP_WAL_WAIT_SECONDS";
     pub const BACKUP_RETENTION_WINDOW: &str = "GEODB_BACKUP_RETENTION_WINDOW";
     pub const BACKUP_RETENTION_COUNT: &str = "GEODB_BACKUP_RETENTION_COUNT";
+    /// `geodb dump` (the dump Job) connects with the `BACKUP_` variables above (as the
+    /// superuser) and keeps this many complete dumps.
+    pub const DUMP_KEEP: &str = "GEODB_DUMP_KEEP";
 
     /// The recovery target of a cluster bootstrapped from another's backups
     /// (`spec.bootstrap.recovery`): `latest`, `time:<RFC 3339>`, `lsn:<X/Y>` or

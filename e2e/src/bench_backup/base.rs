@@ -23,7 +23,7 @@ fn scale() -> i64 {
 }
 const STANZA: &str = "backup";
 pub const PREFIX: &str = "base";
-const PASSWORD: &str = "bench-backup-password";
+pub const PASSWORD: &str = "bench-backup-password";
 
 /// What `geodb` offers today: `backup` (a subcommand) and the library restore.
 #[derive(Debug, Clone, Copy)]
@@ -200,6 +200,7 @@ pub async fn measure(
     } else {
         report.figure("base_backup_geodb_mib_per_s", f64::NAN);
     }
+    super::dump::measure(bench, &pg, db_bytes, report).await?;
     let stored = list_sizes(&bench.s3, "pgbackrest/backup/backup/").await?;
     report.context(
         "base_backup_pgbackrest_stored_mib",

@@ -3,6 +3,7 @@
 //! PostgreSQL 15 (no Kubernetes). See `src/bin/bench_backup.rs`.
 
 pub mod base;
+pub mod dump;
 pub mod pg;
 pub mod pgbackrest;
 pub mod profile;
@@ -24,25 +25,14 @@ use crate::s3::{self, S3Server, Tls};
 
 /// The bucket every tool writes to, each under its own prefix.
 pub const BUCKET: &str = "bench-backup";
-/// Environment variables the tools read that must never leak in from the caller.
-const CLEARED_VARS: [&str; 16] = [
-    env::S3_ENDPOINT,
-    env::S3_BUCKET,
-    env::S3_PREFIX,
-    env::S3_REGION,
-    env::S3_PATH_STYLE,
-    env::S3_ACCESS_KEY_ID_FILE,
-    env::S3_SECRET_ACCESS_KEY_FILE,
-    env::S3_CA_FILE,
-    env::S3_RETRY_TIMEOUT_SECONDS,
-    env::WAL_COMPRESSION,
-    env::WAL_SPOOL,
-    env::PGDATA,
-    "PGHOST",
-    "PGPORT",
-    "PGUSER",
-    "PGPASSWORD",
-];
+/// libpq's variables, which must never leak in from the caller either (the archive's
+/// and backup's are `hostpg::ARCHIVE_VARS`).
+const LIBPQ_VARS: [&str; 4] = ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD"];
+
+/// Every variable cleared from the commands the bench runs.
+pub fn cleared_vars() -> impl Iterator<Item = &'static str> {
+    crate::hostpg::ARCHIVE_VARS.into_iter().chain(LIBPQ_VARS)
+}
 
 /// Progress on stderr, with the time since the start.
 pub fn progress(message: impl std::fmt::Display) {
@@ -202,7 +192,7 @@ impl Bench {
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .process_group(0);
-        for var in CLEARED_VARS {
+        for var in cleared_vars() {
             cmd.env_remove(var);
         }
         cmd.envs(vars);

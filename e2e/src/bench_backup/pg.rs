@@ -92,7 +92,7 @@ impl Pg {
         for setting in common_settings(&socket_dir, port).iter().chain(settings) {
             cmd.arg("-c").arg(setting);
         }
-        for var in super::CLEARED_VARS {
+        for var in super::cleared_vars() {
             cmd.env_remove(var);
         }
         cmd.envs(vars);

@@ -5,7 +5,8 @@
 //!    `geodb wal-push` (zstd, and none) and `pgbackrest archive-push` (async, and sync),
 //!    called once per segment in order as PostgreSQL's archiver calls them;
 //! 2. base backup and restore of a ~1 GiB database (`pgbench -i -s 70`), and the time
-//!    until geodb's restored copy answers queries out of recovery;
+//!    until geodb's restored copy answers queries out of recovery; a logical dump of it by
+//!    `geodb dump` (into S3) and by `pg_dump -Fc` (into a local file);
 //! 3. RPO: the data lost when the primary and its volume are lost, recovering from the
 //!    archive alone, with `archive_timeout = 60`.
 //!

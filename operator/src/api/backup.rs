@@ -37,6 +37,29 @@ pub struct BackupSpec {
     /// Which base backups (and the WAL they need) are kept; everything when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionSpec>,
+
+    /// Logical dumps (`pg_dump` in custom format, one per database, and the roles) into
+    /// the same bucket, beside the base backups: a copy that restores into any
+    /// PostgreSQL of this major version or a later one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dumps: Option<DumpSpec>,
+}
+
+/// When logical dumps run and how many are kept.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DumpSpec {
+    /// When dumps run, as a cron schedule in UTC; none without it. A dump also runs
+    /// whenever the annotation `geodb.io/dump-request` takes a new value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^(@(hourly|daily|weekly|monthly|yearly)|[0-9*/,-]+ [0-9*/,-]+ [0-9*/,?LW-]+ [0-9A-Za-z*/,-]+ [0-9A-Za-z*/,?L#-]+)$')").message("backup.dumps.schedule must be a cron schedule of five fields, such as '0 4 * * *', or @hourly/@daily/@weekly/@monthly/@yearly"))]
+    pub schedule: Option<String>,
+
+    /// How many complete dumps are kept: after each new one, older ones beyond this
+    /// count are deleted.
+    #[serde(default = "default_dumps_keep")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep: i32,
 }
 
 /// How long backups are kept: a recovery window, a count, or both (the union is kept).
@@ -155,6 +178,10 @@ fn default_archive_timeout_seconds() -> i32 {
     60
 }
 
+fn default_dumps_keep() -> i32 {
+    7
+}
+
 fn default_region() -> String {
     "us-east-1".to_owned()
 }
@@ -190,5 +217,8 @@ mod tests {
             "accessKeyId"
         );
         assert_eq!(spec.object_store.path_for("ns", "geo"), "ns/geo");
+        assert_eq!(spec.dumps, None);
+        let dumps: DumpSpec = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!((dumps.schedule, dumps.keep), (None, 7));
     }
 }

@@ -13,7 +13,8 @@ mod replication;
 mod status;
 
 pub use backup::{
-    BackupSpec, Compression, ObjectStoreCredentials, ObjectStoreSpec, RetentionSpec, SecretKey,
+    BackupSpec, Compression, DumpSpec, ObjectStoreCredentials, ObjectStoreSpec, RetentionSpec,
+    SecretKey,
 };
 pub use bootstrap::{BootstrapSpec, RecoverySpec, RecoveryTarget};
 pub use pooler::{PoolMode, PoolerSpec};

@@ -74,6 +74,13 @@ pub struct BackupsStatus {
     pub last_archived_time: Option<String>,
     /// Bytes stored for the complete backups.
     pub size_bytes: i64,
+    /// Complete logical dumps (`spec.backup.dumps`), and the newest one's id and end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dumps: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_dump: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_dump_time: Option<String>,
     /// When the bucket was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_at: Option<String>,

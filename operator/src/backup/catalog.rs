@@ -8,6 +8,7 @@ use crate::archive::config::ArchiveConfig;
 use crate::archive::segment::WalFile;
 use crate::archive::store::{Listed, Store};
 
+use super::dump::{self, DumpManifest};
 use super::error::{BackupError, Result};
 use super::manifest::{self, Manifest, MANIFEST_FILE};
 use super::time;
@@ -35,6 +36,8 @@ pub struct Catalog {
     pub incomplete: Vec<String>,
     /// By name, which is WAL order within a timeline.
     pub wal: Vec<WalObject>,
+    /// Complete logical dumps, oldest first.
+    pub dumps: Vec<DumpManifest>,
 }
 
 impl Catalog {
@@ -71,7 +74,7 @@ pub async fn read(config: &ArchiveConfig) -> Result<Catalog> {
 pub(crate) async fn read_from(store: &Store, config: &ArchiveConfig) -> Result<Catalog> {
     let backups_prefix = manifest::backups_prefix(&config.prefix);
     let listed = store.list("catalog", &backups_prefix).await?;
-    let (with_manifest, incomplete) = group_backups(&listed, &backups_prefix);
+    let (with_manifest, incomplete) = group_ids(&listed, &backups_prefix, MANIFEST_FILE);
     let mut backups: Vec<Manifest> = stream::iter(with_manifest)
         .map(|id| read_manifest(store, config, id))
         .buffered(PARALLEL)
@@ -80,10 +83,12 @@ pub(crate) async fn read_from(store: &Store, config: &ArchiveConfig) -> Result<C
     backups.sort_by(|a, b| manifest::id_order(&a.id).cmp(&manifest::id_order(&b.id)));
     let wal_prefix = manifest::wal_prefix(&config.prefix);
     let wal = wal_objects(store.list("catalog", &wal_prefix).await?, &wal_prefix);
+    let (dumps, _) = dump::list(store, config).await?;
     Ok(Catalog {
         backups,
         incomplete,
         wal,
+        dumps,
     })
 }
 
@@ -105,14 +110,14 @@ async fn read_manifest(store: &Store, config: &ArchiveConfig, id: String) -> Res
     Ok(manifest)
 }
 
-/// The ids under `backups_prefix`: those with a manifest, and those without (each
-/// oldest first).
-pub fn group_backups(listed: &[Listed], backups_prefix: &str) -> (Vec<String>, Vec<String>) {
+/// The ids under `dir` (`<prefix>/backups/` or `<prefix>/dumps/`): those with a
+/// `manifest_file`, and those without (each oldest first).
+pub fn group_ids(listed: &[Listed], dir: &str, manifest_file: &str) -> (Vec<String>, Vec<String>) {
     let mut ids: std::collections::BTreeMap<&str, bool> = std::collections::BTreeMap::new();
     for object in listed {
         let Some((id, file)) = object
             .key
-            .strip_prefix(backups_prefix)
+            .strip_prefix(dir)
             .and_then(|rest| rest.split_once('/'))
         else {
             continue;
@@ -120,7 +125,7 @@ pub fn group_backups(listed: &[Listed], backups_prefix: &str) -> (Vec<String>, V
         if id.is_empty() {
             continue;
         }
-        *ids.entry(id).or_default() |= file == MANIFEST_FILE;
+        *ids.entry(id).or_default() |= file == manifest_file;
     }
     let mut ids: Vec<(&str, bool)> = ids.into_iter().collect();
     ids.sort_by(|a, b| manifest::id_order(a.0).cmp(&manifest::id_order(b.0)));
@@ -178,7 +183,7 @@ mod tests {
             "ns/db/backups/stray-object",
         ]
         .map(|k| listed(k, 1, None));
-        let (complete, incomplete) = group_backups(&keys, p);
+        let (complete, incomplete) = group_ids(&keys, p, MANIFEST_FILE);
         assert_eq!(complete, ["20261201T110203Z", "20261201T110203Z-2"]);
         assert_eq!(incomplete, ["20261130T000000Z", "20261202T000000Z"]);
     }
@@ -217,6 +222,7 @@ mod tests {
             ..sample()
         };
         let mut catalog = Catalog {
+            dumps: vec![],
             backups: vec![first, second],
             incomplete: vec![],
             wal: vec![WalObject {

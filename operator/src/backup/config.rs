@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::error::{BackupError, Result};
 use super::retention::Retention;
+use crate::archive::ArchiveError;
 
 // The names are the pod contract's (the backup Job sets them).
 pub use crate::pod_contract::env::{
@@ -45,8 +46,10 @@ impl BackupConfig {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         // An empty value counts as unset, as in the archive's settings.
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let required = |name: &'static str| get(name).ok_or(BackupError::MissingEnv(name));
-        let invalid = |var: &'static str, reason: String| BackupError::InvalidEnv { var, reason };
+        let required = |name: &'static str| {
+            get(name).ok_or(BackupError::Archive(ArchiveError::MissingEnv(name)))
+        };
+        let invalid = BackupError::invalid_env;
         let port = match get(PORT) {
             None => DEFAULT_PORT,
             Some(v) => v
@@ -135,10 +138,10 @@ impl Passfile {
             std::fs::read_to_string(password_file).map_err(BackupError::io(password_file))?;
         let password = password.trim_end_matches(['\n', '\r']);
         if password.is_empty() {
-            return Err(BackupError::InvalidEnv {
-                var: PASSWORD_FILE,
-                reason: format!("{} is empty", password_file.display()),
-            });
+            return Err(BackupError::invalid_env(
+                PASSWORD_FILE,
+                format!("{} is empty", password_file.display()),
+            ));
         }
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! Typed errors of base backups and restores, one line each, never with a credential.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::select::SelectError;
 use crate::archive::ArchiveError;
@@ -10,19 +10,6 @@ pub enum BackupError {
     /// The S3 settings, the store, or a WAL name.
     #[error(transparent)]
     Archive(#[from] ArchiveError),
-
-    #[error("{0} is not set")]
-    MissingEnv(&'static str),
-
-    #[error("{var}: {reason}")]
-    InvalidEnv { var: &'static str, reason: String },
-
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 
     /// Taking backup `id` failed; nothing was recorded for it.
     #[error("backup {id}: {message}")]
@@ -43,11 +30,18 @@ pub enum BackupError {
 }
 
 impl BackupError {
+    /// The settings, the store and the files share the archive's errors.
     pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
-        move |source| BackupError::Io {
-            path: path.to_path_buf(),
-            source,
+        move |source| {
+            BackupError::Archive(ArchiveError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
         }
+    }
+
+    pub fn invalid_env(var: &'static str, reason: String) -> BackupError {
+        BackupError::Archive(ArchiveError::InvalidEnv { var, reason })
     }
 
     pub fn take(id: &str) -> impl FnOnce(String) -> BackupError + '_ {

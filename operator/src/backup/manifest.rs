@@ -64,7 +64,7 @@ impl Manifest {
 }
 
 /// `"zstd"` or `"none"`, as `GEODB_WAL_COMPRESSION` spells them.
-mod compression_name {
+pub(crate) mod compression_name {
     use serde::{Deserialize as _, Deserializer, Serializer};
 
     use crate::archive::segment::Compression;
@@ -83,7 +83,7 @@ mod compression_name {
     }
 }
 
-fn under_prefix(prefix: &str, rest: &str) -> String {
+pub(crate) fn under_prefix(prefix: &str, rest: &str) -> String {
     if prefix.is_empty() {
         rest.to_owned()
     } else {

@@ -1,5 +1,6 @@
 //! Base backups in the WAL archive's bucket: `geodb backup` takes one with
 //! `pg_basebackup` and applies retention; the agent restores one for a recovery target.
+//! Logical dumps (`geodb dump`) go beside them, under `<prefix>/dumps/`.
 //!
 //! Layout: `<prefix>/backups/<id>/base.tar[.zst]`, then `<prefix>/backups/<id>/backup.json`
 //! (the manifest), written last: a backup stopped midway is never counted. `<id>` is
@@ -11,6 +12,8 @@
 //! | `config` | the command's environment variables, its private passfile |
 //! | `manifest` | the manifest, keys and ids, the segment holding an LSN |
 //! | `take` | `pg_basebackup` into a multipart upload, the wait for its last segment |
+//! | `pipe` | a program's output into one object: compress, hash, upload; abort on failure |
+//! | `dump` | logical dumps (`pg_dumpall --globals-only`, `pg_dump -Fc` per database), their keep count, fetching one back |
 //! | `tarscan` | the WAL positions and version in the tar stream |
 //! | `upload` | compress, hash and cut a stream into parts; upload them two at a time |
 //! | `catalog` | what the bucket holds: backups, incomplete ones, WAL |
@@ -22,8 +25,10 @@
 
 pub mod catalog;
 pub mod config;
+pub mod dump;
 pub mod error;
 pub mod manifest;
+pub mod pipe;
 pub mod restore;
 pub mod retention;
 pub mod select;
@@ -71,7 +76,7 @@ pub fn backup_command() -> Result<Manifest> {
 const SERVER_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Wait until `pg_isready` says the server accepts connections.
-async fn wait_for_server(config: &BackupConfig) -> Result<()> {
+pub(crate) async fn wait_for_server(config: &BackupConfig) -> Result<()> {
     let started = std::time::Instant::now();
     loop {
         let ready = tokio::process::Command::new(config.pg_bin.join("pg_isready"))
@@ -116,6 +121,56 @@ pub async fn backup(archive: &ArchiveConfig, config: &BackupConfig) -> Result<Ma
     let manifest = take::take(archive, &source, config.wal_wait).await;
     drop(passfile);
     manifest
+}
+
+/// `geodb dump`: take a logical dump, then keep the newest `GEODB_DUMP_KEEP` (default
+/// 7); one JSON line per step (the manifest, then `{"deletedDumps": [ids]}`).
+pub fn dump_command() -> Result<dump::DumpManifest> {
+    let archive = ArchiveConfig::from_env()?;
+    let config = BackupConfig::from_env()?;
+    let keep = dump_keep(std::env::var(crate::pod_contract::env::DUMP_KEEP).ok())?;
+    runtime()?.block_on(async {
+        let manifest = dump::take(&archive, &config).await?;
+        emit(&manifest)?;
+        let deleted = dump::apply_keep(&archive, keep).await?;
+        emit(&serde_json::json!({ "deletedDumps": deleted }))?;
+        Ok(manifest)
+    })
+}
+
+fn dump_keep(value: Option<String>) -> Result<usize> {
+    match value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(7),
+        Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            BackupError::invalid_env(
+                crate::pod_contract::env::DUMP_KEEP,
+                format!("{v:?} is not 1 or more"),
+            )
+        }),
+    }
+}
+
+/// `geodb dump-fetch`: one file of a dump to stdout; its entry of the manifest.
+pub fn dump_fetch_command(id: Option<&str>, part: &dump::Part) -> Result<dump::DumpFile> {
+    use std::os::fd::AsFd as _;
+    let archive = ArchiveConfig::from_env()?;
+    let stdout = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| BackupError::Runtime(format!("stdout: {e}")))?;
+    runtime()?.block_on(dump::fetch(&archive, id, part, std::fs::File::from(stdout)))
+}
+
+/// `geodb dump-list`: the complete dumps, one manifest a line, oldest first.
+pub fn dump_list_command() -> Result<()> {
+    let archive = ArchiveConfig::from_env()?;
+    runtime()?.block_on(async {
+        let store = crate::archive::store::Store::new(&archive)?;
+        for manifest in dump::list(&store, &archive).await?.0 {
+            emit(&manifest)?;
+        }
+        Ok(())
+    })
 }
 
 /// Read the catalog, plan against `retention` now, apply; the plan.

@@ -13,20 +13,22 @@ use tokio::sync::mpsc;
 use crate::archive::config::ArchiveConfig;
 use crate::archive::segment::Compression;
 use crate::archive::store::Store;
+use aws_sdk_s3::primitives::ByteStream;
 
 use super::error::{BackupError, Result};
 use super::manifest::Manifest;
-use super::take::last_line;
+use super::pipe::last_line;
 use super::upload::hex;
 
 /// Chunks of the download waiting for the unpacker.
 const QUEUE: usize = 16;
 
 /// What the unpacker saw.
-struct Unpacked {
-    stored_bytes: u64,
-    tar_bytes: u64,
-    sha256: String,
+pub(crate) struct Unpacked {
+    pub stored_bytes: u64,
+    /// Bytes after decompression.
+    pub tar_bytes: u64,
+    pub sha256: String,
 }
 
 /// Into `pgdata`, created with mode 0700; it must be missing or empty. On an error
@@ -62,31 +64,13 @@ pub async fn restore(config: &ArchiveConfig, manifest: &Manifest, pgdata: &Path)
         let _ = stderr.read_to_end(&mut text).await;
         String::from_utf8_lossy(&text).into_owned()
     });
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let compression = manifest.compression;
-    let unpacker =
-        tokio::task::spawn_blocking(move || unpack(rx, compression, std::fs::File::from(stdin)));
-    let mut download = Ok(());
-    loop {
-        match body.try_next().await {
-            Ok(Some(chunk)) => {
-                // A closed queue: the unpacker failed, and says why below.
-                if tx.send(chunk).await.is_err() {
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                download = Err(format!("reading {key}: {e}"));
-                break;
-            }
-        }
-    }
-    drop(tx);
-    let unpacked = unpacker
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))
-        .and_then(|r| r);
+    let (download, unpacked) = download(
+        &mut body,
+        &key,
+        manifest.compression,
+        std::fs::File::from(stdin),
+    )
+    .await;
     if download.is_err() || unpacked.is_err() {
         let _ = tar.start_kill();
     }
@@ -104,15 +88,48 @@ pub async fn restore(config: &ArchiveConfig, manifest: &Manifest, pgdata: &Path)
         .map_err(BackupError::io(pgdata))
 }
 
+/// Stream `body` (the object at `key`) through [`unpack`] into `out`: whether the
+/// download finished, and what was unpacked.
+pub(crate) async fn download(
+    body: &mut ByteStream,
+    key: &str,
+    compression: Compression,
+    out: std::fs::File,
+) -> (std::result::Result<(), String>, io::Result<Unpacked>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let unpacker = tokio::task::spawn_blocking(move || unpack(rx, compression, out));
+    let mut download = Ok(());
+    loop {
+        match body.try_next().await {
+            Ok(Some(chunk)) => {
+                // A closed queue: the unpacker failed, and says why.
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                download = Err(format!("reading {key}: {e}"));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let unpacked = unpacker
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|r| r);
+    (download, unpacked)
+}
+
 /// A missing directory is created (mode 0700); an existing one must be empty.
 fn prepare(pgdata: &Path) -> Result<()> {
     match std::fs::read_dir(pgdata) {
         Ok(mut entries) => {
             if entries.next().is_some() {
-                return Err(BackupError::Io {
-                    path: pgdata.to_path_buf(),
-                    source: io::Error::other("not empty; refusing to restore over it"),
-                });
+                return Err(BackupError::io(pgdata)(io::Error::other(
+                    "not empty; refusing to restore over it",
+                )));
             }
             std::fs::set_permissions(pgdata, std::fs::Permissions::from_mode(0o700))
                 .map_err(BackupError::io(pgdata))

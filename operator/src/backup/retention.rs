@@ -210,6 +210,7 @@ mod tests {
     /// Four daily backups, the last two on timeline 2; WAL of both timelines.
     fn catalog() -> Catalog {
         Catalog {
+            dumps: vec![],
             backups: vec![
                 backup("20261206T000000Z", 96, "000000010000000000000002"),
                 backup("20261207T000000Z", 72, "000000010000000000000010"),

@@ -128,6 +128,7 @@ mod tests {
 
     fn catalog() -> Catalog {
         Catalog {
+            dumps: vec![],
             backups: vec![
                 backup("a", "2026-12-01T11:02:03Z", "0/3000100"),
                 backup("b", "2026-12-01T11:30:00Z", "0/8000100"),

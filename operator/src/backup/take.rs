@@ -6,23 +6,19 @@
 //! is never counted.
 
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-use tokio::io::AsyncReadExt as _;
-use tokio::sync::mpsc;
 
 use crate::archive::checksum::sha256_hex;
 use crate::archive::config::ArchiveConfig;
-use crate::archive::segment::{object_key, Compression, WalFile};
+use crate::archive::segment::{object_key, WalFile};
 use crate::archive::store::Store;
 use crate::postgres::lsn;
 
 use super::error::{BackupError, Result};
 use super::manifest::{self, Manifest};
+use super::pipe::{self, conninfo_value};
 use super::tarscan::{Points, TarScan};
 use super::time;
-use super::upload::{self, Produced};
 
 /// How often the archive is checked for the backup's last segment.
 const WAL_POLL: Duration = Duration::from_secs(1);
@@ -42,41 +38,40 @@ pub struct Source {
     pub application_name: String,
 }
 
-/// What the stream left behind.
-struct Streamed {
-    etags: Vec<String>,
-    produced: Produced,
-    points: Points,
-    pg_version: Option<String>,
-}
-
 pub async fn take(config: &ArchiveConfig, source: &Source, wal_wait: Duration) -> Result<Manifest> {
     let store = Store::new(config)?;
     let started = time::now_secs();
-    let id = new_id(&store, config, &time::format_id(started)).await?;
+    let id = new_id(
+        &store,
+        &manifest::backups_prefix(&config.prefix),
+        &time::format_id(started),
+    )
+    .await?;
     let key = manifest::data_key(&config.prefix, &id, config.compression);
-    let upload_id = store.create_multipart(&id, &key).await?;
-    let streamed = match stream(&store, &id, &key, &upload_id, source, config.compression).await {
-        Ok(streamed) => streamed,
-        Err(e) => {
-            let _ = store.abort_multipart(&id, &key, &upload_id).await;
-            return Err(e);
-        }
-    };
+    let piped = pipe::command_into_object(
+        &store,
+        &id,
+        &key,
+        command(source),
+        config.compression,
+        TarScan::default(),
+    )
+    .await?;
     let finished = time::now_secs_ceil();
-    if let Err(e) = store
-        .complete_multipart(&id, &key, &upload_id, &streamed.etags)
-        .await
-    {
-        let _ = store.abort_multipart(&id, &key, &upload_id).await;
-        return Err(e.into());
-    }
+    let scan = &piped.observer;
+    let points = scan.points().ok_or_else(|| {
+        BackupError::take(&id)(
+            "the tar has no backup_label with a start point or no backup_manifest with WAL \
+             ranges"
+                .to_owned(),
+        )
+    })?;
     let Points {
         timeline,
         start_lsn,
         stop_timeline,
         stop_lsn,
-    } = streamed.points;
+    } = points;
     let stop_wal = manifest::stop_segment(stop_timeline, stop_lsn).to_string();
     if let Err(e) = wait_for_wal(&store, config, &id, &stop_wal, wal_wait).await {
         // Never counted without a manifest; removed now rather than by retention.
@@ -92,12 +87,12 @@ pub async fn take(config: &ArchiveConfig, source: &Source, wal_wait: Duration) -
         stop_wal,
         started_at: time::format_rfc3339(started),
         finished_at: time::format_rfc3339(finished),
-        size_bytes: streamed.produced.input_bytes,
-        stored_bytes: streamed.produced.stored_bytes,
-        sha256: streamed.produced.sha256,
+        size_bytes: piped.produced.input_bytes,
+        stored_bytes: piped.produced.stored_bytes,
+        sha256: piped.produced.sha256,
         compression: config.compression,
         source: source.host.clone(),
-        pg_version: streamed.pg_version,
+        pg_version: scan.version(),
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| BackupError::take(&id)(format!("manifest: {e}")))?;
@@ -108,98 +103,19 @@ pub async fn take(config: &ArchiveConfig, source: &Source, wal_wait: Duration) -
     Ok(manifest)
 }
 
-/// The start time as id, with a suffix when a backup of the same second exists.
-async fn new_id(store: &Store, config: &ArchiveConfig, base: &str) -> Result<String> {
-    let prefix = format!("{}{base}", manifest::backups_prefix(&config.prefix));
-    let listed = store.list(base, &prefix).await?;
+/// The start time as id, with a suffix when one of the same second is under `dir`
+/// (`<prefix>/backups/` or `<prefix>/dumps/`).
+pub async fn new_id(store: &Store, dir: &str, base: &str) -> Result<String> {
+    let listed = store.list(base, &format!("{dir}{base}")).await?;
     let taken: Vec<String> = listed
         .iter()
-        .filter_map(|o| {
-            let rest = o
-                .key
-                .strip_prefix(&manifest::backups_prefix(&config.prefix))?;
-            Some(rest.split_once('/')?.0.to_owned())
-        })
+        .filter_map(|o| Some(o.key.strip_prefix(dir)?.split_once('/')?.0.to_owned()))
         .collect();
     Ok(manifest::free_id(base, &taken))
 }
 
-/// Run `pg_basebackup` into the upload; its ETags, counts and WAL points. On any
-/// failure the process group is killed and the caller aborts the upload.
-async fn stream(
-    store: &Store,
-    id: &str,
-    key: &str,
-    upload_id: &str,
-    source: &Source,
-    compression: Compression,
-) -> Result<Streamed> {
-    let failed = BackupError::take(id);
-    let mut child = command(source)
-        .spawn()
-        .map_err(|e| BackupError::take(id)(format!("starting pg_basebackup: {e}")))?;
-    let pid = child.id();
-    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        kill_group(pid);
-        return Err(failed("pg_basebackup has no output pipes".to_owned()));
-    };
-    let stderr_task = tokio::spawn(async move {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text).await;
-        String::from_utf8_lossy(&text).into_owned()
-    });
-    let tar = match stdout.into_owned_fd() {
-        Ok(fd) => std::fs::File::from(fd),
-        Err(e) => {
-            kill_group(pid);
-            return Err(BackupError::take(id)(format!(
-                "pg_basebackup's stdout: {e}"
-            )));
-        }
-    };
-    let (tx, rx) = mpsc::channel(1);
-    let producer = tokio::task::spawn_blocking(move || {
-        let mut scan = TarScan::default();
-        upload::produce(tar, compression, tx, &mut |data| scan.feed(data)).map(|p| (p, scan))
-    });
-    let uploaded = upload::upload(store, id, key, upload_id, rx).await;
-    if uploaded.is_err() {
-        kill_group(pid);
-    }
-    let produced = producer
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))
-        .and_then(|r| r);
-    if produced.is_err() {
-        kill_group(pid);
-    }
-    let status = child.wait().await;
-    let stderr = stderr_task.await.unwrap_or_default();
-    let etags = uploaded?;
-    let (produced, scan) = produced
-        .map_err(|e| BackupError::take(id)(format!("streaming pg_basebackup's output: {e}")))?;
-    let status = status.map_err(|e| BackupError::take(id)(format!("pg_basebackup: {e}")))?;
-    check_exit(status, &stderr).map_err(BackupError::take(id))?;
-    if produced.input_bytes == 0 || etags.is_empty() {
-        return Err(failed("pg_basebackup wrote nothing".to_owned()));
-    }
-    let points = scan.points().ok_or_else(|| {
-        BackupError::take(id)(
-            "the tar has no backup_label with a start point or no backup_manifest with WAL \
-             ranges"
-                .to_owned(),
-        )
-    })?;
-    Ok(Streamed {
-        etags,
-        produced,
-        points,
-        pg_version: scan.version(),
-    })
-}
-
 fn command(source: &Source) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(source.pg_bin.join("pg_basebackup"));
+    let mut cmd = pipe::client_command(source.pg_bin.join("pg_basebackup"));
     let conninfo = format!(
         "passfile={} application_name={}",
         conninfo_value(&source.passfile.to_string_lossy()),
@@ -211,54 +127,8 @@ fn command(source: &Source) -> tokio::process::Command {
         .arg(format!("--host={}", source.host))
         .arg(format!("--port={}", source.port))
         .arg(format!("--username={}", source.user))
-        .arg(format!("--dbname={conninfo}"))
-        // English messages for the errors; no password from elsewhere.
-        .env("LC_MESSAGES", "C")
-        .env_remove("LC_ALL")
-        .env_remove("PGPASSWORD")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own group, so a failure stops it and anything it started.
-        .process_group(0)
-        .kill_on_drop(true);
+        .arg(format!("--dbname={conninfo}"));
     cmd
-}
-
-/// A libpq connection string value, quoted.
-pub fn conninfo_value(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-fn kill_group(pid: Option<u32>) {
-    let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) else {
-        return;
-    };
-    // SAFETY: kill(2) has no memory-safety preconditions; the child is not reaped yet,
-    // so its pid still names its group.
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
-    }
-}
-
-fn check_exit(status: ExitStatus, stderr: &str) -> std::result::Result<(), String> {
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "pg_basebackup failed ({status}): {}",
-            last_line(stderr)
-        ))
-    }
-}
-
-/// The last non-empty line: pg_basebackup's reason for failing.
-pub fn last_line(text: &str) -> &str {
-    text.lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("(no output)")
 }
 
 /// Until `<prefix>/wal/<stop_wal>[.zst]` exists: from a standby, the primary archives
@@ -291,21 +161,8 @@ async fn wait_for_wal(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reasons() {
-        let failed =
-            "pg_basebackup: error: connection to server failed: FATAL:  no pg_hba.conf entry\n\n";
-        assert!(last_line(failed).ends_with("no pg_hba.conf entry"));
-        assert_eq!(last_line(""), "(no output)");
-    }
-
-    #[test]
-    fn quotes_conninfo_values() {
-        assert_eq!(conninfo_value("/tmp/x y"), "'/tmp/x y'");
-        assert_eq!(conninfo_value("a'b\\c"), "'a\\'b\\\\c'");
+impl pipe::Observer for TarScan {
+    fn observe(&mut self, data: &[u8]) {
+        self.feed(data);
     }
 }

@@ -1,28 +1,106 @@
-//! Base backups (`spec.backup`): a CronJob on the schedule and a Job for each new value
-//! of the `geodb.io/backup-request` annotation, both running `geodb backup` in the
-//! cluster's own image (it has `pg_basebackup`) as the replication role.
+//! Base backups and logical dumps (`spec.backup`): for each, a CronJob on its schedule
+//! and a Job for each new value of its request annotation, running `geodb backup` (as
+//! the replication role, with `pg_basebackup`) or `geodb dump` (as the superuser, with
+//! `pg_dump`) in the cluster's own image.
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, KeyToPath, PodSpec, PodTemplateSpec, ProjectedVolumeSource,
-    SecretProjection, Volume, VolumeMount, VolumeProjection,
+    Container, EnvVar, PodSpec, PodTemplateSpec, ProjectedVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::instance::{restricted_container_security, restricted_pod_security};
+use super::instance::{
+    password_projection, restricted_container_security, restricted_pod_security,
+};
 use super::{archive, content_hash, env, Cluster};
 use crate::api::BackupSpec;
-use crate::names::{cluster_labels, COMPONENT_BACKUP, POSTGRES_PORT, REPLICATION_USER};
-use crate::pod_contract::{env as var, Credential, PASSWORD_FILE, POSTGRES_UID, SECRETS_DIR};
+use crate::names::{
+    cluster_labels, COMPONENT_BACKUP, COMPONENT_DUMP, POSTGRES_PORT, REPLICATION_USER, SUPERUSER,
+};
+use crate::pod_contract::{env as var, Credential, POSTGRES_UID, SECRETS_DIR};
 
 /// A backup that runs longer than this is stopped (and counts as failed: its manifest
 /// is never written).
 const DEADLINE_SECONDS: i64 = 6 * 3600;
 
-/// The server to copy: a streaming replica when preferred and one serves reads, else the
-/// primary.
-fn source_host(cluster: &Cluster, backup: &BackupSpec) -> String {
-    let service = if backup.prefer_standby && cluster.standby_ready {
+/// What a Job of this module does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// `geodb backup`: a base backup, then its retention.
+    Base,
+    /// `geodb dump`: a logical dump of every database and the roles, then its retention.
+    Dump,
+}
+
+impl Task {
+    pub const ALL: [Task; 2] = [Task::Base, Task::Dump];
+
+    fn component(self) -> &'static str {
+        match self {
+            Task::Base => COMPONENT_BACKUP,
+            Task::Dump => COMPONENT_DUMP,
+        }
+    }
+
+    fn subcommand(self) -> &'static str {
+        match self {
+            Task::Base => "backup",
+            Task::Dump => "dump",
+        }
+    }
+
+    /// The role it logs in as: a base backup needs replication only; a dump reads every
+    /// table of every database.
+    fn login(self) -> (&'static str, Credential) {
+        match self {
+            Task::Base => (REPLICATION_USER, Credential::Replication),
+            Task::Dump => (SUPERUSER, Credential::Superuser),
+        }
+    }
+
+    /// Its schedule, when `spec.backup` asks for scheduled runs.
+    fn schedule(self, backup: &BackupSpec) -> Option<String> {
+        match self {
+            Task::Base => backup.schedule.clone(),
+            Task::Dump => backup.dumps.as_ref()?.schedule.clone(),
+        }
+    }
+
+    /// Whether `spec.backup` asks for it at all.
+    fn enabled(self, backup: &BackupSpec) -> bool {
+        match self {
+            Task::Base => true,
+            Task::Dump => backup.dumps.is_some(),
+        }
+    }
+
+    fn request(self, cluster: &Cluster) -> Option<&str> {
+        match self {
+            Task::Base => cluster.backup_request.as_deref(),
+            Task::Dump => cluster.dump_request.as_deref(),
+        }
+    }
+
+    fn cron_job_name(self, cluster: &Cluster) -> String {
+        match self {
+            Task::Base => cluster.names.backup_cron_job(),
+            Task::Dump => cluster.names.dump_cron_job(),
+        }
+    }
+
+    fn requested_job_name(self, cluster: &Cluster, hash: &str) -> String {
+        match self {
+            Task::Base => cluster.names.requested_backup_job(hash),
+            Task::Dump => cluster.names.requested_dump_job(hash),
+        }
+    }
+}
+
+/// The server a base backup copies: a streaming replica when preferred and one serves
+/// reads, else the primary. Dumps always read the primary: a long `pg_dump` on a
+/// standby is cancelled when replay needs a lock it holds.
+fn source_host(cluster: &Cluster, backup: &BackupSpec, task: Task) -> String {
+    let service = if task == Task::Base && backup.prefer_standby && cluster.standby_ready {
         cluster.names.ro_service()
     } else {
         cluster.names.rw_service()
@@ -30,50 +108,54 @@ fn source_host(cluster: &Cluster, backup: &BackupSpec) -> String {
     cluster.service_host(&service)
 }
 
-fn backup_env(cluster: &Cluster, backup: &BackupSpec) -> Vec<EnvVar> {
+fn task_env(cluster: &Cluster, backup: &BackupSpec, task: Task) -> Vec<EnvVar> {
     let mut vars = archive::archive_env(cluster);
-    // From a replica the primary archives the last segment when it switches, after
-    // archiveTimeout at worst.
-    let wal_wait = i64::from(backup.archive_timeout_seconds) * 2 + 120;
+    let (user, credential) = task.login();
     vars.extend([
-        env(var::BACKUP_HOST, source_host(cluster, backup)),
+        env(var::BACKUP_HOST, source_host(cluster, backup, task)),
         env(var::BACKUP_PORT, POSTGRES_PORT.to_string()),
-        env(var::BACKUP_USER, REPLICATION_USER),
+        env(var::BACKUP_USER, user),
         env(
             var::BACKUP_PASSWORD_FILE,
-            format!("{SECRETS_DIR}/{}", Credential::Replication.password_path()),
+            format!("{SECRETS_DIR}/{}", credential.password_path()),
         ),
-        env(var::BACKUP_WAL_WAIT_SECONDS, wal_wait.to_string()),
     ]);
-    if let Some(retention) = &backup.retention {
-        if let Some(window) = &retention.window {
-            vars.push(env(var::BACKUP_RETENTION_WINDOW, window.clone()));
+    match task {
+        Task::Base => {
+            // From a replica the primary archives the last segment when it switches,
+            // after archiveTimeout at worst.
+            let wal_wait = i64::from(backup.archive_timeout_seconds) * 2 + 120;
+            vars.push(env(var::BACKUP_WAL_WAIT_SECONDS, wal_wait.to_string()));
+            if let Some(retention) = &backup.retention {
+                if let Some(window) = &retention.window {
+                    vars.push(env(var::BACKUP_RETENTION_WINDOW, window.clone()));
+                }
+                if let Some(count) = retention.count {
+                    vars.push(env(var::BACKUP_RETENTION_COUNT, count.to_string()));
+                }
+            }
         }
-        if let Some(count) = retention.count {
-            vars.push(env(var::BACKUP_RETENTION_COUNT, count.to_string()));
+        Task::Dump => {
+            if let Some(dumps) = &backup.dumps {
+                vars.push(env(var::DUMP_KEEP, dumps.keep.to_string()));
+            }
         }
     }
     vars
 }
 
-fn secrets_volume(cluster: &Cluster) -> Volume {
-    let replication = VolumeProjection {
-        secret: Some(SecretProjection {
-            name: cluster.names.replication_secret(),
-            items: Some(vec![KeyToPath {
-                key: PASSWORD_FILE.into(),
-                path: Credential::Replication.password_path(),
-                mode: Some(0o400),
-            }]),
-            ..SecretProjection::default()
-        }),
-        ..VolumeProjection::default()
+fn secrets_volume(cluster: &Cluster, task: Task) -> Volume {
+    let (_, credential) = task.login();
+    let secret = match credential {
+        Credential::Superuser => cluster.names.superuser_secret(),
+        Credential::Replication => cluster.names.replication_secret(),
+        Credential::App => cluster.names.app_secret(),
     };
     Volume {
         name: "secrets".into(),
         projected: Some(ProjectedVolumeSource {
             sources: Some(
-                std::iter::once(replication)
+                std::iter::once(password_projection(secret, credential))
                     .chain(archive::archive_projections(cluster))
                     .collect(),
             ),
@@ -83,7 +165,7 @@ fn secrets_volume(cluster: &Cluster) -> Volume {
     }
 }
 
-fn pod_template(cluster: &Cluster, backup: &BackupSpec) -> PodTemplateSpec {
+fn pod_template(cluster: &Cluster, backup: &BackupSpec, task: Task) -> PodTemplateSpec {
     let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
         name: name.into(),
         mount_path: path.into(),
@@ -92,7 +174,7 @@ fn pod_template(cluster: &Cluster, backup: &BackupSpec) -> PodTemplateSpec {
     };
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(cluster_labels(&cluster.names.cluster, COMPONENT_BACKUP)),
+            labels: Some(cluster_labels(&cluster.names.cluster, task.component())),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
@@ -100,11 +182,11 @@ fn pod_template(cluster: &Cluster, backup: &BackupSpec) -> PodTemplateSpec {
             automount_service_account_token: Some(false),
             security_context: Some(restricted_pod_security(POSTGRES_UID)),
             containers: vec![Container {
-                name: "backup".into(),
+                name: task.subcommand().into(),
                 image: Some(cluster.spec.image().to_owned()),
                 image_pull_policy: Some(cluster.spec.image_pull_policy.as_str().to_owned()),
-                command: Some(vec!["geodb".into(), "backup".into()]),
-                env: Some(backup_env(cluster, backup)),
+                command: Some(vec!["geodb".into(), task.subcommand().into()]),
+                env: Some(task_env(cluster, backup, task)),
                 volume_mounts: Some(vec![
                     mount("secrets", SECRETS_DIR, true),
                     mount("tmp", "/tmp", false),
@@ -113,7 +195,7 @@ fn pod_template(cluster: &Cluster, backup: &BackupSpec) -> PodTemplateSpec {
                 ..Container::default()
             }],
             volumes: Some(vec![
-                secrets_volume(cluster),
+                secrets_volume(cluster, task),
                 Volume {
                     name: "tmp".into(),
                     empty_dir: Some(Default::default()),
@@ -125,23 +207,23 @@ fn pod_template(cluster: &Cluster, backup: &BackupSpec) -> PodTemplateSpec {
     }
 }
 
-fn job_spec(cluster: &Cluster, backup: &BackupSpec) -> JobSpec {
+fn job_spec(cluster: &Cluster, backup: &BackupSpec, task: Task) -> JobSpec {
     JobSpec {
-        // One retry: a backup cut by a restarted source is worth a second copy.
+        // One retry: a copy cut by a restarted source is worth a second try.
         backoff_limit: Some(1),
         active_deadline_seconds: Some(DEADLINE_SECONDS),
-        template: pod_template(cluster, backup),
+        template: pod_template(cluster, backup, task),
         ..JobSpec::default()
     }
 }
 
-/// The scheduled backups, when `spec.backup.schedule` is set.
-pub fn cron_job(cluster: &Cluster) -> Option<CronJob> {
+/// The scheduled runs of `task`, when `spec.backup` gives it a schedule.
+pub fn cron_job(cluster: &Cluster, task: Task) -> Option<CronJob> {
     let backup = cluster.spec.backup.as_ref()?;
-    let schedule = backup.schedule.clone()?;
-    let name = cluster.names.backup_cron_job();
+    let schedule = task.schedule(backup)?;
+    let component = task.component();
     Some(CronJob {
-        metadata: cluster.component_meta(name, COMPONENT_BACKUP),
+        metadata: cluster.component_meta(task.cron_job_name(cluster), component),
         spec: Some(CronJobSpec {
             schedule,
             time_zone: Some("Etc/UTC".into()),
@@ -152,10 +234,10 @@ pub fn cron_job(cluster: &Cluster) -> Option<CronJob> {
             failed_jobs_history_limit: Some(3),
             job_template: JobTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(cluster_labels(&cluster.names.cluster, COMPONENT_BACKUP)),
+                    labels: Some(cluster_labels(&cluster.names.cluster, component)),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(job_spec(cluster, backup)),
+                spec: Some(job_spec(cluster, backup, task)),
             },
             ..CronJobSpec::default()
         }),
@@ -163,20 +245,20 @@ pub fn cron_job(cluster: &Cluster) -> Option<CronJob> {
     })
 }
 
-/// The backup the current value of the backup-request annotation asks for. It stays
-/// (finished) until the value changes, so one value never runs two backups.
-pub fn requested_job(cluster: &Cluster) -> Option<Job> {
+/// The run the current value of `task`'s request annotation asks for. It stays
+/// (finished) until the value changes, so one value never runs twice.
+pub fn requested_job(cluster: &Cluster, task: Task) -> Option<Job> {
     let backup = cluster.spec.backup.as_ref()?;
     // Made once the first primary has run: before that there is nothing to copy.
-    if !cluster.bootstrapped {
+    if !cluster.bootstrapped || !task.enabled(backup) {
         return None;
     }
-    let request = cluster.backup_request.as_deref()?;
+    let request = task.request(cluster)?;
     let hash = content_hash(&[request.as_bytes()]);
-    let name = cluster.names.requested_backup_job(&hash[..10]);
+    let name = task.requested_job_name(cluster, &hash[..10]);
     Some(Job {
-        metadata: cluster.component_meta(name, COMPONENT_BACKUP),
-        spec: Some(job_spec(cluster, backup)),
+        metadata: cluster.component_meta(name, task.component()),
+        spec: Some(job_spec(cluster, backup, task)),
         ..Job::default()
     })
 }
@@ -211,17 +293,17 @@ mod tests {
     #[test]
     fn no_schedule_no_cron_job_and_no_request_no_job() {
         let cluster = with_backup(serde_json::json!({}));
-        assert!(cron_job(&cluster).is_none());
-        assert!(requested_job(&cluster).is_none());
+        assert!(cron_job(&cluster, Task::Base).is_none());
+        assert!(requested_job(&cluster, Task::Base).is_none());
         let plain = test_cluster(serde_json::json!({"storage": {"size": "1Gi"}}));
-        assert!(cron_job(&plain).is_none());
+        assert!(cron_job(&plain, Task::Base).is_none());
     }
 
     #[test]
     fn scheduled_backups_run_one_at_a_time_as_non_root() {
         let cluster = with_backup(serde_json::json!({"schedule": "0 3 * * *",
             "retention": {"window": "7d", "count": 2}}));
-        let cron = cron_job(&cluster).unwrap();
+        let cron = cron_job(&cluster, Task::Base).unwrap();
         let spec = cron.spec.unwrap();
         assert_eq!(spec.schedule, "0 3 * * *");
         assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
@@ -256,19 +338,27 @@ mod tests {
         cluster.standby_ready = true;
         cluster.backup_request = Some("2026-12-02T03:00".into());
         assert!(
-            requested_job(&cluster).is_none(),
+            requested_job(&cluster, Task::Base).is_none(),
             "no Job before the first primary ran"
         );
         cluster.bootstrapped = true;
-        let job = requested_job(&cluster).unwrap();
+        let job = requested_job(&cluster, Task::Base).unwrap();
         let pod = job.spec.unwrap().template;
         assert_eq!(
             env_of(&pod, var::BACKUP_HOST).as_deref(),
             Some("geo-ro.maps.svc")
         );
-        let first = requested_job(&cluster).unwrap().metadata.name.unwrap();
+        let first = requested_job(&cluster, Task::Base)
+            .unwrap()
+            .metadata
+            .name
+            .unwrap();
         cluster.backup_request = Some("again".into());
-        let second = requested_job(&cluster).unwrap().metadata.name.unwrap();
+        let second = requested_job(&cluster, Task::Base)
+            .unwrap()
+            .metadata
+            .name
+            .unwrap();
         assert!(
             first.starts_with("geo-backup-") && first != second,
             "{first} {second}"
@@ -277,10 +367,55 @@ mod tests {
         primary_only.standby_ready = true;
         primary_only.bootstrapped = true;
         primary_only.backup_request = Some("x".into());
-        let pod = requested_job(&primary_only).unwrap().spec.unwrap().template;
+        let pod = requested_job(&primary_only, Task::Base)
+            .unwrap()
+            .spec
+            .unwrap()
+            .template;
         assert_eq!(
             env_of(&pod, var::BACKUP_HOST).as_deref(),
             Some("geo-rw.maps.svc")
         );
+    }
+
+    #[test]
+    fn dumps_run_as_the_superuser_against_the_primary() {
+        let mut cluster = with_backup(serde_json::json!({
+            "dumps": {"schedule": "0 4 * * *", "keep": 3}}));
+        cluster.standby_ready = true;
+        let cron = cron_job(&cluster, Task::Dump).unwrap();
+        assert_eq!(cron.metadata.name.as_deref(), Some("geo-dump"));
+        let spec = cron.spec.unwrap();
+        assert_eq!(spec.schedule, "0 4 * * *");
+        let pod = spec.job_template.spec.unwrap().template;
+        let container = &pod.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            container.command.as_deref(),
+            Some(&["geodb".to_owned(), "dump".to_owned()][..])
+        );
+        assert_eq!(env_of(&pod, var::BACKUP_USER).as_deref(), Some(SUPERUSER));
+        assert_eq!(env_of(&pod, var::DUMP_KEEP).as_deref(), Some("3"));
+        assert_eq!(
+            env_of(&pod, var::BACKUP_HOST).as_deref(),
+            Some("geo-rw.maps.svc")
+        );
+        let projected = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0]
+            .projected
+            .clone()
+            .unwrap();
+        let first = projected.sources.unwrap()[0].secret.clone().unwrap();
+        assert_eq!(first.name, "geo-superuser");
+
+        // No dumps in the spec: no dump Job, whatever the annotation says.
+        let mut plain = with_backup(serde_json::json!({}));
+        plain.bootstrapped = true;
+        plain.dump_request = Some("now".into());
+        assert!(cron_job(&plain, Task::Dump).is_none());
+        assert!(requested_job(&plain, Task::Dump).is_none());
+        cluster.bootstrapped = true;
+        cluster.dump_request = Some("now".into());
+        let job = requested_job(&cluster, Task::Dump).unwrap();
+        assert!(job.metadata.name.unwrap().starts_with("geo-dump-"));
+        assert!(requested_job(&cluster, Task::Base).is_none());
     }
 }

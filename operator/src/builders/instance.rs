@@ -113,9 +113,10 @@ pub fn restricted_pod_security(uid: i64) -> PodSecurityContext {
     }
 }
 
-fn secrets_volume(cluster: &Cluster) -> Volume {
-    let n = &cluster.names;
-    let project = |secret: String, role: Credential| VolumeProjection {
+/// The password of `role`, from its Secret, at the role's path under the secrets
+/// directory (read-only to the owner).
+pub(super) fn password_projection(secret: String, role: Credential) -> VolumeProjection {
+    VolumeProjection {
         secret: Some(SecretProjection {
             name: secret,
             items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
@@ -126,7 +127,12 @@ fn secrets_volume(cluster: &Cluster) -> Volume {
             ..SecretProjection::default()
         }),
         ..VolumeProjection::default()
-    };
+    }
+}
+
+fn secrets_volume(cluster: &Cluster) -> Volume {
+    let n = &cluster.names;
+    let project = password_projection;
     Volume {
         name: "secrets".into(),
         projected: Some(ProjectedVolumeSource {

@@ -58,6 +58,8 @@ pub struct Cluster {
     pub standby_ready: bool,
     /// The value of the backup-request annotation: one base backup per value.
     pub backup_request: Option<String>,
+    /// The value of the dump-request annotation: one logical dump per value.
+    pub dump_request: Option<String>,
 }
 
 impl Cluster {
@@ -78,11 +80,8 @@ impl Cluster {
             credentials,
             bootstrapped: false,
             standby_ready: false,
-            backup_request: db
-                .annotations()
-                .get(crate::names::ANNOTATION_BACKUP_REQUEST)
-                .filter(|v| !v.trim().is_empty())
-                .cloned(),
+            backup_request: request(db, crate::names::ANNOTATION_BACKUP_REQUEST),
+            dump_request: request(db, crate::names::ANNOTATION_DUMP_REQUEST),
         })
     }
 
@@ -107,6 +106,14 @@ impl Cluster {
     }
 }
 
+/// A request annotation's value; blank counts as none.
+fn request(db: &GeoDatabase, annotation: &str) -> Option<String> {
+    db.annotations()
+        .get(annotation)
+        .filter(|v| !v.trim().is_empty())
+        .cloned()
+}
+
 /// Everything a cluster should have, as built from its `Cluster`.
 #[derive(Clone, Debug)]
 pub struct Resources {
@@ -121,7 +128,7 @@ pub struct Resources {
     pub services: Vec<Service>,
     pub deployments: Vec<Deployment>,
     pub statefulsets: Vec<StatefulSet>,
-    /// Scheduled base backups, and the one the backup-request annotation asks for.
+    /// Scheduled base backups and dumps, and those the request annotations ask for.
     pub cron_jobs: Vec<CronJob>,
     pub jobs: Vec<Job>,
 }
@@ -153,8 +160,14 @@ pub fn build(cluster: &Cluster) -> Resources {
             .iter()
             .map(|instance| instance::statefulset(cluster, instance))
             .collect(),
-        cron_jobs: backup::cron_job(cluster).into_iter().collect(),
-        jobs: backup::requested_job(cluster).into_iter().collect(),
+        cron_jobs: backup::Task::ALL
+            .iter()
+            .filter_map(|task| backup::cron_job(cluster, *task))
+            .collect(),
+        jobs: backup::Task::ALL
+            .iter()
+            .filter_map(|task| backup::requested_job(cluster, *task))
+            .collect(),
     }
 }
 

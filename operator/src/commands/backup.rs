@@ -7,6 +7,27 @@ pub fn backup() -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+pub fn dump() -> Result<(), String> {
+    geodb::backup::dump_command()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// One file of a dump to stdout: `database`'s archive, or the globals without one.
+pub fn dump_fetch(id: Option<&str>, database: Option<String>) -> Result<(), String> {
+    let part = match database {
+        Some(name) => geodb::backup::dump::Part::Database(name),
+        None => geodb::backup::dump::Part::Globals,
+    };
+    geodb::backup::dump_fetch_command(id, &part)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+pub fn dump_list() -> Result<(), String> {
+    geodb::backup::dump_list_command().map_err(|e| e.to_string())
+}
+
 /// Unpack the backup `target` (as `spec.bootstrap.recovery.target` is encoded: `latest`,
 /// `time:<t>`, `lsn:<l>`, `name:<n>`) starts from into `pgdata`, which must be missing or
 /// empty; prints its manifest. Replaying the WAL is PostgreSQL's job afterwards.

@@ -225,6 +225,10 @@ pub fn summary(catalog: &Catalog, read_at: &str) -> BackupsStatus {
         last_archived_time: range.map(|r| r.1),
         size_bytes: i64::try_from(catalog.backups.iter().map(|b| b.stored_bytes).sum::<u64>())
             .unwrap_or(i64::MAX),
+        dumps: (!catalog.dumps.is_empty())
+            .then(|| i32::try_from(catalog.dumps.len()).unwrap_or(i32::MAX)),
+        last_dump: catalog.dumps.last().map(|d| d.id.clone()),
+        last_dump_time: catalog.dumps.last().map(|d| d.finished_at.clone()),
         read_at: Some(read_at.to_owned()),
         error: None,
     }

@@ -30,27 +30,14 @@ use crate::names::{LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY};
 
 /// What the applier needs of an owned object's type: a namespaced API kind that can be
 /// sent and read back.
-pub trait OwnedKind:
-    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-    + Clone
-    + Serialize
-    + DeserializeOwned
-    + Debug
-    + Send
-    + Sync
-{
-}
+pub trait OwnedKind: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Wire {}
 
-impl<K> OwnedKind for K where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-{
-}
+impl<K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Wire> OwnedKind for K {}
+
+/// A value that crosses the wire and threads: serialisable both ways, cloneable, printable.
+pub trait Wire: Clone + Serialize + DeserializeOwned + Debug + Send + Sync {}
+
+impl<T: Clone + Serialize + DeserializeOwned + Debug + Send + Sync> Wire for T {}
 
 /// Deletes owned objects that are no longer wanted (the apply step's applier).
 pub trait Pruner {
