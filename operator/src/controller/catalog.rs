@@ -211,6 +211,11 @@ fn record_metrics(ctx: &Context, namespace: &str, cluster: &str, catalog: &Catal
             .get_or_create(&labels)
             .set(finished);
     }
+    if let Some(finished) = catalog.dumps.last().and_then(|d| d.finished_secs()) {
+        m.dump_last_completion_timestamp_seconds
+            .get_or_create(&labels)
+            .set(finished);
+    }
 }
 
 /// `status.backups` from a catalog (pure).

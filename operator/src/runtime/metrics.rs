@@ -59,6 +59,7 @@ pub struct Metrics {
     pub backups: Family<ClusterLabels, Gauge>,
     pub backup_last_completion_timestamp_seconds: Family<ClusterLabels, Gauge>,
     pub backup_stored_bytes: Family<ClusterLabels, Gauge>,
+    pub dump_last_completion_timestamp_seconds: Family<ClusterLabels, Gauge>,
     pub transitions: Family<TransitionLabels, Counter>,
     pub transition_duration: Histogram,
     pub promotions_refused: Family<TransitionLabels, Counter>,
@@ -87,6 +88,7 @@ impl Metrics {
             backups: Family::default(),
             backup_last_completion_timestamp_seconds: Family::default(),
             backup_stored_bytes: Family::default(),
+            dump_last_completion_timestamp_seconds: Family::default(),
             transitions: Family::default(),
             transition_duration: Histogram::new(exponential_buckets(0.25, 2.0, 10)),
             promotions_refused: Family::default(),
@@ -129,6 +131,11 @@ impl Metrics {
             "geodb_backup_stored_bytes",
             "Bytes the complete base backups take in the bucket",
             self.backup_stored_bytes.clone(),
+        );
+        registry.register(
+            "geodb_dump_last_completion_timestamp_seconds",
+            "When the newest complete logical dump finished (Unix time)",
+            self.dump_last_completion_timestamp_seconds.clone(),
         );
     }
 
