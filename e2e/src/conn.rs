@@ -16,19 +16,32 @@ pub struct Conn {
     pub dbname: String,
 }
 
+/// A connection once the Service routes to a server that accepts it (a minute at
+/// most): a GeoDatabase that says Ready can run ahead of its Services' endpoints, which
+/// kube-proxy applies a moment later. Panics with the last error.
 pub async fn connect(conn: &Conn) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::Config::new()
+    let mut config = tokio_postgres::Config::new();
+    config
         .host(&conn.host)
         .port(conn.port)
         .user(&conn.user)
         .password(&conn.password)
         .dbname(&conn.dbname)
-        .connect_timeout(Duration::from_secs(5))
-        .connect(NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {}:{}: {e}", conn.host, conn.port));
-    tokio::spawn(connection);
-    client
+        .connect_timeout(Duration::from_secs(5));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                return client;
+            }
+            Err(e) if std::time::Instant::now() >= deadline => {
+                panic!("connecting to {}:{} for 60 s: {e}", conn.host, conn.port)
+            }
+            // The poll interval of a wait with a deadline.
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
 }
 
 /// Connection details from a connection Secret, with the Service's ClusterIP as host

@@ -80,6 +80,29 @@ impl Endpoint {
         tokio::spawn(connection);
         Ok(client)
     }
+
+    /// A connection once the Service routes to a server that accepts it, within
+    /// `within`: a status that says healthy can run ahead of the Service's endpoints
+    /// (kube-proxy applies them a moment later) and of the readiness probe.
+    pub async fn connect_served(&self, within: Duration) -> anyhow::Result<tokio_postgres::Client> {
+        let last_error = Mutex::new(String::new());
+        let what = format!("a connection through {}:{}", self.host, self.port);
+        wait_for(&what, within, || async {
+            self.connect(Duration::from_secs(5))
+                .await
+                .map_err(|e| {
+                    if let Ok(mut last) = last_error.lock() {
+                        *last = format!("{e:#}");
+                    }
+                })
+                .ok()
+        })
+        .await
+        .map_err(|e| {
+            let last = last_error.lock().map(|l| l.clone()).unwrap_or_default();
+            anyhow!("{e:#}; last error: {last}")
+        })
+    }
 }
 
 /// One acknowledged write.

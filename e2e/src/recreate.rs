@@ -14,9 +14,12 @@ use kube::{Api, Client, ResourceExt};
 use crate::drill::{primary_of, wait_healthy, Endpoint};
 use crate::kube_util::wait_for;
 
+/// How long a Service may take to route to a server its GeoDatabase calls healthy.
+const SERVED: Duration = Duration::from_secs(60);
+
 /// Row count and a checksum of a table, through the read-write Service.
 async fn fingerprint(endpoint: &Endpoint, table: &str) -> anyhow::Result<(i64, String)> {
-    let client = endpoint.connect(Duration::from_secs(5)).await?;
+    let client = endpoint.connect_served(SERVED).await?;
     let row = client
         .query_one(
             &format!("SELECT count(*), md5(coalesce(string_agg(id::text || ':' || payload, ',' ORDER BY id), '')) FROM {table}"),
@@ -28,7 +31,7 @@ async fn fingerprint(endpoint: &Endpoint, table: &str) -> anyhow::Result<(i64, S
 
 async fn insert(endpoint: &Endpoint, from: i64, to: i64) -> anyhow::Result<()> {
     endpoint
-        .connect(Duration::from_secs(5))
+        .connect_served(SERVED)
         .await?
         .batch_execute(&format!(
             "INSERT INTO recreate SELECT g, md5(g::text) FROM generate_series({from}, {to}) g"
@@ -65,7 +68,7 @@ pub async fn recreate_after_switchover(
     let ready = wait_healthy(client, ns, &name, instances, timeout).await?;
     let first = primary_of(&ready).context("no primary")?;
     let rw = Endpoint::of(client, ns, &format!("{name}-app-rw"), &format!("{name}-rw")).await?;
-    rw.connect(Duration::from_secs(5))
+    rw.connect_served(SERVED)
         .await?
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS recreate (id bigint PRIMARY KEY, payload text NOT NULL); TRUNCATE recreate",
