@@ -1,15 +1,24 @@
 //! A real, throw-away Kubernetes control plane (etcd, kube-apiserver and
 //! kube-controller-manager) running as host processes on free loopback ports.
 //!
+//! What the components are (their command lines, the PKI, the kubeconfigs) is
+//! defined once, for this harness and for the local cluster of
+//! `e2e/cluster/cluster.sh`, by the bash files under `e2e/cluster/lib/`:
+//! `e2e/cluster/controlplane.sh prepare DIR` writes the certificates and
+//! kubeconfigs, `controlplane.sh argv COMPONENT DIR` prints a command line.
+//! This module picks the ports, runs the processes and waits for them.
+//!
 //! The binaries are built by `e2e/tools/build-tools.sh` into
 //! `${GEODB_CACHE:-~/.cache/geodb}`; the environment variables `GEODB_ETCD`,
 //! `GEODB_KUBE_APISERVER` and `GEODB_KUBE_CONTROLLER_MANAGER` override their
 //! locations.
 //!
-//! Everything lives in a fresh temporary directory (etcd data, keys, serving
+//! Everything lives in a fresh temporary directory (etcd data, the CA and the
 //! certificates, kubeconfigs, one log file per component) that is removed on
 //! drop unless `GEODB_KEEP_TEMP=1`. The processes are killed on drop, and the
 //! kernel kills them (`PR_SET_PDEATHSIG`) if the test process dies first.
+//! Clients authenticate with client certificates of the cluster CA, which
+//! also signed kube-apiserver's serving certificate.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -55,28 +64,9 @@ pub const ADMIN_USER: &str = "admin";
 /// grants `User geodb-operator` (plus `system:authenticated` defaults).
 pub const OPERATOR_USER: &str = "geodb-operator";
 
-/// kube-controller-manager controllers that are enabled. No kubelet runs, so
-/// node-related controllers (node lifecycle, pod GC, ...) are left out.
-pub const CONTROLLERS: &[&str] = &[
-    "garbage-collector-controller",
-    "namespace-controller",
-    "serviceaccount-controller",
-    "serviceaccount-token-controller",
-    "root-ca-certificate-publisher-controller",
-    "deployment-controller",
-    "replicaset-controller",
-    "statefulset-controller",
-    "job-controller",
-    "cronjob-controller",
-    "disruption-controller",
-    "endpoints-controller",
-    "endpointslice-controller",
-    "persistentvolumeclaim-protection-controller",
-    "persistentvolume-protection-controller",
-];
+/// The launcher: the control plane's definition, shared with the local cluster.
+const LAUNCHER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cluster/controlplane.sh");
 
-const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/16";
-const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const TERM_GRACE: Duration = Duration::from_secs(3);
@@ -99,23 +89,27 @@ pub struct Options {
 /// A running control plane. Dropping it stops the processes and removes the
 /// temporary directory (unless `GEODB_KEEP_TEMP=1`).
 pub struct ControlPlane {
+    run: Running,
+    server_url: String,
+    etcd_url: String,
+    controller_manager_url: String,
+    /// kube-controller-manager's program and arguments, from the launcher.
+    kcm_argv: Vec<String>,
+    admin: kube::Config,
+    operator: kube::Config,
+    /// PEM of the cluster CA (`pki/ca.crt`): it signed kube-apiserver's serving
+    /// certificate and the client certificates.
+    ca_pem: String,
+    kubeconfig: PathBuf,
+    operator_kubeconfig: PathBuf,
+}
+
+/// The processes and the directory; dropping it stops the processes and
+/// removes the directory (unless kept).
+struct Running {
     dir: PathBuf,
     keep_dir: bool,
     procs: Vec<Proc>,
-    server_url: String,
-    server_uri: http::Uri,
-    etcd_url: String,
-    controller_manager_url: String,
-    kcm_port: u16,
-    extra_controller_manager_args: Vec<String>,
-    admin_token: String,
-    operator_token: String,
-    /// PEM of the CA that signed kube-apiserver's self-signed serving
-    /// certificate; `None` until kube-apiserver has started (or if the
-    /// certificate could not be read: then TLS verification is disabled).
-    ca_pem: Option<String>,
-    kubeconfig: PathBuf,
-    operator_kubeconfig: PathBuf,
 }
 
 struct Proc {
@@ -127,7 +121,7 @@ struct Proc {
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlPlane")
-            .field("dir", &self.dir)
+            .field("dir", &self.run.dir)
             .field("server_url", &self.server_url)
             .field("etcd_url", &self.etcd_url)
             .field("kubeconfig", &self.kubeconfig)
@@ -144,10 +138,9 @@ impl ControlPlane {
 
     /// Like [`ControlPlane::start`], with extra command-line flags.
     pub async fn start_with(opts: Options) -> anyhow::Result<Self> {
-        let bins = Binaries::locate()?;
         let mut attempt = 1;
         loop {
-            match Self::start_once(&bins, &opts).await {
+            match Self::start_once(&opts).await {
                 Ok(cp) => return Ok(cp),
                 // Ports are picked by binding :0 and releasing them, so another
                 // process can grab one before our child binds it; retry then.
@@ -160,131 +153,90 @@ impl ControlPlane {
         }
     }
 
-    async fn start_once(bins: &Binaries, opts: &Options) -> anyhow::Result<Self> {
+    async fn start_once(opts: &Options) -> anyhow::Result<Self> {
         let t0 = Instant::now();
         let keep_dir = std::env::var("GEODB_KEEP_TEMP").is_ok_and(|v| v == "1");
-        let admin_token = random_hex(24)?;
-        let operator_token = random_hex(24)?;
-        let [etcd_client, etcd_peer, apiserver_port, kcm_port] = free_ports::<4>()?;
-        let server_url = format!("https://127.0.0.1:{apiserver_port}");
-        let server_uri = server_url.parse().context("parsing the apiserver URL")?;
-        let dir = make_temp_dir()?;
-        // From here on, Drop stops whatever was started and removes `dir`.
-        let mut cp = ControlPlane {
-            kubeconfig: dir.join("kubeconfig"),
-            operator_kubeconfig: dir.join("operator.kubeconfig"),
-            etcd_url: format!("http://127.0.0.1:{etcd_client}"),
-            controller_manager_url: format!("https://127.0.0.1:{kcm_port}"),
-            kcm_port,
-            extra_controller_manager_args: opts.extra_controller_manager_args.clone(),
-            server_uri,
-            server_url,
-            dir,
+        let [etcd_port, etcd_peer_port, api_port, kcm_port] = free_ports::<4>()?;
+        let launcher = Launcher {
+            env: vec![
+                ("GEODB_CP_API_PORT", api_port.to_string()),
+                ("GEODB_CP_ETCD_PORT", etcd_port.to_string()),
+                ("GEODB_CP_ETCD_PEER_PORT", etcd_peer_port.to_string()),
+                ("GEODB_CP_KCM_PORT", kcm_port.to_string()),
+                (
+                    "GEODB_CP_APISERVER_ARGS",
+                    arg_lines(&opts.extra_apiserver_args)?,
+                ),
+                (
+                    "GEODB_CP_KCM_ARGS",
+                    arg_lines(&opts.extra_controller_manager_args)?,
+                ),
+            ],
+        };
+        // From here on, dropping `run` stops whatever was started and removes
+        // the directory.
+        let mut run = Running {
+            dir: make_temp_dir()?,
             keep_dir,
             procs: Vec::new(),
-            admin_token,
-            operator_token,
-            ca_pem: None,
         };
-        let dir = cp.dir.clone();
+        let dir = run.dir.clone();
         if keep_dir {
             // Marks the directory as not to be swept by sweep_stale_dirs.
             fs::write(dir.join("keep"), "GEODB_KEEP_TEMP=1\n")?;
         }
         fs::create_dir_all(dir.join("logs"))?;
-        fs::create_dir_all(dir.join("pki"))?;
 
-        // Service-account key pair (the private key also serves as the
-        // verification key: kube-apiserver derives the public half).
-        let sa_key = dir.join("pki").join("sa.key");
-        openssl_genrsa(&sa_key).await?;
+        // The PKI and kubeconfigs are made while etcd starts (it needs none
+        // of them). kube-apiserver retries its etcd connection, so only its
+        // /readyz is awaited.
+        let prepare = launcher.start(&["prepare".as_ref(), dir.as_os_str()])?;
+        let (etcd, apiserver, kcm) = tokio::join!(
+            launcher.argv(ETCD, &dir),
+            launcher.argv(KUBE_APISERVER, &dir),
+            launcher.argv(KUBE_CONTROLLER_MANAGER, &dir),
+        );
+        let (etcd, apiserver, kcm_argv) = (etcd?, apiserver?, kcm?);
+        run.spawn(ETCD, &etcd)?;
+        Launcher::finish(prepare, "prepare").await?;
+        let t_prepare = t0.elapsed();
 
-        fs::write(
-            dir.join("tokens.csv"),
-            format!(
-                "{},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n{},{OPERATOR_USER},{OPERATOR_USER}\n",
-                cp.admin_token, cp.operator_token
-            ),
-        )?;
+        let kubeconfig = dir.join("kubeconfig");
+        let operator_kubeconfig = dir.join("operator.kubeconfig");
+        let admin = config_from_kubeconfig(&kubeconfig).await?;
+        let operator = config_from_kubeconfig(&operator_kubeconfig).await?;
+        let ca_file = dir.join("pki").join("ca.crt");
+        let ca_pem = fs::read_to_string(&ca_file)
+            .with_context(|| format!("reading {}", ca_file.display()))?;
 
-        // etcd. kube-apiserver retries its etcd connection, so both start
-        // concurrently and only /readyz of the apiserver is awaited.
-        let peer_url = format!("http://127.0.0.1:{etcd_peer}");
-        let mut etcd_args = vec![
-            "--name=geodb".to_string(),
-            format!("--data-dir={}", dir.join("etcd").display()),
-            format!("--listen-client-urls={}", cp.etcd_url),
-            format!("--advertise-client-urls={}", cp.etcd_url),
-            format!("--listen-peer-urls={peer_url}"),
-            format!("--initial-advertise-peer-urls={peer_url}"),
-            format!("--initial-cluster=geodb={peer_url}"),
-            "--initial-cluster-state=new".to_string(),
-            "--unsafe-no-fsync=true".to_string(),
-            "--log-level=warn".to_string(),
-        ];
-        // etcd's default (a snapshot every 10,000 entries) stays; this is for telling its
-        // snapshot pause apart in benchmarks (docs/development.md).
-        if let Ok(n) = std::env::var("GEODB_ETCD_SNAPSHOT_COUNT") {
-            etcd_args.push(format!("--snapshot-count={n}"));
-        }
-        cp.spawn(ETCD, &bins.etcd, &etcd_args)?;
-
-        let mut api_args = vec![
-            format!("--etcd-servers={}", cp.etcd_url),
-            "--bind-address=127.0.0.1".to_string(),
-            format!("--secure-port={apiserver_port}"),
-            format!("--cert-dir={}", dir.join("pki").display()),
-            format!("--token-auth-file={}", dir.join("tokens.csv").display()),
-            "--authorization-mode=RBAC".to_string(),
-            format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
-            format!("--service-account-key-file={}", sa_key.display()),
-            format!("--service-account-signing-key-file={}", sa_key.display()),
-            format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
-            "--allow-privileged=true".to_string(),
-            "--profiling=false".to_string(),
-        ];
-        if !has_default_route() {
-            // Without a default route kube-apiserver cannot pick an
-            // advertise address by itself and refuses to start.
-            api_args.push("--advertise-address=127.0.0.1".to_string());
-        }
-        api_args.extend(opts.extra_apiserver_args.iter().cloned());
-        cp.spawn(KUBE_APISERVER, &bins.kube_apiserver, &api_args)?;
-
-        // The serving certificate is not known before kube-apiserver made
-        // it, so the readiness probe cannot verify it.
-        let probe = client_for(&cp.server_url, Some(&cp.admin_token))?;
-        cp.wait_until(KUBE_APISERVER, || {
+        run.spawn(KUBE_APISERVER, &apiserver)?;
+        let probe = kube::Client::try_from(admin.clone()).context("building the admin client")?;
+        run.wait_until(KUBE_APISERVER, || {
             let probe = probe.clone();
             async move { get_ok(&probe, "/readyz").await }
         })
         .await?;
         let t_api = t0.elapsed();
 
-        // kube-apiserver wrote its self-signed serving certificate followed
-        // by the CA that signed it (SANs include 127.0.0.1): trust that CA.
-        let ca_file = dir.join("pki").join("ca.crt");
-        match read_serving_ca(&dir.join("pki").join("apiserver.crt")) {
-            Ok(ca) => {
-                fs::write(&ca_file, &ca)?;
-                cp.ca_pem = Some(ca);
-            }
-            Err(e) => tracing::warn!("TLS verification disabled: {e:#}"),
-        }
-        fs::write(
-            &cp.kubeconfig,
-            cp.kubeconfig_yaml(ADMIN_USER, &cp.admin_token),
-        )?;
-        fs::write(
-            &cp.operator_kubeconfig,
-            cp.kubeconfig_yaml(OPERATOR_USER, &cp.operator_token),
-        )?;
+        let mut cp = ControlPlane {
+            run,
+            server_url: format!("https://127.0.0.1:{api_port}"),
+            etcd_url: format!("http://127.0.0.1:{etcd_port}"),
+            controller_manager_url: format!("https://127.0.0.1:{kcm_port}"),
+            kcm_argv,
+            admin,
+            operator,
+            ca_pem,
+            kubeconfig,
+            operator_kubeconfig,
+        };
         if !opts.defer_controller_manager {
             cp.start_controller_manager().await?;
         }
         tracing::info!(
-            dir = %cp.dir.display(),
+            dir = %cp.run.dir.display(),
             server = %cp.server_url,
+            prepare_ms = t_prepare.as_millis() as u64,
             apiserver_ready_ms = t_api.as_millis() as u64,
             total_ms = t0.elapsed().as_millis() as u64,
             "control plane is up"
@@ -295,43 +247,24 @@ impl ControlPlane {
     /// Starts kube-controller-manager and waits until it is healthy; only needed after
     /// [`Options::defer_controller_manager`].
     pub async fn start_controller_manager(&mut self) -> anyhow::Result<()> {
-        if self.procs.iter().any(|p| p.name == KUBE_CONTROLLER_MANAGER) {
+        if self
+            .run
+            .procs
+            .iter()
+            .any(|p| p.name == KUBE_CONTROLLER_MANAGER)
+        {
             return Ok(());
         }
-        let sa_key = self.dir.join("pki").join("sa.key");
-        let ca_file = self.dir.join("pki").join("ca.crt");
-        let mut kcm_args = vec![
-            format!("--kubeconfig={}", self.kubeconfig.display()),
-            // Delegated authn/authz (TokenReview/SubjectAccessReview) so the
-            // admin token can read /metrics; there is no client CA to look up.
-            format!("--authentication-kubeconfig={}", self.kubeconfig.display()),
-            "--authentication-skip-lookup=true".to_string(),
-            format!("--authorization-kubeconfig={}", self.kubeconfig.display()),
-            "--bind-address=127.0.0.1".to_string(),
-            format!("--secure-port={}", self.kcm_port),
-            format!("--cert-dir={}", self.dir.join("pki").join("kcm").display()),
-            format!("--controllers={}", CONTROLLERS.join(",")),
-            format!("--service-account-private-key-file={}", sa_key.display()),
-            format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
-            "--leader-elect=false".to_string(),
-            "--use-service-account-credentials=false".to_string(),
-            "--profiling=false".to_string(),
-        ];
-        if self.ca_pem.is_some() {
-            // Published to pods as kube-root-ca.crt / ServiceAccount ca.crt.
-            kcm_args.push(format!("--root-ca-file={}", ca_file.display()));
-        }
-        kcm_args.extend(self.extra_controller_manager_args.iter().cloned());
-        let bin = Binaries::locate()?.kube_controller_manager;
-        self.spawn(KUBE_CONTROLLER_MANAGER, &bin, &kcm_args)?;
-
-        let kcm = client_for(&self.controller_manager_url, None)?;
-        self.wait_until(KUBE_CONTROLLER_MANAGER, || {
-            let kcm = kcm.clone();
-            async move { get_ok(&kcm, "/healthz").await }
-        })
-        .await?;
-        Ok(())
+        self.run.spawn(KUBE_CONTROLLER_MANAGER, &self.kcm_argv)?;
+        // Its serving certificate is self-signed (in its --cert-dir) and
+        // /healthz needs no authentication.
+        let kcm = insecure_client(&self.controller_manager_url)?;
+        self.run
+            .wait_until(KUBE_CONTROLLER_MANAGER, || {
+                let kcm = kcm.clone();
+                async move { get_ok(&kcm, "/healthz").await }
+            })
+            .await
     }
 
     /// A client authenticated as `admin` (group `system:masters`).
@@ -346,70 +279,30 @@ impl ControlPlane {
             .context("building the geodb-operator kube client")
     }
 
-    /// `kube::Config` of the admin identity.
+    /// `kube::Config` of the admin identity (from the admin kubeconfig: a
+    /// client certificate, TLS verified against the cluster CA).
     pub fn admin_config(&self) -> kube::Config {
-        self.config_for_token(&self.admin_token)
+        self.admin.clone()
     }
 
-    /// `kube::Config` of the `geodb-operator` identity.
+    /// `kube::Config` of the `geodb-operator` identity (from its kubeconfig).
     pub fn operator_config(&self) -> kube::Config {
-        self.config_for_token(&self.operator_token)
+        self.operator.clone()
     }
 
     /// `kube::Config` for any bearer token (for example a ServiceAccount
-    /// token from the TokenRequest API).
+    /// token from the TokenRequest API), TLS verified against the cluster CA.
     pub fn config_for_token(&self, token: &str) -> kube::Config {
-        let mut config = kube::Config::new(self.server_uri.clone());
-        match &self.ca_pem {
-            Some(ca) => config.root_cert = Some(vec![pem_to_der(ca)]),
-            None => config.accept_invalid_certs = true,
-        }
+        let mut config = kube::Config::new(self.admin.cluster_url.clone());
+        config.root_cert.clone_from(&self.admin.root_cert);
         config.auth_info.token = Some(SecretString::from(token.to_string()));
         config
     }
 
-    /// PEM of the CA that signed kube-apiserver's serving certificate.
+    /// PEM of the cluster CA, which signed kube-apiserver's serving
+    /// certificate (always `Some`).
     pub fn ca_pem(&self) -> Option<&str> {
-        self.ca_pem.as_deref()
-    }
-
-    fn kubeconfig_yaml(&self, user: &str, token: &str) -> String {
-        let tls = match &self.ca_pem {
-            Some(ca) => format!("certificate-authority-data: {}", base64(ca.as_bytes())),
-            None => "insecure-skip-tls-verify: true".to_string(),
-        };
-        let server = &self.server_url;
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: geodb-local
-  cluster:
-    server: {server}
-    {tls}
-users:
-- name: {user}
-  user:
-    token: {token}
-contexts:
-- name: geodb-local
-  context:
-    cluster: geodb-local
-    user: {user}
-    namespace: default
-current-context: geodb-local
-"
-        )
-    }
-
-    /// Bearer token of the admin identity.
-    pub fn admin_token(&self) -> &str {
-        &self.admin_token
-    }
-
-    /// Bearer token of the `geodb-operator` identity.
-    pub fn operator_token(&self) -> &str {
-        &self.operator_token
+        Some(&self.ca_pem)
     }
 
     /// A kubeconfig for the admin identity, usable by kubectl.
@@ -434,12 +327,12 @@ current-context: geodb-local
 
     /// The temporary directory holding data, keys, kubeconfigs and logs.
     pub fn temp_dir(&self) -> &Path {
-        &self.dir
+        &self.run.dir
     }
 
     /// Path of a component's log file (stdout and stderr).
     pub fn log_path(&self, component: &str) -> PathBuf {
-        self.dir.join("logs").join(format!("{component}.log"))
+        self.run.log_path(component)
     }
 
     /// The last `n` lines of a component's log (`etcd`, `kube-apiserver`,
@@ -451,21 +344,32 @@ current-context: geodb-local
     /// The last `n` lines of every component's log, with headers; for
     /// printing when a test fails.
     pub fn logs_tail_all(&self, n: usize) -> String {
+        self.run.logs_tail_all(n)
+    }
+
+    /// Fails if a component process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.run.check_alive()
+    }
+}
+
+impl Running {
+    fn log_path(&self, component: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{component}.log"))
+    }
+
+    fn logs_tail_all(&self, n: usize) -> String {
         let mut out = String::new();
         for c in COMPONENTS {
-            let _ = writeln!(
-                out,
-                "===== {c} (last {n} lines of {}) =====",
-                self.log_path(c).display()
-            );
-            out.push_str(&self.logs_tail(c, n));
+            let log = self.log_path(c);
+            let _ = writeln!(out, "===== {c} (last {n} lines of {}) =====", log.display());
+            out.push_str(&tail_file(&log, n));
             out.push('\n');
         }
         out
     }
 
-    /// Fails if a component process has exited.
-    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+    fn check_alive(&mut self) -> anyhow::Result<()> {
         for p in &mut self.procs {
             if let Some(status) = p.child.try_wait()? {
                 bail!(
@@ -478,7 +382,11 @@ current-context: geodb-local
         Ok(())
     }
 
-    fn spawn(&mut self, name: &'static str, bin: &Path, args: &[String]) -> anyhow::Result<()> {
+    /// Runs `argv` (program, then arguments, as printed by the launcher).
+    fn spawn(&mut self, name: &'static str, argv: &[String]) -> anyhow::Result<()> {
+        let (bin, args) = argv
+            .split_first()
+            .ok_or_else(|| anyhow!("the launcher printed no command line for {name}"))?;
         let log = self.log_path(name);
         let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(bin);
@@ -511,7 +419,7 @@ current-context: geodb-local
             });
         }
         let child = spawn_from_long_lived_thread(cmd)
-            .with_context(|| format!("starting {name} ({})", bin.display()))?;
+            .with_context(|| format!("starting {name} ({bin})"))?;
         tracing::debug!(name, pid = child.id(), log = %log.display(), "started");
         self.procs.push(Proc { name, child, log });
         Ok(())
@@ -577,7 +485,7 @@ current-context: geodb-local
     }
 }
 
-impl Drop for ControlPlane {
+impl Drop for Running {
     fn drop(&mut self) {
         self.stop();
         if self.keep_dir {
@@ -601,58 +509,81 @@ fn signal_group(child: &Child, sig: libc::c_int) {
     }
 }
 
-/// Locations of the binaries.
-struct Binaries {
-    etcd: PathBuf,
-    kube_apiserver: PathBuf,
-    kube_controller_manager: PathBuf,
+/// `e2e/cluster/controlplane.sh` with the ports and extra arguments of one
+/// control plane in its environment.
+struct Launcher {
+    env: Vec<(&'static str, String)>,
 }
 
-impl Binaries {
-    fn locate() -> anyhow::Result<Self> {
-        let cache = cache_dir()?;
-        let k8s = cache.join(format!("k8s-{K8S_VERSION}"));
-        let etcd = cache.join(format!("etcd-{ETCD_VERSION}"));
-        Ok(Binaries {
-            etcd: binary(ETCD, "GEODB_ETCD", etcd.join("etcd"))?,
-            kube_apiserver: binary(
-                KUBE_APISERVER,
-                "GEODB_KUBE_APISERVER",
-                k8s.join("kube-apiserver"),
-            )?,
-            kube_controller_manager: binary(
-                KUBE_CONTROLLER_MANAGER,
-                "GEODB_KUBE_CONTROLLER_MANAGER",
-                k8s.join("kube-controller-manager"),
-            )?,
-        })
+impl Launcher {
+    fn start(&self, args: &[&std::ffi::OsStr]) -> anyhow::Result<tokio::process::Child> {
+        tokio::process::Command::new("bash")
+            .arg(LAUNCHER)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (*k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("running bash {LAUNCHER}"))
+    }
+
+    /// Waits for a launcher command; its stdout if it succeeded.
+    async fn finish(child: tokio::process::Child, what: &str) -> anyhow::Result<String> {
+        let out = child
+            .wait_with_output()
+            .await
+            .with_context(|| format!("running {LAUNCHER} {what}"))?;
+        if !out.status.success() {
+            bail!(
+                "{LAUNCHER} {what} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim_end()
+            );
+        }
+        String::from_utf8(out.stdout).with_context(|| format!("{LAUNCHER} {what}: output"))
+    }
+
+    /// The command line of `component`: its program (checked to exist), then
+    /// its arguments.
+    async fn argv(&self, component: &str, dir: &Path) -> anyhow::Result<Vec<String>> {
+        let child = self.start(&["argv".as_ref(), component.as_ref(), dir.as_os_str()])?;
+        let out = Self::finish(child, &format!("argv {component}")).await?;
+        let argv: Vec<String> = out.lines().map(str::to_string).collect();
+        let program = argv
+            .first()
+            .ok_or_else(|| anyhow!("{LAUNCHER} argv {component} printed nothing"))?;
+        if !Path::new(program).is_file() {
+            let env = match component {
+                ETCD => "GEODB_ETCD",
+                KUBE_APISERVER => "GEODB_KUBE_APISERVER",
+                _ => "GEODB_KUBE_CONTROLLER_MANAGER",
+            };
+            bail!(
+                "{component} binary not found at {program} (override with ${env}). Build the \
+                 control-plane binaries with `e2e/tools/build-tools.sh` (or `make tools`)."
+            );
+        }
+        Ok(argv)
     }
 }
 
-fn cache_dir() -> anyhow::Result<PathBuf> {
-    if let Some(c) = std::env::var_os("GEODB_CACHE").filter(|c| !c.is_empty()) {
-        return Ok(PathBuf::from(c));
+/// Extra arguments for the launcher's environment, one per line.
+fn arg_lines(args: &[String]) -> anyhow::Result<String> {
+    if let Some(bad) = args.iter().find(|a| a.contains('\n') || a.is_empty()) {
+        bail!("control-plane argument {bad:?} is empty or has a newline");
     }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| anyhow!("neither GEODB_CACHE nor HOME is set"))?;
-    Ok(PathBuf::from(home).join(".cache").join("geodb"))
+    Ok(args.join("\n"))
 }
 
-fn binary(name: &str, env: &str, default: PathBuf) -> anyhow::Result<PathBuf> {
-    let (path, origin) = match std::env::var_os(env).filter(|v| !v.is_empty()) {
-        Some(p) => (PathBuf::from(p), format!("set by ${env}")),
-        None => (default, format!("default location; override with ${env}")),
-    };
-    if path.is_file() {
-        Ok(path)
-    } else {
-        bail!(
-            "{name} binary not found at {} ({origin}). Build the control-plane binaries \
-             with `e2e/tools/build-tools.sh` (or `make tools`).",
-            path.display()
-        )
-    }
+/// `kube::Config` of a kubeconfig file written by the launcher.
+async fn config_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Config> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("loading {}", path.display()))
 }
 
 fn make_temp_dir() -> anyhow::Result<PathBuf> {
@@ -732,115 +663,11 @@ fn is_port_conflict(e: &anyhow::Error) -> bool {
     s.contains("address already in use") || s.contains("bind: address")
 }
 
-fn has_default_route() -> bool {
-    let v4 = fs::read_to_string("/proc/net/route").is_ok_and(|t| {
-        t.lines()
-            .skip(1)
-            .any(|l| l.split_whitespace().nth(1) == Some("00000000"))
-    });
-    // /proc/net/ipv6_route: destination and prefix length come first.
-    let v6 = fs::read_to_string("/proc/net/ipv6_route").is_ok_and(|t| {
-        t.lines().any(|l| {
-            let mut f = l.split_whitespace();
-            f.next() == Some("00000000000000000000000000000000")
-                && f.next() == Some("00")
-                && !l.trim_end().ends_with(" lo")
-        })
-    });
-    v4 || v6
-}
-
-async fn openssl_genrsa(out: &Path) -> anyhow::Result<()> {
-    let res = tokio::process::Command::new("openssl")
-        .arg("genrsa")
-        .arg("-out")
-        .arg(out)
-        .arg("2048")
-        .stdin(Stdio::null())
-        .output()
-        .await;
-    match res {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => bail!(
-            "openssl genrsa failed ({}): {}",
-            o.status,
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
-            "openssl is not installed; run e2e/tools/build-tools.sh (installs it) \
-             or apt-get install -y openssl"
-        ),
-        Err(e) => Err(e).context("running openssl genrsa"),
-    }
-}
-
-/// The last PEM certificate of a bundle (kube-apiserver writes its
-/// self-signed serving certificate followed by the CA certificate).
-fn read_serving_ca(bundle: &Path) -> anyhow::Result<String> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    let text =
-        fs::read_to_string(bundle).with_context(|| format!("reading {}", bundle.display()))?;
-    let blocks: Vec<&str> = text.split(BEGIN).skip(1).collect();
-    match blocks.as_slice() {
-        [_, .., ca] => Ok(format!("{BEGIN}{}\n", ca.trim_end())),
-        _ => bail!(
-            "{} has no CA certificate after the serving certificate",
-            bundle.display()
-        ),
-    }
-}
-
-fn pem_to_der(pem: &str) -> Vec<u8> {
-    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64_decode(b64.trim())
-}
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-fn base64(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Decodes standard base64, skipping invalid characters and padding.
-fn base64_decode(text: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        let Some(v) = B64.iter().position(|&x| x == c) else {
-            continue;
-        };
-        acc = (acc << 6) | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
-}
-
-fn client_for(url: &str, token: Option<&str>) -> anyhow::Result<kube::Client> {
+/// A client without credentials that does not verify the server's certificate.
+fn insecure_client(url: &str) -> anyhow::Result<kube::Client> {
     let uri: http::Uri = url.parse().with_context(|| format!("parsing {url}"))?;
     let mut config = kube::Config::new(uri);
     config.accept_invalid_certs = true;
-    config.auth_info.token = token.map(|t| SecretString::from(t.to_string()));
     kube::Client::try_from(config).context("building a kube client")
 }
 
@@ -923,29 +750,16 @@ mod tests {
     }
 
     #[test]
-    fn base64_round_trips() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-        let data: Vec<u8> = (0..=255).collect();
-        assert_eq!(base64_decode(&base64(&data)), data);
+    fn extra_args_are_lines() {
+        assert_eq!(arg_lines(&[]).unwrap(), "");
+        let args = ["--a=1".to_string(), "--b=x y".to_string()];
+        assert_eq!(arg_lines(&args).unwrap(), "--a=1\n--b=x y");
+        assert!(arg_lines(&["--a=1\n--b".to_string()]).is_err());
     }
 
     #[test]
-    fn serving_ca_is_the_last_certificate() {
-        let dir = make_temp_dir().unwrap();
-        let f = dir.join("apiserver.crt");
-        let leaf = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        let ca = "-----BEGIN CERTIFICATE-----\nQUJD\n-----END CERTIFICATE-----\n";
-        fs::write(&f, format!("{leaf}{ca}")).unwrap();
-        let got = read_serving_ca(&f).unwrap();
-        assert_eq!(got, ca);
-        assert_eq!(pem_to_der(&got), b"ABC");
-        fs::write(&f, leaf).unwrap();
-        assert!(read_serving_ca(&f).is_err());
-        fs::remove_dir_all(dir).unwrap();
+    fn launcher_is_found() {
+        assert!(Path::new(LAUNCHER).is_file(), "{LAUNCHER}");
     }
 
     #[test]

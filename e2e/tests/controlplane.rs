@@ -1,12 +1,14 @@
-//! The local control plane works: garbage collection by kube-controller-manager
-//! and RBAC for the `geodb-operator` identity.
+//! The local control plane works: garbage collection by kube-controller-manager,
+//! the identities of the client certificates and of a ServiceAccount token, and
+//! RBAC for the `geodb-operator` identity.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use geodb_e2e::controlplane::ControlPlane;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use geodb_e2e::controlplane::{ControlPlane, ADMIN_USER, OPERATOR_USER};
+use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest, UserInfo};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::Api;
@@ -72,6 +74,41 @@ async fn scenario(cp: &ControlPlane) -> anyhow::Result<()> {
         )
         .await?;
 
+    // Who the API server takes each client for: the client certificates' subjects,
+    // and a ServiceAccount token through config_for_token.
+    let admin_user = whoami(&admin).await?;
+    anyhow::ensure!(
+        admin_user.username.as_deref() == Some(ADMIN_USER)
+            && admin_user
+                .groups
+                .iter()
+                .flatten()
+                .any(|g| g == "system:masters"),
+        "admin is {admin_user:?}"
+    );
+    let operator_user = whoami(&cp.client_for_operator()?).await?;
+    anyhow::ensure!(
+        operator_user.username.as_deref() == Some(OPERATOR_USER)
+            && operator_user.groups.as_deref() == Some(&["system:authenticated".to_string()]),
+        "geodb-operator is {operator_user:?}"
+    );
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns_name);
+    let mut sa = ServiceAccount::default();
+    sa.metadata.name = Some("probe".into());
+    sas.create(&PostParams::default(), &sa).await?;
+    let token = sas
+        .create_token_request("probe", &PostParams::default(), &TokenRequest::default())
+        .await?
+        .status
+        .ok_or_else(|| anyhow::anyhow!("TokenRequest without status"))?
+        .token;
+    let sa_user = whoami(&kube::Client::try_from(cp.config_for_token(&token))?).await?;
+    let expected = format!("system:serviceaccount:{ns_name}:probe");
+    anyhow::ensure!(
+        sa_user.username.as_deref() == Some(expected.as_str()),
+        "the ServiceAccount token is {sa_user:?}"
+    );
+
     let cms: Api<ConfigMap> = Api::namespaced(admin, ns_name);
     let owner = cms
         .create(&PostParams::default(), &config_map("owner", None))
@@ -105,6 +142,14 @@ async fn scenario(cp: &ControlPlane) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The user the API server authenticates `client` as.
+async fn whoami(client: &kube::Client) -> anyhow::Result<UserInfo> {
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await?;
+    Ok(review.status.and_then(|s| s.user_info).unwrap_or_default())
 }
 
 fn config_map(name: &str, owner: Option<OwnerReference>) -> ConfigMap {

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Sourced by cluster.sh: addresses, ports, paths and versions; the one place they are set.
+# Sourced by cluster.sh and controlplane.sh: addresses, ports, paths and
+# versions; the one place they are set.
 
 REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 BUILD_TOOLS="$REPO_ROOT/e2e/tools/build-tools.sh"
@@ -67,6 +68,16 @@ IMPORTED_DB="$STATE/images.imported"
 SYSCTL_ORIG="$STATE/sysctl.orig"
 CNI_BIN_DIR=/usr/lib/cni
 CNI_CACHE_DIR=/var/lib/cni
+
+# Knobs of the control plane's command lines (lib/controlplane.sh); the
+# throwaway control plane of controlplane.sh sets them otherwise.
+KCM_KUBECONFIG="$KCFG/kube-controller-manager.kubeconfig"
+KCM_SA_CREDENTIALS=true
+KCM_CONTROLLERS='*'
+APISERVER_EXTRA_ARGS=()
+KCM_EXTRA_ARGS=()
+# etcd's --snapshot-count when set (default: etcd's own, 10,000).
+ETCD_SNAPSHOT_COUNT="${GEODB_ETCD_SNAPSHOT_COUNT:-}"
 
 # In start order. `down` stops them in reverse.
 COMPONENTS=(etcd containerd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy coredns provisioner s3)

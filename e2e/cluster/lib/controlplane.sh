@@ -1,6 +1,9 @@
 # shellcheck shell=bash
-# Sourced by cluster.sh: etcd, kube-apiserver, kube-controller-manager and
-# kube-scheduler (see processes.sh for the ASPECT_COMPONENT functions).
+# Sourced by cluster.sh and controlplane.sh: etcd, kube-apiserver,
+# kube-controller-manager and kube-scheduler (see processes.sh for the
+# ASPECT_COMPONENT functions). Their command lines are defined here only: the
+# throwaway control plane of controlplane.sh (the Rust harness) runs the same
+# ones with other addresses, ports and knobs (lib/config.sh).
 
 # Kubeconfigs of the control plane's clients and the scheduler's configuration.
 render_controlplane_configs() {
@@ -28,6 +31,7 @@ args_etcd() {
 		"--initial-cluster=geodb=http://127.0.0.1:$ETCD_PEER_PORT" \
 		--initial-cluster-state=new --unsafe-no-fsync=true --log-level=warn \
 		--auto-compaction-mode=periodic --auto-compaction-retention=10m
+	[ -z "$ETCD_SNAPSHOT_COUNT" ] || echo "--snapshot-count=$ETCD_SNAPSHOT_COUNT"
 }
 healthy_etcd() { kcurl "http://127.0.0.1:$ETCD_CLIENT_PORT/health" | grep -q '"health":"true"'; }
 ports_etcd() { printf 'tcp 127.0.0.1 %s\n' "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT"; }
@@ -48,7 +52,8 @@ args_kube_apiserver() {
 		"--service-account-key-file=$PKI/sa.pub" \
 		"--service-account-signing-key-file=$PKI/sa.key" \
 		"--service-cluster-ip-range=$SERVICE_CIDR" \
-		--allow-privileged=true --profiling=false --v=1
+		--allow-privileged=true --profiling=false --v=1 \
+		"${APISERVER_EXTRA_ARGS[@]}"
 }
 configs_kube_apiserver() { printf '%s\n' "$PKI/apiserver.crt" "$PKI/ca.crt"; }
 healthy_kube_apiserver() { [ "$(curl_admin "$SERVER/readyz" 2>/dev/null)" = ok ]; }
@@ -56,18 +61,19 @@ ports_kube_apiserver() { echo "tcp $NODE_IP $API_PORT"; }
 
 # ---- kube-controller-manager ------------------------------------------------------
 args_kube_controller_manager() {
-	local k="$KCFG/kube-controller-manager.kubeconfig"
+	local k="$KCM_KUBECONFIG"
 	printf '%s\n' "--kubeconfig=$k" "--authentication-kubeconfig=$k" "--authorization-kubeconfig=$k" \
 		--bind-address=127.0.0.1 "--secure-port=$KCM_PORT" "--cert-dir=$PKI/kcm-serving" \
 		"--root-ca-file=$PKI/ca.crt" \
 		"--cluster-signing-cert-file=$PKI/ca.crt" "--cluster-signing-key-file=$PKI/ca.key" \
 		"--service-account-private-key-file=$PKI/sa.key" \
-		--use-service-account-credentials=true \
+		"--use-service-account-credentials=$KCM_SA_CREDENTIALS" \
 		"--service-cluster-ip-range=$SERVICE_CIDR" "--cluster-cidr=$POD_CIDR" --allocate-node-cidrs=false \
-		'--controllers=*' \
-		--leader-elect=false --profiling=false --v=1
+		"--controllers=$KCM_CONTROLLERS" \
+		--leader-elect=false --profiling=false --v=1 \
+		"${KCM_EXTRA_ARGS[@]}"
 }
-configs_kube_controller_manager() { echo "$KCFG/kube-controller-manager.kubeconfig"; }
+configs_kube_controller_manager() { echo "$KCM_KUBECONFIG"; }
 healthy_kube_controller_manager() { [ "$(kcurl -k "https://127.0.0.1:$KCM_PORT/healthz")" = ok ]; }
 ports_kube_controller_manager() { echo "tcp 127.0.0.1 $KCM_PORT"; }
 

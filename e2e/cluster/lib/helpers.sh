@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Sourced by cluster.sh: logging, phase timings, the lock, waits, kubectl and curl to our own endpoints.
+# Sourced by cluster.sh and controlplane.sh: logging, phase timings, the lock,
+# waits, kubectl and curl to our own endpoints.
 
 T0=$(date +%s.%N)
 log() { printf '%s cluster: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Sourced by cluster.sh: running components as detached host processes with pid
-# files, whatever the component. What each one is (binary, arguments, files,
+# Sourced by cluster.sh (and by controlplane.sh, for bin_of and args_of):
+# running components as detached host processes with pid files, whatever the
+# component. What each one is (binary, arguments, files,
 # health check, fixed ports, environment) is defined by the files of its
 # concern (controlplane.sh, node.sh, network.sh, addons.sh) as functions named
 # ASPECT_COMPONENT, dashes as underscores: args_kube_apiserver, healthy_etcd, ...
