@@ -652,6 +652,15 @@ async fn dump(world: &World, primary: &Postgres, keep: &str) -> (DumpManifest, V
     (manifest, deleted)
 }
 
+/// A client program's options for `database` on `server`, as `postgres`.
+fn connection_args(server: &Postgres, database: &str) -> Vec<String> {
+    let socket = server.socket_dir.display().to_string();
+    let port = server.port.to_string();
+    ["-h", &socket, "-p", &port, "-U", "postgres", "-d", database]
+        .map(str::to_owned)
+        .to_vec()
+}
+
 /// `geodb dump-fetch ARGS` into a file of the test directory; its path, or the error.
 fn dump_fetch(world: &World, args: &[&str], name: &str) -> Result<PathBuf, String> {
     let path = world.dir.join(name);
@@ -709,29 +718,13 @@ async fn dumps_restore_verify_and_keep() {
         .unwrap();
     let mut restore = hostpg::pg_command(&world.pg, "pg_restore", world.user);
     restore
-        .args(["--no-owner", "--exit-on-error", "-h"])
-        .arg(&primary.socket_dir)
-        .args([
-            "-p",
-            &primary.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "restored",
-        ])
+        .args(["--no-owner", "--exit-on-error"])
+        .args(connection_args(&primary, "restored"))
         .arg(&archive);
     hostpg::run(restore);
     let mut psql = hostpg::pg_command(&world.pg, "psql", world.user);
-    psql.args(["-XAtc", "SELECT count(*) FROM t WHERE phase = 'one'", "-h"])
-        .arg(&primary.socket_dir)
-        .args([
-            "-p",
-            &primary.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "restored",
-        ]);
+    psql.args(["-XAtc", "SELECT count(*) FROM t WHERE phase = 'one'"])
+        .args(connection_args(&primary, "restored"));
     let out = psql.output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "700");
     let globals = dump_fetch(&world, &["--globals"], "globals.sql").unwrap();
