@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use super::pg::{query_i64, Pg};
+use super::pg::{backup_vars, query_i64, Pg, PASSWORD};
 use super::pgbackrest::PgBackRest;
 use super::report::{Report, Target};
 use super::{list_sizes, mib, mib_per_s, progress, restore, tree_bytes, Bench};
@@ -23,7 +23,6 @@ fn scale() -> i64 {
 }
 const STANZA: &str = "backup";
 pub const PREFIX: &str = "base";
-pub const PASSWORD: &str = "bench-backup-password";
 
 /// What `geodb` offers today: `backup` (a subcommand) and the library restore.
 #[derive(Debug, Clone, Copy)]
@@ -44,36 +43,6 @@ impl GeodbBackup {
             restore: backup && restore::AVAILABLE,
         }
     }
-}
-
-/// `geodb backup`'s environment for the server `pg` and a prefix.
-pub fn backup_vars(
-    bench: &Bench,
-    pg: &Pg,
-    prefix: &str,
-    spool: &Path,
-) -> anyhow::Result<HashMap<String, String>> {
-    use geodb::pod_contract::env;
-    let password = bench.dir.path().join("secrets").join("backup-password");
-    std::fs::write(&password, format!("{PASSWORD}\n"))?;
-    bench.chown(&password)?;
-    let mut vars = bench.geodb_vars(prefix, spool, "zstd")?;
-    for (k, v) in [
-        (env::BACKUP_HOST, "127.0.0.1".to_owned()),
-        (env::BACKUP_PORT, pg.port.to_string()),
-        (env::BACKUP_USER, "postgres".to_owned()),
-        (env::BACKUP_PASSWORD_FILE, password.display().to_string()),
-        // A stuck archive fails the backup in minutes, not hours.
-        (env::BACKUP_WAL_WAIT_SECONDS, "180".to_owned()),
-        // Named, not searched: PATH may hold a partial set (a lone pg_ctl link).
-        (
-            geodb::backup::config::PG_BIN,
-            bench.pg_bin.display().to_string(),
-        ),
-    ] {
-        vars.insert(k.to_owned(), v);
-    }
-    Ok(vars)
 }
 
 /// Run `geodb backup`; the id of the backup it wrote (from `backups/<id>/backup.json`).

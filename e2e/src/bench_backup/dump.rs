@@ -7,8 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use super::base::backup_vars;
-use super::pg::Pg;
+use super::pg::{backup_vars, Pg, PASSWORD};
 use super::report::Report;
 use super::{list_sizes, mib, mib_per_s, progress, Bench};
 
@@ -44,7 +43,7 @@ pub async fn measure(
     cmd.args(["-Fc", "-h", "127.0.0.1", "-p", &pg.port.to_string()])
         .args(["-U", "postgres", "-d", "postgres", "-f"])
         .arg(&file)
-        .env("PGPASSWORD", super::base::PASSWORD);
+        .env("PGPASSWORD", PASSWORD);
     let started = Instant::now();
     bench.run(cmd, "pg_dump").await?;
     let plain = started.elapsed();

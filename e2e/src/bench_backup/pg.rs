@@ -220,3 +220,36 @@ pub async fn query_i64(client: &tokio_postgres::Client, sql: &str) -> anyhow::Re
         .with_context(|| sql.to_owned())?;
     Ok(row.try_get(0)?)
 }
+
+/// The password of the role `postgres` in the loaded cluster.
+pub const PASSWORD: &str = "bench-backup-password";
+
+/// `geodb backup`'s environment for the server `pg` and a prefix.
+pub fn backup_vars(
+    bench: &Bench,
+    pg: &Pg,
+    prefix: &str,
+    spool: &Path,
+) -> anyhow::Result<HashMap<String, String>> {
+    use geodb::pod_contract::env;
+    let password = bench.dir.path().join("secrets").join("backup-password");
+    std::fs::write(&password, format!("{PASSWORD}\n"))?;
+    bench.chown(&password)?;
+    let mut vars = bench.geodb_vars(prefix, spool, "zstd")?;
+    for (k, v) in [
+        (env::BACKUP_HOST, "127.0.0.1".to_owned()),
+        (env::BACKUP_PORT, pg.port.to_string()),
+        (env::BACKUP_USER, "postgres".to_owned()),
+        (env::BACKUP_PASSWORD_FILE, password.display().to_string()),
+        // A stuck archive fails the backup in minutes, not hours.
+        (env::BACKUP_WAL_WAIT_SECONDS, "180".to_owned()),
+        // Named, not searched: PATH may hold a partial set (a lone pg_ctl link).
+        (
+            geodb::backup::config::PG_BIN,
+            bench.pg_bin.display().to_string(),
+        ),
+    ] {
+        vars.insert(k.to_owned(), v);
+    }
+    Ok(vars)
+}

@@ -51,11 +51,11 @@ pub async fn measure(bench: &Bench, segments: &Segments) -> anyhow::Result<Value
     }
     let stored: u64 = bodies.iter().map(|(_, b, _)| b.len() as u64).sum();
     out.insert(
-        "zstd3_mib_per_s_1core".into(),
+        "geodb_zstd_mib_per_s_1core".into(),
         json!(mib_per_s(raw, started.elapsed())),
     );
     out.insert(
-        "zstd3_stored_to_raw".into(),
+        "geodb_zstd_stored_to_raw".into(),
         json!(stored as f64 / raw as f64),
     );
     drop(contents);
@@ -108,7 +108,7 @@ pub async fn measure(bench: &Bench, segments: &Segments) -> anyhow::Result<Value
             out.insert(format!("{tool}_cli_benchmark"), levels);
         }
     }
-    out.insert("zstd3_stored_mib".into(), json!(mib(stored)));
+    out.insert("geodb_zstd_stored_mib".into(), json!(mib(stored)));
     Ok(Value::Object(out))
 }
 

@@ -66,7 +66,7 @@ pub async fn measure(bench: &Bench, geodb: GeodbBackup, report: &mut Report) -> 
     let base = bench.dir.path().join("rpo").join("base");
     if use_geodb_base {
         let backup_spool = bench.subdir("rpo/backup-spool")?;
-        let backup_vars = base::backup_vars(bench, &pg, PREFIX, &backup_spool)?;
+        let backup_vars = super::pg::backup_vars(bench, &pg, PREFIX, &backup_spool)?;
         base::geodb_backup(bench, &backup_vars, PREFIX).await?;
     } else {
         pg_basebackup(bench, &pg, &base).await?;

@@ -74,7 +74,7 @@ pub async fn read(config: &ArchiveConfig) -> Result<Catalog> {
 pub(crate) async fn read_from(store: &Store, config: &ArchiveConfig) -> Result<Catalog> {
     let backups_prefix = manifest::backups_prefix(&config.prefix);
     let listed = store.list("catalog", &backups_prefix).await?;
-    let (with_manifest, incomplete) = group_ids(&listed, &backups_prefix, MANIFEST_FILE);
+    let (with_manifest, incomplete) = manifest::group_ids(&listed, &backups_prefix, MANIFEST_FILE);
     let mut backups: Vec<Manifest> = stream::iter(with_manifest)
         .map(|id| read_manifest(store, config, id))
         .buffered(PARALLEL)
@@ -108,30 +108,6 @@ async fn read_manifest(store: &Store, config: &ArchiveConfig, id: String) -> Res
         return Err(bad(format!("it names backup {:?}", manifest.id)));
     }
     Ok(manifest)
-}
-
-/// The ids under `dir` (`<prefix>/backups/` or `<prefix>/dumps/`): those with a
-/// `manifest_file`, and those without (each oldest first).
-pub fn group_ids(listed: &[Listed], dir: &str, manifest_file: &str) -> (Vec<String>, Vec<String>) {
-    let mut ids: std::collections::BTreeMap<&str, bool> = std::collections::BTreeMap::new();
-    for object in listed {
-        let Some((id, file)) = object
-            .key
-            .strip_prefix(dir)
-            .and_then(|rest| rest.split_once('/'))
-        else {
-            continue;
-        };
-        if id.is_empty() {
-            continue;
-        }
-        *ids.entry(id).or_default() |= file == manifest_file;
-    }
-    let mut ids: Vec<(&str, bool)> = ids.into_iter().collect();
-    ids.sort_by(|a, b| manifest::id_order(a.0).cmp(&manifest::id_order(b.0)));
-    let (complete, incomplete): (Vec<_>, Vec<_>) = ids.into_iter().partition(|(_, m)| *m);
-    let names = |v: Vec<(&str, bool)>| v.into_iter().map(|(id, _)| id.to_owned()).collect();
-    (names(complete), names(incomplete))
 }
 
 /// The WAL files among `listed`, by name; other objects are ignored.
@@ -183,7 +159,7 @@ mod tests {
             "ns/db/backups/stray-object",
         ]
         .map(|k| listed(k, 1, None));
-        let (complete, incomplete) = group_ids(&keys, p, MANIFEST_FILE);
+        let (complete, incomplete) = manifest::group_ids(&keys, p, MANIFEST_FILE);
         assert_eq!(complete, ["20261201T110203Z", "20261201T110203Z-2"]);
         assert_eq!(incomplete, ["20261130T000000Z", "20261202T000000Z"]);
     }

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::error::{BackupError, Result};
-use super::retention::Retention;
 use crate::archive::ArchiveError;
 
 // The names are the pod contract's (the backup Job sets them).
@@ -26,6 +25,21 @@ pub const DEFAULT_PORT: u16 = 5432;
 pub const DEFAULT_WAL_WAIT: Duration = Duration::from_secs(300);
 /// Where PostgreSQL's programs are when neither `GEODB_PG_BIN` nor a search finds them.
 pub const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Which base backups are kept (the command's settings; `retention` plans from them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep what a restore to any point of the last `window` needs.
+    pub window: Option<Duration>,
+    /// Keep the newest `count` backups.
+    pub count: Option<u32>,
+}
+
+impl Retention {
+    pub fn is_set(&self) -> bool {
+        self.window.is_some() || self.count.is_some()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupConfig {

@@ -12,10 +12,9 @@ use crate::archive::config::ArchiveConfig;
 use crate::archive::segment::Compression;
 use crate::archive::store::Store;
 
-use super::catalog::group_ids;
 use super::config::{BackupConfig, Passfile};
 use super::error::{BackupError, Result};
-use super::manifest::{compression_name, id_order, under_prefix};
+use super::manifest::{compression_name, group_ids, id_order, under_prefix};
 use super::pipe::{self, conninfo_value};
 use super::take::new_id;
 use super::time;

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use super::select::SelectError;
 use crate::archive::ArchiveError;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,3 +59,40 @@ impl BackupError {
 }
 
 pub type Result<T, E = BackupError> = std::result::Result<T, E>;
+
+/// Why no backup can start a recovery at a target (`select`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    #[error("the archive holds no complete base backup")]
+    NoBackups,
+
+    #[error("recovery target {0:?} is not an RFC 3339 time like 2026-12-01T10:00:00Z")]
+    InvalidTime(String),
+
+    #[error("recovery target {0:?} is not an LSN like 0/5000028")]
+    InvalidLsn(String),
+
+    #[error("recovery target {target} is before the first recoverable point {first} (the archive covers {start} to {end})")]
+    BeforeRange {
+        target: String,
+        first: String,
+        start: String,
+        end: String,
+    },
+
+    #[error("recovery target {target} is after the last recoverable point {last} (the archive covers {start} to {end})")]
+    AfterRange {
+        target: String,
+        last: String,
+        start: String,
+        end: String,
+    },
+
+    #[error("recovery target LSN {target} is before the end of the first backup, {first} (the archive covers {start} to {end})")]
+    LsnBeforeFirst {
+        target: String,
+        first: String,
+        start: String,
+        end: String,
+    },
+}

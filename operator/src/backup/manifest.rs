@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::archive::segment::{Compression, SegmentId, DEFAULT_SEGMENT_SIZE};
+use crate::archive::store::Listed;
 use crate::postgres::lsn;
 
 use super::time;
@@ -139,6 +140,30 @@ pub fn free_id(base: &str, taken: &[String]) -> String {
         .map(|n| format!("{base}-{n}"))
         .find(|id| !used(id))
         .unwrap_or_else(|| base.to_owned())
+}
+
+/// The ids under `dir` (`<prefix>/backups/` or `<prefix>/dumps/`): those with a
+/// `manifest_file`, and those without (each oldest first).
+pub fn group_ids(listed: &[Listed], dir: &str, manifest_file: &str) -> (Vec<String>, Vec<String>) {
+    let mut ids: std::collections::BTreeMap<&str, bool> = std::collections::BTreeMap::new();
+    for object in listed {
+        let Some((id, file)) = object
+            .key
+            .strip_prefix(dir)
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            continue;
+        };
+        if id.is_empty() {
+            continue;
+        }
+        *ids.entry(id).or_default() |= file == manifest_file;
+    }
+    let mut ids: Vec<(&str, bool)> = ids.into_iter().collect();
+    ids.sort_by(|a, b| id_order(a.0).cmp(&id_order(b.0)));
+    let (complete, incomplete): (Vec<_>, Vec<_>) = ids.into_iter().partition(|(_, m)| *m);
+    let names = |v: Vec<(&str, bool)>| v.into_iter().map(|(id, _)| id.to_owned()).collect();
+    (names(complete), names(incomplete))
 }
 
 /// The segment holding the byte at `lsn` (16 MiB segments).

@@ -2,7 +2,7 @@
 //! removes manifests first, so an interrupted apply leaves data that is no longer
 //! counted, never a manifest whose data is gone.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use futures::stream::{self, StreamExt as _, TryStreamExt as _};
 use serde::Serialize;
@@ -12,26 +12,13 @@ use crate::archive::segment::WalFile;
 use crate::archive::store::Store;
 
 use super::catalog::Catalog;
+pub use super::config::Retention;
 use super::error::Result;
 use super::manifest::{self, Manifest};
 use super::time;
 
 /// Deletions at once.
 const PARALLEL: usize = 4;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Retention {
-    /// Keep what a restore to any point of the last `window` needs.
-    pub window: Option<Duration>,
-    /// Keep the newest `count` backups.
-    pub count: Option<u32>,
-}
-
-impl Retention {
-    pub fn is_set(&self) -> bool {
-        self.window.is_some() || self.count.is_some()
-    }
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -179,7 +166,7 @@ mod tests {
     use super::*;
     use crate::backup::catalog::WalObject;
     use crate::backup::manifest::sample;
-    use std::time::UNIX_EPOCH;
+    use std::time::{Duration, UNIX_EPOCH};
 
     const HOUR: i64 = 3600;
     /// 2026-12-10T00:00:00Z.

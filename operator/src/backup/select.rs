@@ -3,6 +3,7 @@
 use crate::postgres::lsn;
 
 use super::catalog::Catalog;
+pub use super::error::SelectError;
 use super::manifest::Manifest;
 use super::time;
 
@@ -17,42 +18,6 @@ pub enum Target {
     /// A restore point (`recovery_target_name`): where it lies is unknown, so the oldest
     /// backup, whose WAL reaches back furthest.
     Name(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SelectError {
-    #[error("the archive holds no complete base backup")]
-    NoBackups,
-
-    #[error("recovery target {0:?} is not an RFC 3339 time like 2026-12-01T10:00:00Z")]
-    InvalidTime(String),
-
-    #[error("recovery target {0:?} is not an LSN like 0/5000028")]
-    InvalidLsn(String),
-
-    #[error("recovery target {target} is before the first recoverable point {first} (the archive covers {start} to {end})")]
-    BeforeRange {
-        target: String,
-        first: String,
-        start: String,
-        end: String,
-    },
-
-    #[error("recovery target {target} is after the last recoverable point {last} (the archive covers {start} to {end})")]
-    AfterRange {
-        target: String,
-        last: String,
-        start: String,
-        end: String,
-    },
-
-    #[error("recovery target LSN {target} is before the end of the first backup, {first} (the archive covers {start} to {end})")]
-    LsnBeforeFirst {
-        target: String,
-        first: String,
-        start: String,
-        end: String,
-    },
 }
 
 /// Time: the newest backup finished strictly before the target, which must lie in the
