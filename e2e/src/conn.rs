@@ -28,20 +28,22 @@ pub async fn connect(conn: &Conn) -> tokio_postgres::Client {
         .password(&conn.password)
         .dbname(&conn.dbname)
         .connect_timeout(Duration::from_secs(5));
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let last_error = std::sync::Mutex::new(String::new());
+    let what = format!("a connection through {}:{}", conn.host, conn.port);
+    let client = crate::kube_util::wait_for(&what, Duration::from_secs(60), || async {
         match config.connect(NoTls).await {
             Ok((client, connection)) => {
                 tokio::spawn(connection);
-                return client;
+                Some(client)
             }
-            Err(e) if std::time::Instant::now() >= deadline => {
-                panic!("connecting to {}:{} for 60 s: {e}", conn.host, conn.port)
+            Err(e) => {
+                *last_error.lock().unwrap() = e.to_string();
+                None
             }
-            // The poll interval of a wait with a deadline.
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
-    }
+    })
+    .await;
+    client.unwrap_or_else(|e| panic!("{e}; last error: {}", last_error.lock().unwrap()))
 }
 
 /// Connection details from a connection Secret, with the Service's ClusterIP as host
