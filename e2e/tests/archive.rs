@@ -77,6 +77,7 @@ const A: &str = "000000010000000000000001";
 const B: &str = "000000010000000000000002";
 const C: &str = "000000010000000000000003";
 const D: &str = "000000010000000000000004";
+const E: &str = "000000010000000000000005";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_and_fetch_contract() {
@@ -174,6 +175,32 @@ async fn check_idempotency_and_conflict(bin: &Path, dir: &Path, vars: &HashMap<S
     );
     eprint!("conflict: {message}");
     std::fs::write(&path, wal_like(0)).unwrap();
+
+    // E pushed ahead, then replaced by other content before its own call: the marker
+    // no longer vouches for the file, and the call finds the conflict itself.
+    let status = dir.join("pg_wal").join("archive_status");
+    let e = dir.join("pg_wal").join(E);
+    std::fs::write(&e, wal_like(5)).unwrap();
+    std::fs::write(status.join(format!("{E}.ready")), "").unwrap();
+    let out = geodb(bin, dir, vars, &push_a).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let marker = dir.join("push-spool").join("archived").join(E);
+    assert!(marker.is_file(), "E was not pushed ahead");
+    let replacement = dir.join("pg_wal").join("E.tmp");
+    std::fs::write(&replacement, wal_like(55)).unwrap();
+    std::fs::rename(&replacement, &e).unwrap();
+    let push_e = format!("pg_wal/{E}");
+    let out = geodb(bin, dir, vars, &["wal-push", &push_e]).await;
+    assert!(!out.status.success(), "a replaced file was taken as pushed");
+    assert!(stderr(&out).contains("refusing"), "{}", stderr(&out));
+    std::fs::write(&e, wal_like(5)).unwrap();
+    let out = geodb(bin, dir, vars, &["wal-push", &push_e]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::rename(
+        status.join(format!("{E}.ready")),
+        status.join(format!("{E}.done")),
+    )
+    .unwrap();
 }
 
 async fn check_fetch_and_prefetch(

@@ -165,7 +165,7 @@ fn describe(bench: &Bench, weed: &Path, report: &mut Report) {
     report.context(
         "settings",
         serde_json::json!({
-            "geodb_wal_push": "zstd level 1, 4 uploads at once, up to 15 ready segments pushed ahead per call",
+            "geodb_wal_push": "zstd level 1, 4 uploads at once, up to 15 ready segments pushed ahead per call, a pushed-ahead segment recognised by its marker and file stamp without reading it again",
             "pgbackrest": "archive-async=y, process-max=2, compress-type=lz4 (level 1), repo1-type=s3",
         }),
     );

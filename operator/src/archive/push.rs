@@ -2,7 +2,9 @@
 //! PostgreSQL has marked ready, so that its next calls find them done (pgBackRest's
 //! asynchronous archiving, without a daemon). A file is acknowledged only by this
 //! call's exit code or, for one pushed ahead, by a spool marker written after its
-//! upload succeeded and checked against the file's content.
+//! upload succeeded, naming the file as it was read (its [`Stamp`]) and checked against
+//! the file as it is when its own call comes: a second read and hash of each segment
+//! would cost the serial archiver as much as the upload.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +15,7 @@ use super::compress;
 use super::config::ArchiveConfig;
 use super::error::{ArchiveError, Result};
 use super::segment::{object_key, WalFile};
-use super::spool::{marker, Spool};
+use super::spool::{marker, marker_vouches, Spool, Stamp};
 use super::store::Store;
 
 /// Uploads at once: enough to hide the round trips, few enough for 2 cores.
@@ -28,16 +30,16 @@ struct Local {
     file: WalFile,
     content: Vec<u8>,
     sha256: String,
+    /// The file as it was read; `None` when it changed meanwhile.
+    stamp: Option<Stamp>,
 }
 
 pub async fn wal_push(config: &ArchiveConfig, path: &Path) -> Result<()> {
-    let local = load(path.to_path_buf()).await?;
     let spool = Spool::new(&config.spool_dir);
-    let key = object_key(&config.prefix, &local.file, config.compression);
-    if spool.archived_marker(&local.name) == Some(marker(&local.sha256, &config.origin(), &key)) {
-        spool.clear_archived(&local.name);
+    if pushed_ahead(config, &spool, path) {
         return Ok(());
     }
+    let local = load(path.to_path_buf()).await?;
     let store = Store::new(config)?;
     let wal_dir = path.parent().unwrap_or(Path::new("."));
     let ahead = ready_files(wal_dir, &local.name, &spool);
@@ -55,25 +57,48 @@ pub async fn wal_push(config: &ArchiveConfig, path: &Path) -> Result<()> {
     result
 }
 
+/// Whether an earlier call pushed this very file ahead (then its marker goes: it has
+/// served its one request).
+fn pushed_ahead(config: &ArchiveConfig, spool: &Spool, path: &Path) -> bool {
+    let name = file_name(path);
+    let (Some(file), Some(stamp)) = (WalFile::parse(&name), Stamp::of(path)) else {
+        return false;
+    };
+    let key = object_key(&config.prefix, &file, config.compression);
+    let vouched = spool
+        .archived_marker(&name)
+        .is_some_and(|m| marker_vouches(&m, &config.origin(), &key, stamp));
+    if vouched {
+        spool.clear_archived(&name);
+    }
+    vouched
+}
+
 /// Push a file ahead of its request; on success leave the marker its own call will
 /// find. Failures stay quiet: that call reports them.
 async fn push_ahead(config: &ArchiveConfig, store: &Store, spool: &Spool, path: PathBuf) {
     let Ok(local) = load(path).await else {
         return;
     };
-    let (name, sha256) = (local.name.clone(), local.sha256.clone());
+    let (name, sha256, stamp) = (local.name.clone(), local.sha256.clone(), local.stamp);
     let key = object_key(&config.prefix, &local.file, config.compression);
     if push_one(config, store, local).await.is_ok() {
-        let _ = spool.mark_archived(&name, &marker(&sha256, &config.origin(), &key));
+        if let Some(stamp) = stamp {
+            let _ = spool.mark_archived(&name, &marker(&sha256, &config.origin(), &key, stamp));
+        }
     }
 }
 
 /// Upload unless the same content is there already (under either compression); refuse
 /// other content under the same name.
 async fn push_one(config: &ArchiveConfig, store: &Store, local: Local) -> Result<()> {
-    for compression in [config.compression, config.compression.other()] {
-        let key = object_key(&config.prefix, &local.file, compression);
-        let remote = store.head(&local.name, &key).await?;
+    let keys = [config.compression, config.compression.other()]
+        .map(|compression| object_key(&config.prefix, &local.file, compression));
+    let (first, second) = futures::join!(
+        store.head(&local.name, &keys[0]),
+        store.head(&local.name, &keys[1])
+    );
+    for (key, remote) in keys.into_iter().zip([first?, second?]) {
         match push_decision(remote.as_ref().map(Option::as_deref), &local.sha256) {
             PushDecision::Upload => continue,
             PushDecision::AlreadyArchived => return Ok(()),
@@ -105,22 +130,28 @@ async fn push_one(config: &ArchiveConfig, store: &Store, local: Local) -> Result
 /// Read and hash off the async threads (16 MiB of SHA-256 is tens of milliseconds).
 async fn load(path: PathBuf) -> Result<Local> {
     tokio::task::spawn_blocking(move || {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = file_name(&path);
         let file = WalFile::parse(&name).ok_or_else(|| ArchiveError::NotWalFile(name.clone()))?;
+        let before = Stamp::of(&path);
         let content = std::fs::read(&path).map_err(ArchiveError::io(&path))?;
         let sha256 = sha256_hex(&content);
+        let after = Stamp::of(&path);
         Ok(Local {
             name,
             file,
             content,
             sha256,
+            stamp: before.filter(|_| before == after),
         })
     })
     .await
     .map_err(|e| ArchiveError::Runtime(e.to_string()))?
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// The files PostgreSQL will ask for next, oldest first, history files before segments

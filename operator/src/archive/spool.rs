@@ -19,10 +19,47 @@ pub struct Spool {
     dir: PathBuf,
 }
 
-/// What an `archived/` marker says: this content went to this object of `origin`
-/// ([`ArchiveConfig::origin`](super::ArchiveConfig::origin)).
-pub fn marker(sha256: &str, origin: &str, key: &str) -> String {
-    format!("{sha256} {origin} {key}\n")
+/// What identifies a WAL file's content without reading it again: PostgreSQL never
+/// rewrites a file it has marked ready, and a file put in its place (a rewind, a
+/// restore) is a new inode or a new modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    len: u64,
+    ino: u64,
+    mtime_ns: i128,
+}
+
+impl Stamp {
+    pub fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = fs::metadata(path).ok()?;
+        Some(Self {
+            len: meta.len(),
+            ino: meta.ino(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        })
+    }
+}
+
+impl std::fmt::Display for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.len, self.ino, self.mtime_ns)
+    }
+}
+
+/// What an `archived/` marker says: the file as `stamp` saw it, with this content, went
+/// to this object of `origin` ([`ArchiveConfig::origin`](super::ArchiveConfig::origin)).
+pub fn marker(sha256: &str, origin: &str, key: &str, stamp: Stamp) -> String {
+    format!("{sha256} {origin} {key} {stamp}\n")
+}
+
+/// Whether `marker` vouches for the file as it is now (`stamp`) in this archive.
+pub fn marker_vouches(marker: &str, origin: &str, key: &str, stamp: Stamp) -> bool {
+    marker.split_once(' ').is_some_and(|(sha256, rest)| {
+        sha256.len() == 64
+            && sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            && rest == format!("{origin} {key} {stamp}\n")
+    })
 }
 
 impl Spool {
@@ -118,13 +155,46 @@ mod tests {
     fn markers() {
         let (s, dir) = spool("markers");
         assert_eq!(s.archived_marker("A"), None);
-        let m = marker("ab", "http://s3/b/p", "p/wal/A.zst");
-        assert_eq!(m, "ab http://s3/b/p p/wal/A.zst\n");
+        let stamp = Stamp {
+            len: 3,
+            ino: 7,
+            mtime_ns: 11,
+        };
+        let sum = sha256_hex(b"abc");
+        let m = marker(&sum, "http://s3/b/p", "p/wal/A.zst", stamp);
+        assert_eq!(m, format!("{sum} http://s3/b/p p/wal/A.zst 3:7:11\n"));
+        assert!(marker_vouches(&m, "http://s3/b/p", "p/wal/A.zst", stamp));
+        let touched = Stamp {
+            mtime_ns: 12,
+            ..stamp
+        };
+        assert!(!marker_vouches(&m, "http://s3/b/p", "p/wal/A.zst", touched));
+        assert!(!marker_vouches(&m, "http://s3/b/q", "p/wal/A.zst", stamp));
+        assert!(!marker_vouches(&m, "http://s3/b/p", "p/wal/A", stamp));
+        // A marker of the older format (no stamp) vouches for nothing.
+        let old = format!("{sum} http://s3/b/p p/wal/A.zst\n");
+        assert!(!marker_vouches(&old, "http://s3/b/p", "p/wal/A.zst", stamp));
         s.mark_archived("A", &m).unwrap();
         assert_eq!(s.archived_marker("A").as_deref(), Some(m.as_str()));
         s.clear_archived("A");
         s.clear_archived("A");
         assert_eq!(s.archived_marker("A"), None);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn stamps_change_with_the_file() {
+        let (_, dir) = spool("stamps");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        fs::write(&path, b"abc").unwrap();
+        let first = Stamp::of(&path).unwrap();
+        assert_eq!(Stamp::of(&path), Some(first));
+        // Another file put in its place.
+        fs::write(dir.join("g"), b"abd").unwrap();
+        fs::rename(dir.join("g"), &path).unwrap();
+        assert_ne!(Stamp::of(&path), Some(first));
+        assert_eq!(Stamp::of(&dir.join("missing")), None);
         fs::remove_dir_all(dir).unwrap();
     }
 
