@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::read::Observed;
-use super::Context;
+use super::{claims, Context};
 use crate::builders::Credentials;
 use crate::error::{Error, Result};
 use crate::names::Names;
@@ -38,11 +38,14 @@ fn stored_password(secret: &Secret, name: &str) -> Result<Option<String>> {
 
 /// Passwords from the existing Secrets; a new one only for a Secret that does not exist.
 /// A Secret missing from the cache is read from the API server before a password is
-/// generated: a cache that lags must never lead to a new password. The flag says
-/// whether any password was generated.
+/// generated: a cache that lags must never lead to a new password. Only Secrets this
+/// GeoDatabase controls or that a deleted one of its name kept are read: someone
+/// else's Secret under the name is a name conflict (`claims`), never a password source.
+/// The flag says whether any password was generated.
 pub async fn credentials(
     ctx: &Context,
     namespace: &str,
+    uid: &str,
     names: &Names,
     observed: &Observed,
 ) -> Result<(Credentials, bool)> {
@@ -60,8 +63,10 @@ pub async fn credentials(
                 .await
                 .map_err(Error::kube("reading a credentials Secret"))?
             {
-                Some(secret) => stored_password(&secret, &name)?,
-                None => None,
+                Some(secret) if claims::may_read_credentials(&secret, &names.cluster, uid) => {
+                    stored_password(&secret, &name)?
+                }
+                _ => None,
             },
         };
         passwords.push(password);

@@ -21,9 +21,9 @@ use super::finalizer::{cleanup, has_finalizer, set_finalizer};
 use super::health::Targets;
 use super::read::Observed;
 use super::replication::{self, plan::Plan};
-use super::status::conditions::{is_true, now, Type};
+use super::status::conditions::{is_true, now, Reason, Type};
 use super::{
-    adopt, catalog, credentials, events, read, rollout, status, topology, validate, Context,
+    adopt, catalog, claims, credentials, events, read, rollout, status, topology, validate, Context,
 };
 use crate::api::{GeoDatabase, Role};
 use crate::builders::{self, Cluster};
@@ -95,7 +95,12 @@ pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action
 
 /// The spec cannot be applied: Degraded with the problems, an Event when they change,
 /// nothing else touched.
-async fn refuse(ctx: &Context, db: &GeoDatabase, problems: &[String]) -> Result<Action> {
+async fn refuse(
+    ctx: &Context,
+    db: &GeoDatabase,
+    reason: Reason,
+    problems: &[String],
+) -> Result<Action> {
     let degraded = |db: &GeoDatabase| {
         db.status
             .as_ref()
@@ -104,18 +109,21 @@ async fn refuse(ctx: &Context, db: &GeoDatabase, problems: &[String]) -> Result<
             .map(|c| c.message.clone())
     };
     let was = degraded(db);
-    let refused = status::invalid(db, problems, &now());
+    let refused = status::invalid(db, reason, problems, &now());
     let message = refused
         .condition(Type::Degraded.as_str())
         .map(|c| c.message.clone());
     status::write(&ctx.client, db, refused).await?;
     if message != was {
         warn!(?problems, "spec not applied");
-        ctx.metrics.record_action("invalid_spec");
+        ctx.metrics.record_action(match reason {
+            Reason::NameConflict => "name_conflict",
+            _ => "invalid_spec",
+        });
         ctx.event(
             db,
             EventType::Warning,
-            "InvalidSpec",
+            reason.as_str(),
             message.unwrap_or_default(),
         )
         .await;
@@ -174,8 +182,9 @@ struct Decided {
 async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<Decided> {
     let names = Names::new(db);
     let namespace = db.namespace().ok_or(Error::MissingObjectKey)?;
+    let uid = db.uid().ok_or(Error::MissingObjectKey)?;
     let (credentials, generated) =
-        credentials::credentials(ctx, &namespace, &names, observed).await?;
+        credentials::credentials(ctx, &namespace, &uid, &names, observed).await?;
     let wanted = usize::try_from(db.spec.instances).unwrap_or(1);
     // A new GeoDatabase over kept volumes starts with the primary they recorded.
     let legacy = apply::last_primary(&observed.related.pvcs);
@@ -311,14 +320,45 @@ async fn wait_for_volumes(
     Ok(Action::requeue(Duration::from_secs(2)))
 }
 
+/// Every name the build wants is free or this GeoDatabase's; otherwise what to do
+/// instead of applying anything: refuse on someone else's object, wait for the garbage
+/// collector on an earlier GeoDatabase's.
+async fn claim_names(
+    ctx: &Context,
+    db: &GeoDatabase,
+    cluster: &Cluster,
+    observed: &Observed,
+) -> Result<Option<Action>> {
+    let applier = Applier::new(
+        &ctx.client,
+        &cluster.namespace,
+        &cluster.names.cluster,
+        &ctx.applied,
+    );
+    let check = claims::check(&applier, db, &builders::build(cluster), observed).await?;
+    if !check.conflicts.is_empty() {
+        return refuse(ctx, db, Reason::NameConflict, &check.conflicts)
+            .await
+            .map(Some);
+    }
+    if !check.leftovers.is_empty() {
+        info!(leftovers = ?check.leftovers, "waiting for the garbage collector to remove an earlier GeoDatabase's objects");
+        return Ok(Some(Action::requeue(Duration::from_secs(2))));
+    }
+    Ok(None)
+}
+
 /// read -> validate -> decide -> build -> apply -> status
 async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     let observed = read::observe(ctx, db).await?;
     let problems = problems(ctx, db, &observed).await;
     if !problems.is_empty() {
-        return refuse(ctx, db, &problems).await;
+        return refuse(ctx, db, Reason::InvalidSpec, &problems).await;
     }
     let decided = decide(ctx, db, &observed).await?;
+    if let Some(action) = claim_names(ctx, db, &decided.cluster, &observed).await? {
+        return Ok(action);
+    }
     if let Some(why) = &decided.choosing {
         return wait_for_volumes(ctx, db, &decided.cluster, &observed, why).await;
     }

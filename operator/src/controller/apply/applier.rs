@@ -183,6 +183,20 @@ impl<'a> Applier<'a> {
         self.send(desired, key, desired_hash).await.map(|_| ())
     }
 
+    /// Whether this process has applied an object of `desired`'s kind and name.
+    pub fn applied_before<K: Resource<DynamicType = ()>>(&self, desired: &K) -> bool {
+        self.cache.get(&self.key_of(desired)).is_some()
+    }
+
+    fn key_of<K: Resource<DynamicType = ()>>(&self, desired: &K) -> CacheKey {
+        CacheKey {
+            cluster: self.cluster.to_owned(),
+            kind: K::kind(&()).to_string(),
+            namespace: self.namespace.to_owned(),
+            name: desired.name_any(),
+        }
+    }
+
     /// Where the cache keeps `desired`, and the hash of what would be sent.
     fn key_and_hash<K>(&self, desired: &K) -> Result<(CacheKey, String)>
     where
@@ -192,13 +206,7 @@ impl<'a> Applier<'a> {
             what: "an owned object",
             source,
         })?;
-        let key = CacheKey {
-            cluster: self.cluster.to_owned(),
-            kind: K::kind(&()).to_string(),
-            namespace: self.namespace.to_owned(),
-            name: desired.name_any(),
-        };
-        Ok((key, content_hash(&[&body])))
+        Ok((self.key_of(desired), content_hash(&[&body])))
     }
 
     /// Server-side apply `desired` and remember what was sent.

@@ -63,6 +63,9 @@ spelled! {
         RollingUpdate,
         AsExpected,
         InvalidSpec,
+        /// Degraded: a name the GeoDatabase needs is taken by an object it does not
+        /// control (left untouched).
+        NameConflict,
         /// Degraded: PostgreSQL refuses settings of the configuration file.
         ConfigurationRefused,
         /// Degraded: an instance's PostgreSQL refuses to start.

@@ -396,7 +396,12 @@ pub fn choosing(db: &GeoDatabase, why: &str, now: &Time) -> GeoDatabaseStatus {
 
 /// Status of a GeoDatabase whose spec cannot be applied: Degraded, with the problems,
 /// and everything else as it was (nothing was changed).
-pub fn invalid(db: &GeoDatabase, problems: &[String], now: &Time) -> GeoDatabaseStatus {
+pub fn invalid(
+    db: &GeoDatabase,
+    reason: Reason,
+    problems: &[String],
+    now: &Time,
+) -> GeoDatabaseStatus {
     let mut status = db.status.clone().unwrap_or_default();
     let previous = status.conditions.clone();
     let generation = db.metadata.generation;
@@ -427,8 +432,11 @@ pub fn invalid(db: &GeoDatabase, problems: &[String], now: &Time) -> GeoDatabase
             &previous,
             Type::Progressing,
             false,
-            Reason::InvalidSpec,
-            "waiting for a valid spec".to_owned(),
+            reason,
+            match reason {
+                Reason::NameConflict => "waiting for the names it needs to be free".to_owned(),
+                _ => "waiting for a valid spec".to_owned(),
+            },
             generation,
             now,
         ),
@@ -436,7 +444,7 @@ pub fn invalid(db: &GeoDatabase, problems: &[String], now: &Time) -> GeoDatabase
             &previous,
             Type::Degraded,
             true,
-            Reason::InvalidSpec,
+            reason,
             message,
             generation,
             now,
@@ -604,7 +612,7 @@ mod tests {
         let spec = json!({"storage": {"size": "1Gi"}});
         let mut db = geodatabase(spec.clone());
         db.status = Some(status_of_fresh(&db, spec, 10));
-        let status = invalid(&db, &["bad thing".to_owned()], &at(20));
+        let status = invalid(&db, Reason::InvalidSpec, &["bad thing".to_owned()], &at(20));
         assert_eq!(status.phase, Some(Phase::Degraded));
         assert_eq!(status.current_primary.as_deref(), Some("geo-1"));
         let degraded = status.condition("Degraded").unwrap();
