@@ -10,6 +10,11 @@
   check-rendered.py full RENDERED NAMESPACE VALUES_YAML
       What the default values, or the values of VALUES_YAML (every value set), must
       produce in release namespace NAMESPACE.
+  check-rendered.py namespaced RENDERED NAMESPACE VALUES_YAML CONFIG_ROLE_YAML
+      With rbac.scope namespaced: nothing cluster-wide for the operator, and in each of
+      watchNamespaces one Role (the ClusterRole's rules of CONFIG_ROLE_YAML without the
+      reads of cluster-scoped objects, and only "bind" on the instances' ClusterRole)
+      bound to the chart's ServiceAccount.
 
 Each prints what does not hold and exits 1 then. Needs PyYAML (python3-yaml).
 """
@@ -76,10 +81,12 @@ def rbac(rendered_path, role_path, instance_role_path):
         rules_diff(want, got, role_path, kind)
 
 
-def deployment_checks(docs, namespace):
-    """What holds for any values; returns the Deployment's pod spec and container."""
+def deployment_checks(docs, namespace, watched=()):
+    """What holds for any values; returns the Deployment's pod spec and container.
+    `watched`: namespaces that hold the operator's Roles (namespaced RBAC)."""
     for d in docs:
-        if d["kind"] not in CLUSTER_SCOPED:
+        in_watched = d["kind"] in ("Role", "RoleBinding") and d["metadata"].get("namespace") in watched
+        if d["kind"] not in CLUSTER_SCOPED and not in_watched:
             check(d["metadata"].get("namespace") == namespace,
                   f"{d['kind']}/{d['metadata']['name']}: namespace {d['metadata'].get('namespace')!r}, want the release namespace {namespace!r}")
         labels = d["metadata"].get("labels", {})
@@ -115,11 +122,9 @@ def deployment_checks(docs, namespace):
     check(svc["spec"]["ports"][0]["port"] == port, "the metrics Service port is not metrics.port")
     check(container["livenessProbe"]["httpGet"]["path"] == "/healthz", "no /healthz liveness probe")
     check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "no /readyz readiness probe")
-    for binding in ("ClusterRoleBinding", "RoleBinding"):
-        b = one(docs, binding, "helm template")
-        if b is not None:
-            check(b["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": namespace}],
-                  f"{binding} subjects {b['subjects']}: want the chart's ServiceAccount in {namespace}")
+    for b in (d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        check(b["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": namespace}],
+              f"{b['kind']} subjects {b['subjects']}: want the chart's ServiceAccount in {namespace}")
     return pod, container
 
 
@@ -165,7 +170,8 @@ def full(path, namespace, values_path):
     image = values["image"]
     check(container["image"] == f"{image['repository']}:{image['tag']}", f"image {container['image']}")
     check(container["imagePullPolicy"] == image["pullPolicy"], "imagePullPolicy is not image.pullPolicy")
-    check(f"--namespace={values['watchNamespace']}" in container["args"], f"args {container['args']}: no --namespace")
+    check(f"--namespace={','.join(values['watchNamespaces'])}" in container["args"], f"args {container['args']}: no --namespace")
+    check(f"--allowed-images={','.join(values['imageAllowlist'])}" in container["args"], f"args {container['args']}: no --allowed-images")
     check(env_of(container).get("RUST_LOG") == values["logLevel"], "RUST_LOG is not logLevel")
     check(container.get("resources") == values["resources"], "resources are not .Values.resources")
     for key in ("nodeSelector", "tolerations", "affinity"):
@@ -179,6 +185,45 @@ def full(path, namespace, values_path):
         f"metrics Service annotations {svc['metadata'].get('annotations')}")
 
 
+def namespaced_rules(rules):
+    """What a Role can hold of the ClusterRole's rules (as the chart's geodb.namespacedRules)."""
+    out = []
+    for rule in rules:
+        if "clusterroles" in rule["resources"]:
+            out.append(dict(rule, verbs=["bind"]))
+        elif not {"customresourcedefinitions", "storageclasses"} & set(rule["resources"]):
+            out.append(rule)
+    return out
+
+
+def namespaced(path, namespace, values_path, role_path):
+    with open(values_path, encoding="utf-8") as f:
+        values = yaml.safe_load(f)
+    watched = values["watchNamespaces"]
+    docs = load(path)
+    pod, container = deployment_checks(docs, namespace, watched)
+    if pod is None:
+        return
+    check(not [d for d in docs if d["kind"] == "ClusterRoleBinding"], "a ClusterRoleBinding in namespaced mode")
+    cluster_roles = [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"]
+    check(cluster_roles == ["geodb-instance"],
+          f"ClusterRoles {cluster_roles}: want only the instances' geodb-instance (bound per namespace, never to the operator)")
+    check(f"--namespace={','.join(watched)}" in container["args"], f"args {container['args']}: no --namespace")
+    want = namespaced_rules(one(load(role_path), "ClusterRole", role_path)["rules"])
+    for ns in watched:
+        roles = [d for d in docs if d["kind"] == "Role" and d["metadata"].get("namespace") == ns]
+        bindings = [d for d in docs if d["kind"] == "RoleBinding" and d["metadata"].get("namespace") == ns]
+        check(len(roles) == 1 and len(bindings) == 1, f"{ns}: want one Role and one RoleBinding, found {len(roles)} and {len(bindings)}")
+        if roles:
+            rules_diff({"rules": want}, roles[0], f"{role_path} (namespaced)", f"Role in {ns}")
+        if roles and bindings:
+            check(bindings[0]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                             "name": roles[0]["metadata"]["name"]}, f"{ns}: RoleBinding does not bind the Role")
+    for rule in want:
+        check(not {"customresourcedefinitions", "storageclasses", "nodes", "namespaces"} & set(rule["resources"]),
+              f"a namespaced rule on a cluster-scoped resource: {rule}")
+
+
 def main():
     if len(sys.argv) < 4:
         sys.exit(__doc__)
@@ -189,6 +234,8 @@ def main():
         defaults(sys.argv[2], sys.argv[3])
     elif command == "full" and len(sys.argv) == 5:
         full(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif command == "namespaced" and len(sys.argv) == 6:
+        namespaced(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
         sys.exit(__doc__)
     for p in problems:

@@ -3,8 +3,8 @@
 #
 #   1. crds/ and charts/geodb/crds/ are identical (`make chart-crds` copies them);
 #   2. `helm lint --strict`;
-#   3. `helm template` with the default values and with charts/tests/values-full.yaml
-#      (every value changed), each validated by kubeconform -strict against the
+#   3. `helm template` with the default values, with charts/tests/values-full.yaml
+#      (every value changed) and with charts/tests/values-namespaced.yaml (namespaced RBAC), each validated by kubeconform -strict against the
 #      Kubernetes schemas (offline, see below) and checked by charts/check-rendered.py;
 #   4. the rendered ClusterRoles and leader Role rules equal those of config/rbac/role.yaml
 #      and instance-role.yaml (the chart renders them from files/rbac-role.yaml and
@@ -160,6 +160,13 @@ if render full prod databases -f "$TESTS/values-full.yaml"; then
 		pass "rendered values-full.yaml"
 	else
 		fail "rendered values-full.yaml (charts/check-rendered.py full)"
+	fi
+fi
+if render namespaced prod databases -f "$TESTS/values-namespaced.yaml"; then
+	if python3 "$ROOT/charts/check-rendered.py" namespaced "$WORK/namespaced.yaml" databases "$TESTS/values-namespaced.yaml" "$ROOT/config/rbac/role.yaml"; then
+		pass "rendered values-namespaced.yaml"
+	else
+		fail "rendered values-namespaced.yaml (charts/check-rendered.py namespaced)"
 	fi
 fi
 

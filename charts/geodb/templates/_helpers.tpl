@@ -74,3 +74,21 @@ the rules of its ClusterRole and leader Role from there, so that they are config
 {{- end -}}
 {{- toYaml (index $found 0).rules -}}
 {{- end }}
+
+{{/*
+geodb.namespacedRules (list root): the ClusterRole's rules as a namespaced Role can hold
+them. Dropped: reads of cluster-scoped objects (the CRD and StorageClasses; the operator
+skips those checks when RBAC forbids them). Kept of the instances' ClusterRole: "bind"
+only, which a Role grants for RoleBindings in its own namespace.
+*/}}
+{{- define "geodb.namespacedRules" -}}
+{{- $rules := list -}}
+{{- range (include "geodb.rbacRules" (list (index . 0) "ClusterRole") | fromYamlArray) -}}
+{{- if has "clusterroles" .resources -}}
+{{- $rules = append $rules (merge (dict "verbs" (list "bind")) (omit . "verbs")) -}}
+{{- else if not (or (has "customresourcedefinitions" .resources) (has "storageclasses" .resources)) -}}
+{{- $rules = append $rules . -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $rules -}}
+{{- end }}

@@ -23,9 +23,14 @@ use super::init_tracing;
 
 #[derive(clap::Args)]
 pub struct OperatorArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "GEODB_WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces (comma-separated or repeated; default: all). With a
+    /// list, the operator needs no cluster-wide permission: checks that would read
+    /// cluster-scoped objects are skipped when RBAC forbids them.
+    #[arg(long, env = "GEODB_WATCH_NAMESPACE", value_delimiter = ',')]
+    namespace: Vec<String>,
+    /// Image prefixes a GeoDatabase may run (comma-separated; default: any image).
+    #[arg(long, env = "GEODB_ALLOWED_IMAGES", value_delimiter = ',')]
+    allowed_images: Vec<String>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
@@ -79,22 +84,43 @@ fn serve_http(addr: SocketAddr, registry: Registry, ready: Arc<AtomicBool>) {
 }
 
 /// Refuse to start without the CRD and the instances' ClusterRole: a clear message beats
-/// a silent watch error loop.
-async fn check_prerequisites(client: &Client) -> Result<(), String> {
+/// a silent watch error loop. An operator confined to namespaces may not read
+/// cluster-scoped objects: then the checks are skipped, and said so.
+async fn check_prerequisites(client: &Client, namespaced: bool) -> Result<(), String> {
     let crd_name = GeoDatabase::crd_name();
-    Api::<CustomResourceDefinition>::all(client.clone())
+    let crd = Api::<CustomResourceDefinition>::all(client.clone())
         .get(crd_name)
         .await
-        .map_err(|e| {
-            format!("CRD {crd_name} is not installed or not readable ({e}); install crds/ first")
-        })?;
-    Api::<ClusterRole>::all(client.clone())
+        .map(drop);
+    unless_forbidden(crd, namespaced, || {
+        format!("CRD {crd_name} is not installed or not readable; install crds/ first")
+    })?;
+    let role = Api::<ClusterRole>::all(client.clone())
         .get(INSTANCE_CLUSTER_ROLE)
         .await
-        .map_err(|e| {
-            format!("ClusterRole {INSTANCE_CLUSTER_ROLE} is not installed or not readable ({e}); install config/rbac/ first")
-        })?;
-    Ok(())
+        .map(drop);
+    unless_forbidden(role, namespaced, || {
+        format!("ClusterRole {INSTANCE_CLUSTER_ROLE} is not installed or not readable; install config/rbac/ first")
+    })
+}
+
+fn unless_forbidden(
+    result: kube::Result<()>,
+    namespaced: bool,
+    message: impl Fn() -> String,
+) -> Result<(), String> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(status)) if namespaced && status.code == 403 => {
+            warn!(
+                reason = %status.message,
+                "not checked (no cluster-wide read permission): {}",
+                message()
+            );
+            Ok(())
+        }
+        Err(e) => Err(format!("{} ({e})", message())),
+    }
 }
 
 /// Take the leader Lease, and keep it: a leader that loses it exits at once (the pod
@@ -128,29 +154,47 @@ async fn operator(args: OperatorArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
     let ready = Arc::new(AtomicBool::new(false));
     serve_http(args.http_addr, registry, ready.clone());
-    check_prerequisites(&client).await?;
+    check_prerequisites(&client, !args.namespace.is_empty()).await?;
     ready.store(true, Ordering::Relaxed);
 
     let identity = args
         .identity
         .clone()
         .unwrap_or_else(|| format!("geodb-{}", std::process::id()));
-    let ctx = Context::new(client.clone(), metrics, Some(identity.clone()));
+    // One controller per watched namespace (kube watches one namespace or all), each
+    // with its own caches, sharing the client and the metrics.
+    let namespaces: Vec<Option<String>> = match args.namespace.is_empty() {
+        true => vec![None],
+        false => args.namespace.iter().cloned().map(Some).collect(),
+    };
+    let contexts: Vec<Arc<Context>> = namespaces
+        .iter()
+        .map(|_| {
+            Context::with_allowed_images(
+                client.clone(),
+                metrics.clone(),
+                Some(identity.clone()),
+                args.allowed_images.clone(),
+            )
+        })
+        .collect();
     let held = match args.leader_elect {
         true => Some(lead(&client, args.lease_namespace.clone(), identity).await),
         false => None,
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
-        let _ = stop_tx.send(());
+        let _ = stop_tx.send(true);
     });
     // Serving again only once the watch caches hold their first lists: a standby is ready
     // while it waits for the Lease, the leader once it can reconcile from a full view.
     ready.store(false, Ordering::Relaxed);
-    let caches = ctx.caches.clone();
+    let caches: Vec<_> = contexts.iter().map(|c| c.caches.clone()).collect();
     tokio::spawn(async move {
-        caches.ready().await;
+        for cache in caches {
+            cache.ready().await;
+        }
         ready.store(true, Ordering::Relaxed);
         info!("watch caches synced");
     });
@@ -161,11 +205,17 @@ async fn operator(args: OperatorArgs) -> Result<(), String> {
             "some API server connections could not be opened ahead of time"
         );
     }
-    info!(namespace = ?args.namespace, "starting controller");
-    controller::run(ctx, args.namespace, async move {
-        let _ = stop_rx.await;
-    })
-    .await;
+    info!(namespaces = ?args.namespace, "starting controller");
+    let runs = contexts
+        .into_iter()
+        .zip(namespaces)
+        .map(|(ctx, namespace)| {
+            let mut stop = stop_rx.clone();
+            controller::run(ctx, namespace, async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+        });
+    futures::future::join_all(runs).await;
     info!("controller stopped");
     if let Some(election) = held {
         election.release(&client).await;

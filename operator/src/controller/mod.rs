@@ -10,6 +10,7 @@
 //! | `claims` | no takeover: the wanted names are free or ours | reads |
 //! | `catalog` | the buckets' backups: status, recovery targets | Secret reads, S3 |
 //! | `validate` | what the schema cannot refuse (pure) | no |
+//! | `policy` | what the installation allows: images (pure) | no |
 //! | `topology` | instances, primary, roles, lag (pure) | no |
 //! | `replication` | failover/switchover plan (pure), its execution, slots | status |
 //! | `health` | the probes of every instance | no (PostgreSQL) |
@@ -29,6 +30,7 @@ mod events;
 mod finalizer;
 pub mod health;
 pub mod owned;
+pub mod policy;
 pub mod read;
 mod reconcile;
 pub mod replication;
@@ -74,10 +76,21 @@ pub struct Context {
     leases: Mutex<HashMap<(String, String), replication::LeaseSeen>>,
     /// The last reads of the backup buckets.
     pub catalogs: catalog::Catalogs,
+    /// Image prefixes a GeoDatabase may run (empty: any), see `policy`.
+    pub allowed_images: Vec<String>,
 }
 
 impl Context {
     pub fn new(client: Client, metrics: Arc<Metrics>, instance: Option<String>) -> Arc<Self> {
+        Self::with_allowed_images(client, metrics, instance, Vec::new())
+    }
+
+    pub fn with_allowed_images(
+        client: Client,
+        metrics: Arc<Metrics>,
+        instance: Option<String>,
+        allowed_images: Vec<String>,
+    ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "geodb-operator".into(),
             instance,
@@ -96,6 +109,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             catalogs: catalog::Catalogs::default(),
+            allowed_images,
         })
     }
 

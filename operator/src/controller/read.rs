@@ -40,13 +40,16 @@ pub async fn observe(ctx: &Context, db: &GeoDatabase) -> Result<Observed> {
     let cluster = Names::new(db).cluster;
     ctx.caches.ready().await;
     let storage_class_exists = match &db.spec.storage.storage_class_name {
-        Some(class) => Some(
-            Api::<StorageClass>::all(ctx.client.clone())
-                .get_opt(class)
-                .await
-                .map_err(Error::kube("reading the StorageClass"))?
-                .is_some(),
-        ),
+        Some(class) => match Api::<StorageClass>::all(ctx.client.clone())
+            .get_opt(class)
+            .await
+        {
+            Ok(found) => Some(found.is_some()),
+            // Installed for namespaces only: no cluster-wide read; the StorageClass is
+            // then not checked (a missing one leaves the volume claims Pending).
+            Err(kube::Error::Api(status)) if status.code == 403 => None,
+            Err(e) => return Err(Error::kube("reading the StorageClass")(e)),
+        },
         None => None,
     };
     let related = ctx.caches.related(&namespace, &cluster);

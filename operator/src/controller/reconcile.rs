@@ -23,7 +23,8 @@ use super::read::Observed;
 use super::replication::{self, plan::Plan};
 use super::status::conditions::{is_true, now, Reason, Type};
 use super::{
-    adopt, catalog, claims, credentials, events, read, rollout, status, topology, validate, Context,
+    adopt, catalog, claims, credentials, events, policy, read, rollout, status, topology, validate,
+    Context,
 };
 use crate::api::{GeoDatabase, Role};
 use crate::builders::{self, Cluster};
@@ -235,6 +236,7 @@ async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<
 /// the recovery source's catalog.
 async fn problems(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Vec<String> {
     let mut problems = validate::validate(&db.spec, observed.storage_class_exists);
+    problems.extend(policy::image_problem(&db.spec, &ctx.allowed_images));
     problems.extend(validate::validate_backup(
         &db.spec,
         &observed.backup_secrets,
