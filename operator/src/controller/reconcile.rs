@@ -21,7 +21,7 @@ use super::finalizer::{cleanup, has_finalizer, set_finalizer};
 use super::health::Targets;
 use super::read::Observed;
 use super::replication::{self, plan::Plan};
-use super::status::conditions::{is_true, now, Type};
+use super::status::conditions::{is_true, now, Reason, Type};
 use super::{
     adopt, catalog, credentials, events, read, rollout, status, topology, validate, Context,
 };
@@ -96,30 +96,35 @@ pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action
 /// The spec cannot be applied: Degraded with the problems, an Event when they change,
 /// nothing else touched.
 async fn refuse(ctx: &Context, db: &GeoDatabase, problems: &[String]) -> Result<Action> {
-    let degraded = |db: &GeoDatabase| {
-        db.status
-            .as_ref()
-            .and_then(|s| s.condition(Type::Degraded.as_str()))
-            .filter(|c| is_true(Some(c)))
-            .map(|c| c.message.clone())
-    };
-    let was = degraded(db);
-    let refused = status::invalid(db, problems, &now());
-    let message = refused
-        .condition(Type::Degraded.as_str())
-        .map(|c| c.message.clone());
-    status::write(&ctx.client, db, refused).await?;
-    if message != was {
-        warn!(?problems, "spec not applied");
-        ctx.metrics.record_action("invalid_spec");
-        ctx.event(
-            db,
-            EventType::Warning,
-            "InvalidSpec",
-            message.unwrap_or_default(),
-        )
-        .await;
+    report_refusal(
+        ctx,
+        db,
+        status::invalid(db, problems, &now()),
+        "invalid_spec",
+    )
+    .await
+}
+
+/// The API server refused an object being applied (what came before it stays): Degraded
+/// with the server's words and an Event, as for an invalid spec, instead of retrying
+/// the same request in silence.
+async fn refused(ctx: &Context, db: &GeoDatabase, object: &str, message: &str) -> Result<Action> {
+    let message = format!("the API server refused {object}: {message}");
+    let computed = status::refused(db, Reason::ApplyRefused, message, &now());
+    report_refusal(ctx, db, computed, "apply_refused").await
+}
+
+/// Write a Degraded status (an Event when it changed) and look again later.
+async fn report_refusal(
+    ctx: &Context,
+    db: &GeoDatabase,
+    computed: crate::api::GeoDatabaseStatus,
+    action: &str,
+) -> Result<Action> {
+    if degraded(Some(&computed)) != degraded(db.status.as_ref()) {
+        ctx.metrics.record_action(action);
     }
+    write_status(ctx, db, computed).await?;
     Ok(Action::requeue(INVALID_RECHECK))
 }
 
@@ -299,14 +304,18 @@ async fn wait_for_volumes(
         &ctx.applied,
     );
     let no_roles = std::collections::BTreeMap::new();
-    apply::apply(
+    let applied = apply::apply(
         &applier,
         cluster,
         builders::build(cluster),
         observed,
         &no_roles,
     )
-    .await?;
+    .await;
+    if let Err(Error::Refused { object, message }) = &applied {
+        return refused(ctx, db, object, message).await;
+    }
+    applied?;
     write_status(ctx, db, status::choosing(db, why, &now())).await?;
     Ok(Action::requeue(Duration::from_secs(2)))
 }
@@ -341,14 +350,18 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         &cluster.names.cluster,
         &ctx.applied,
     );
-    apply::apply(
+    let applied = apply::apply(
         &applier,
         &cluster,
         builders::build(&cluster),
         &observed,
         &roles,
     )
-    .await?;
+    .await;
+    if let Err(Error::Refused { object, message }) = &applied {
+        return refused(ctx, &db, object, message).await;
+    }
+    applied?;
     let steady = matches!(plan, Plan::Steady | Plan::Acknowledge { .. });
     let rollout = if steady {
         replication::converge_slots(ctx, &cluster, &db, &health).await;

@@ -63,6 +63,9 @@ spelled! {
         RollingUpdate,
         AsExpected,
         InvalidSpec,
+        /// Degraded: the API server refused an object the spec makes (invalid, forbidden
+        /// or over a quota).
+        ApplyRefused,
         /// Degraded: PostgreSQL refuses settings of the configuration file.
         ConfigurationRefused,
         /// Degraded: an instance's PostgreSQL refuses to start.

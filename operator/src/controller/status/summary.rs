@@ -397,10 +397,16 @@ pub fn choosing(db: &GeoDatabase, why: &str, now: &Time) -> GeoDatabaseStatus {
 /// Status of a GeoDatabase whose spec cannot be applied: Degraded, with the problems,
 /// and everything else as it was (nothing was changed).
 pub fn invalid(db: &GeoDatabase, problems: &[String], now: &Time) -> GeoDatabaseStatus {
+    let message = format!("spec not applied: {}", problems.join("; "));
+    refused(db, Reason::InvalidSpec, message, now)
+}
+
+/// Status of a GeoDatabase whose spec was not (wholly) applied, for `reason`: Degraded
+/// with `message`, not progressing, and everything else as it was.
+pub fn refused(db: &GeoDatabase, reason: Reason, message: String, now: &Time) -> GeoDatabaseStatus {
     let mut status = db.status.clone().unwrap_or_default();
     let previous = status.conditions.clone();
     let generation = db.metadata.generation;
-    let message = format!("spec not applied: {}", problems.join("; "));
     status.phase = Some(Phase::Degraded);
     status.observed_generation = generation;
     let was_ready = status.condition(Type::Ready.as_str());
@@ -427,8 +433,8 @@ pub fn invalid(db: &GeoDatabase, problems: &[String], now: &Time) -> GeoDatabase
             &previous,
             Type::Progressing,
             false,
-            Reason::InvalidSpec,
-            "waiting for a valid spec".to_owned(),
+            reason,
+            "waiting for a spec that can be applied".to_owned(),
             generation,
             now,
         ),
@@ -436,7 +442,7 @@ pub fn invalid(db: &GeoDatabase, problems: &[String], now: &Time) -> GeoDatabase
             &previous,
             Type::Degraded,
             true,
-            Reason::InvalidSpec,
+            reason,
             message,
             generation,
             now,
