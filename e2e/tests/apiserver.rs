@@ -16,7 +16,9 @@ use common::*;
 use geodb::api::{GeoDatabase, Phase, Role};
 use geodb::runtime::leader::LeaderElection;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -634,6 +636,8 @@ async fn scenario_semantic_errors_degrade(client: &Client, ns: &str) {
         // Nothing half-applied.
         let selector = format!("geodb.io/cluster={name}");
         assert!(names::<StatefulSet>(client, ns, &selector).await.is_empty());
+        assert!(names::<Deployment>(client, ns, &selector).await.is_empty());
+        assert!(names::<Service>(client, ns, &selector).await.is_empty());
         assert!(names::<Secret>(client, ns, &selector).await.is_empty());
         assert!(names::<ConfigMap>(client, ns, &selector).await.is_empty());
     }
@@ -678,6 +682,84 @@ async fn scenario_semantic_errors_degrade(client: &Client, ns: &str) {
             .then_some(())
         },
     )
+    .await;
+    apply_refusal_degrades(client, &format!("{ns}-quota")).await;
+}
+
+/// What passes the validate step but the API server refuses (here a quota that allows no
+/// StatefulSet) is Degraded with the server's words and an Event, not retried in silence.
+async fn apply_refusal_degrades(client: &Client, ns: &str) {
+    create_namespace(client, ns).await;
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": "no-statefulsets"},
+        "spec": {"hard": {"count/statefulsets.apps": "0"}}
+    }))
+    .unwrap();
+    let quotas = Api::<ResourceQuota>::namespaced(client.clone(), ns);
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    // Admission reads the quota's status, which the quota controller (not run here) would
+    // write: written by hand, then awaited until a dry-run StatefulSet is refused.
+    let counted = json!({"count/statefulsets.apps": "0"});
+    quotas
+        .patch_status(
+            "no-statefulsets",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"hard": counted, "used": counted}})),
+        )
+        .await
+        .unwrap();
+    let probe: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "probe"},
+        "spec": {"selector": {"matchLabels": {"app": "probe"}}, "serviceName": "probe",
+            "template": {"metadata": {"labels": {"app": "probe"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
+    }))
+    .unwrap();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    wait_for("the quota to refuse StatefulSets", CONVERGE, || async {
+        let created = Api::<StatefulSet>::namespaced(client.clone(), ns)
+            .create(&dry_run, &probe)
+            .await;
+        matches!(created, Err(kube::Error::Api(s)) if s.code == 403).then_some(())
+    })
+    .await;
+    let mut db = sample();
+    db.metadata.name = Some("quota".into());
+    create_db(client, ns, &db).await;
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    let message = wait_for(
+        "the refused StatefulSet to be Degraded",
+        CONVERGE,
+        || async {
+            let status = api.get("quota").await.ok()?.status?;
+            let c = status.conditions.iter().find(|c| {
+                c.type_ == "Degraded" && c.status == "True" && c.reason == "ApplyRefused"
+            })?;
+            (status.phase == Some(Phase::Degraded)).then(|| c.message.clone())
+        },
+    )
+    .await;
+    assert!(
+        message.contains("the API server refused StatefulSet/quota-") && message.contains("quota"),
+        "{message}"
+    );
+    wait_for("an ApplyRefused Event", CONVERGE, || async {
+        let events = Api::<Event>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .ok()?;
+        let found = events.iter().any(|e| {
+            e.reason.as_deref() == Some("ApplyRefused")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("the API server refused StatefulSet/quota-"))
+        });
+        found.then_some(())
+    })
     .await;
 }
 

@@ -9,6 +9,11 @@ pub enum Error {
         source: kube::Error,
     },
 
+    /// The API server refused an object as it is (invalid, forbidden, over a quota):
+    /// sending it again cannot help, so the status says so.
+    #[error("the API server refused {object}: {message}")]
+    Refused { object: String, message: String },
+
     #[error("GeoDatabase has no namespace or uid yet")]
     MissingObjectKey,
 
@@ -42,10 +47,23 @@ impl Error {
         move |source| Error::Kube { action, source }
     }
 
+    /// Like [`Error::kube`] for a write of `object` (`Kind/name`): an answer that will not
+    /// change by sending the same request again is a [`Error::Refused`].
+    pub fn writing(object: String, action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| match source {
+            kube::Error::Api(status) if matches!(status.code, 400 | 403 | 422) => Error::Refused {
+                object,
+                message: status.message,
+            },
+            source => Error::Kube { action, source },
+        }
+    }
+
     /// Stable label for the `geodb_reconcile_errors_total` metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "kube_api",
+            Error::Refused { .. } => "refused",
             Error::MissingObjectKey => "missing_object_key",
             Error::MalformedSecret { .. } => "malformed_secret",
             Error::Serialize { .. } => "serialize",

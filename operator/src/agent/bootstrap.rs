@@ -75,6 +75,17 @@ pub fn conf_arg(settings: &Settings) -> String {
     )
 }
 
+/// `pg_ctl -o` options of a server that only the agent reaches (through the socket)
+/// while it sets the data directory up. No replica exists then: commits must not wait
+/// for one (synchronous mode).
+pub fn socket_only_options(settings: &Settings) -> String {
+    format!(
+        "-c {} -c listen_addresses='' -c unix_socket_directories={} -c synchronous_standby_names=''",
+        conf_arg(settings),
+        settings.socket_dir.display()
+    )
+}
+
 /// initdb with SCRAM and checksums, then roles, database and extensions on a server
 /// that listens on the socket only.
 pub fn initdb(settings: &Settings, bin: &Path) -> Result<()> {
@@ -103,11 +114,7 @@ pub fn initdb(settings: &Settings, bin: &Path) -> Result<()> {
     let _ = std::fs::remove_file(&pwfile);
     result?;
     let socket = settings.socket_dir.display().to_string();
-    // No replica exists yet: commits must not wait for one (synchronous mode).
-    let options = format!(
-        "-c {} -c listen_addresses='' -c unix_socket_directories={socket} -c synchronous_standby_names=''",
-        conf_arg(settings)
-    );
+    let options = socket_only_options(settings);
     run(
         bin,
         "pg_ctl",

@@ -71,27 +71,35 @@ fn forward_log(stderr: tokio::process::ChildStderr, facts: Arc<Mutex<LogFacts>>)
     });
 }
 
+/// The settings (`name=value`) the server always starts with: its configuration file,
+/// and where a replica streams from.
+pub fn server_settings(settings: &Settings) -> [String; 3] {
+    [
+        conf_arg(settings),
+        format!(
+            "primary_conninfo=host={} port={POSTGRES_PORT} user={REPLICATION_USER} passfile={} application_name={} connect_timeout=5",
+            settings.rw_host,
+            settings.replication_passfile().display(),
+            settings.instance
+        ),
+        format!("primary_slot_name={}", settings.slot),
+    ]
+}
+
 impl Postgres {
     /// Start the server on the data directory, `overrides` (`name=value`) on its command
     /// line. Replicas stream through the read-write Service, so they follow every
     /// promotion without a configuration change.
     pub fn start(settings: &Settings, bin: &Path, overrides: &[String]) -> Result<Self> {
-        let conninfo = format!(
-            "primary_conninfo=host={} port={POSTGRES_PORT} user={REPLICATION_USER} passfile={} application_name={} connect_timeout=5",
-            settings.rw_host,
-            settings.replication_passfile().display(),
-            settings.instance
-        );
         let child = tokio::process::Command::new(bin.join("postgres"))
             .arg("-D")
             .arg(&settings.pgdata)
-            .arg("-c")
-            .arg(conf_arg(settings))
-            .arg("-c")
-            .arg(conninfo)
-            .arg("-c")
-            .arg(format!("primary_slot_name={}", settings.slot))
-            .args(overrides.iter().flat_map(|o| ["-c", o.as_str()]))
+            .args(
+                server_settings(settings)
+                    .iter()
+                    .chain(overrides)
+                    .flat_map(|o| ["-c", o.as_str()]),
+            )
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -161,5 +169,56 @@ mod tests {
         assert!(facts.diverged.is_some());
         facts.read("FATAL:  could not receive data from WAL stream: ERROR:  requested WAL segment 000000010000000000000003 has already been removed");
         assert!(facts.wal_gone.is_some());
+    }
+
+    /// A setting the agent puts on PostgreSQL's command line wins over the configuration
+    /// file: a user who could set it too would be silently overridden, so it is reserved.
+    /// (The standby floor raises user settings on purpose; it is not checked here.)
+    #[test]
+    fn every_setting_the_agent_passes_is_reserved() {
+        use crate::api::{is_reserved, RecoveryTarget};
+        let settings = Settings {
+            cluster: "geo".into(),
+            namespace: "maps".into(),
+            slot: "s".into(),
+            instance: "geo-1".into(),
+            bootstrap_instance: "geo-1".into(),
+            rw_host: "geo-rw".into(),
+            database: "app".into(),
+            owner: "app".into(),
+            pgdata: "/d/pgdata".into(),
+            config_dir: "/etc/geodb/config".into(),
+            secrets_dir: "/s".into(),
+            socket_dir: "/run/pg".into(),
+            recovery_target: None,
+        };
+        let mut names: Vec<String> = server_settings(&settings)
+            .iter()
+            .filter_map(|s| Some(s.split_once('=')?.0.to_owned()))
+            .collect();
+        let mut options = vec![super::super::bootstrap::socket_only_options(&settings)];
+        for target in [
+            "latest",
+            "time:2026-12-01T10:00:00Z",
+            "lsn:0/5000060",
+            "name:n",
+        ] {
+            let target = RecoveryTarget::decode(target).unwrap();
+            options.push(super::super::recover::replay_options(&settings, &target));
+        }
+        for line in &options {
+            names.extend(
+                line.split("-c ")
+                    .skip(1)
+                    .filter_map(|o| Some(o.split_once('=')?.0.to_owned())),
+            );
+        }
+        assert!(names.len() > 10, "{names:?}");
+        for name in names {
+            assert!(
+                is_reserved(&name),
+                "the agent passes {name}, which spec.postgresql.parameters may set: reserve it in api/postgresql.rs"
+            );
+        }
     }
 }

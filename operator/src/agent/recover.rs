@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use super::bootstrap::{conf_arg, psql_socket, EXTENSIONS_SQL};
+use super::bootstrap::{psql_socket, socket_only_options, EXTENSIONS_SQL};
 use super::command::run;
 use super::error::{AgentError, Result};
 use super::files::write_private;
@@ -34,13 +34,7 @@ const START_GRACE: Duration = Duration::from_secs(60);
 /// promotion at the target.
 pub fn replay_options(settings: &Settings, target: &RecoveryTarget) -> String {
     let mut options = vec![
-        format!("-c {}", conf_arg(settings)),
-        "-c listen_addresses=''".to_owned(),
-        format!(
-            "-c unix_socket_directories={}",
-            settings.socket_dir.display()
-        ),
-        "-c synchronous_standby_names=''".to_owned(),
+        socket_only_options(settings),
         format!("-c restore_command='{RESTORE_COMMAND}'"),
         "-c recovery_target_action=promote".to_owned(),
         "-c recovery_target_timeline=latest".to_owned(),

@@ -124,14 +124,17 @@ pub struct ObjectStoreSpec {
 pub struct ObjectStoreCredentials {
     /// Name of the Secret.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("secretName must be the name of a Secret: lowercase letters, digits, '-' and '.'"))]
     pub secret_name: String,
     /// Key of the access key id in it.
     #[serde(default = "default_access_key_id_key")]
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')").message("a Secret key has only letters, digits, '-', '_' and '.'"))]
     pub access_key_id_key: String,
     /// Key of the secret access key in it.
     #[serde(default = "default_secret_access_key_key")]
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')").message("a Secret key has only letters, digits, '-', '_' and '.'"))]
     pub secret_access_key_key: String,
 }
 
@@ -140,8 +143,10 @@ pub struct ObjectStoreCredentials {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKey {
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("secretName must be the name of a Secret: lowercase letters, digits, '-' and '.'"))]
     pub secret_name: String,
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')").message("a Secret key has only letters, digits, '-', '_' and '.'"))]
     pub key: String,
 }
 

@@ -18,7 +18,9 @@ pub use backup::{
 };
 pub use bootstrap::{BootstrapSpec, RecoverySpec, RecoveryTarget};
 pub use pooler::{PoolMode, PoolerSpec};
-pub use postgresql::{PostgresqlSpec, RESERVED_PARAMETERS};
+pub use postgresql::{
+    is_reserved, unknown_preload_libraries, unwritable_value, PostgresqlSpec, PRELOAD_LIBRARIES,
+};
 pub use replication::ReplicationSpec;
 pub use status::{
     find_condition, BackupsStatus, FailoverKind, FailoverRecord, GeoDatabaseStatus, InstanceStatus,
@@ -154,6 +156,7 @@ pub struct StorageSpec {
     /// StorageClass of the data volumes; the cluster default when unset. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("storage.storageClassName must be the name of a StorageClass: lowercase letters, digits, '-' and '.'"))]
     pub storage_class_name: Option<String>,
 }
 

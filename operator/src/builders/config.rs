@@ -12,8 +12,8 @@ use crate::pod_contract::{
 };
 use crate::quantity::parse_quantity;
 
-/// Settings the operator needs; user parameters cannot override them (the schema refuses
-/// the reserved names) and come after them.
+/// Settings the operator needs; user parameters cannot override them (each is reserved
+/// in `api::postgresql`, which a test holds them to) and come after them.
 fn managed_settings() -> Vec<(&'static str, String)> {
     vec![
         ("listen_addresses", "*".into()),
@@ -123,7 +123,7 @@ fn settings(cluster: &Cluster) -> Vec<(String, String)> {
 
 pub fn postgresql_conf(cluster: &Cluster) -> String {
     let mut out = String::from("# Written by geodb-operator from the GeoDatabase spec.\n");
-    // Values cannot contain quotes or newlines: the schema refuses them.
+    // Values that would break the quoting are refused (`api::unwritable_value`).
     for (key, value) in settings(cluster) {
         out.push_str(&format!("{key} = '{value}'\n"));
     }
@@ -177,6 +177,7 @@ pub fn config_hash(cluster: &Cluster) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::is_reserved;
     use crate::builders::fixtures::cluster;
     use serde_json::json;
 
@@ -231,6 +232,46 @@ mod tests {
         let conf = postgresql_conf(&c);
         assert!(conf.contains("max_slot_wal_keep_size = '-1'"));
         assert!(!conf.contains("max_slot_wal_keep_size = '2048MB'"));
+    }
+
+    /// The file lists the operator's settings, then its overridable defaults: a setting of
+    /// the first kind that a user may set too would be silently replaced by the user's
+    /// value (written later), so each one must be reserved, and no default may be.
+    #[test]
+    fn every_setting_the_operator_writes_is_reserved() {
+        let store = json!({"endpoint": "https://s3.local", "bucket": "b", "path": "a/b",
+            "credentials": {"secretName": "s3"}});
+        let specs = [
+            json!({"storage": {"size": "1Gi"}}),
+            json!({"storage": {"size": "1Gi"}, "instances": 3,
+                "replication": {"synchronous": true}}),
+            json!({"storage": {"size": "1Gi"}, "backup": {"objectStore": store.clone()}}),
+            json!({"storage": {"size": "1Gi"}, "bootstrap": {"recovery": {"source": store,
+                "target": {"time": "2026-12-01T10:00:00Z"}}}}),
+        ];
+        let defaults: Vec<&str> = default_settings(&cluster(specs[0].clone()))
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        for name in &defaults {
+            assert!(
+                !is_reserved(name),
+                "the default {name} cannot be overridden"
+            );
+        }
+        for spec in specs {
+            let conf = postgresql_conf(&cluster(spec));
+            let names = conf
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.split_once(" = "));
+            for (name, _) in names {
+                assert!(
+                    defaults.contains(&name) || is_reserved(name),
+                    "the operator writes {name}, which spec.postgresql.parameters may set: reserve it in api/postgresql.rs"
+                );
+            }
+        }
     }
 
     #[test]

@@ -96,39 +96,36 @@ pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action
 
 /// The spec cannot be applied: Degraded with the problems, an Event when they change,
 /// nothing else touched.
-async fn refuse(
+async fn refuse(ctx: &Context, db: &GeoDatabase, problems: &[String]) -> Result<Action> {
+    report_refusal(
+        ctx,
+        db,
+        status::invalid(db, problems, &now()),
+        "invalid_spec",
+    )
+    .await
+}
+
+/// The API server refused an object being applied (what came before it stays): Degraded
+/// with the server's words and an Event, as for an invalid spec, instead of retrying
+/// the same request in silence.
+async fn refused(ctx: &Context, db: &GeoDatabase, object: &str, message: &str) -> Result<Action> {
+    let message = format!("the API server refused {object}: {message}");
+    let computed = status::refused(db, Reason::ApplyRefused, message, &now());
+    report_refusal(ctx, db, computed, "apply_refused").await
+}
+
+/// Write a Degraded status (an Event when it changed) and look again later.
+async fn report_refusal(
     ctx: &Context,
     db: &GeoDatabase,
-    reason: Reason,
-    problems: &[String],
+    computed: crate::api::GeoDatabaseStatus,
+    action: &str,
 ) -> Result<Action> {
-    let degraded = |db: &GeoDatabase| {
-        db.status
-            .as_ref()
-            .and_then(|s| s.condition(Type::Degraded.as_str()))
-            .filter(|c| is_true(Some(c)))
-            .map(|c| c.message.clone())
-    };
-    let was = degraded(db);
-    let refused = status::invalid(db, reason, problems, &now());
-    let message = refused
-        .condition(Type::Degraded.as_str())
-        .map(|c| c.message.clone());
-    status::write(&ctx.client, db, refused).await?;
-    if message != was {
-        warn!(?problems, "spec not applied");
-        ctx.metrics.record_action(match reason {
-            Reason::NameConflict => "name_conflict",
-            _ => "invalid_spec",
-        });
-        ctx.event(
-            db,
-            EventType::Warning,
-            reason.as_str(),
-            message.unwrap_or_default(),
-        )
-        .await;
+    if degraded(Some(&computed)) != degraded(db.status.as_ref()) {
+        ctx.metrics.record_action(action);
     }
+    write_status(ctx, db, computed).await?;
     Ok(Action::requeue(INVALID_RECHECK))
 }
 
@@ -310,14 +307,18 @@ async fn wait_for_volumes(
         &ctx.applied,
     );
     let no_roles = std::collections::BTreeMap::new();
-    apply::apply(
+    let applied = apply::apply(
         &applier,
         cluster,
         builders::build(cluster),
         observed,
         &no_roles,
     )
-    .await?;
+    .await;
+    if let Err(Error::Refused { object, message }) = &applied {
+        return refused(ctx, db, object, message).await;
+    }
+    applied?;
     write_status(ctx, db, status::choosing(db, why, &now())).await?;
     Ok(Action::requeue(Duration::from_secs(2)))
 }
@@ -339,7 +340,9 @@ async fn claim_names(
     );
     let check = claims::check(&applier, db, &builders::build(cluster), observed).await?;
     if !check.conflicts.is_empty() {
-        return refuse(ctx, db, Reason::NameConflict, &check.conflicts)
+        let message = format!("spec not applied: {}", check.conflicts.join("; "));
+        let computed = status::refused(db, Reason::NameConflict, message, &now());
+        return report_refusal(ctx, db, computed, "name_conflict")
             .await
             .map(Some);
     }
@@ -355,7 +358,7 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     let observed = read::observe(ctx, db).await?;
     let problems = problems(ctx, db, &observed).await;
     if !problems.is_empty() {
-        return refuse(ctx, db, Reason::InvalidSpec, &problems).await;
+        return refuse(ctx, db, &problems).await;
     }
     let decided = decide(ctx, db, &observed).await?;
     if let Some(action) = claim_names(ctx, db, &decided.cluster, &observed).await? {
@@ -383,14 +386,18 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         &cluster.names.cluster,
         &ctx.applied,
     );
-    apply::apply(
+    let applied = apply::apply(
         &applier,
         &cluster,
         builders::build(&cluster),
         &observed,
         &roles,
     )
-    .await?;
+    .await;
+    if let Err(Error::Refused { object, message }) = &applied {
+        return refused(ctx, &db, object, message).await;
+    }
+    applied?;
     let steady = matches!(plan, Plan::Steady | Plan::Acknowledge { .. });
     let rollout = if steady {
         replication::converge_slots(ctx, &cluster, &db, &health).await;

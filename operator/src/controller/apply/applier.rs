@@ -222,7 +222,10 @@ impl<'a> Applier<'a> {
                 &Patch::Apply(desired),
             )
             .await
-            .map_err(Error::kube("applying an owned object"))?;
+            .map_err(Error::writing(
+                format!("{}/{}", key.kind, key.name),
+                "applying an owned object",
+            ))?;
         self.cache.put(
             key,
             Applied {
@@ -253,7 +256,10 @@ impl<'a> Applier<'a> {
                 Ok(())
             }
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-            Err(e) => Err(Error::kube("creating an object")(e)),
+            Err(e) => Err(Error::writing(
+                format!("{}/{}", K::kind(&()), desired.name_any()),
+                "creating an object",
+            )(e)),
         }
     }
 
@@ -273,7 +279,10 @@ impl<'a> Applier<'a> {
             // It exists: kept by a deleted GeoDatabase of this name (adopted), or written
             // by another writer first; its password stands either way.
             Err(kube::Error::Api(status)) if status.code == 409 => self.adopt_kept(desired).await,
-            Err(e) => Err(Error::kube("creating a credentials Secret")(e)),
+            Err(e) => Err(Error::writing(
+                format!("Secret/{}", desired.name_any()),
+                "creating a credentials Secret",
+            )(e)),
         }
     }
 

@@ -71,7 +71,8 @@ impl Applier<'_> {
                     &Patch::Merge(json!({"spec": {"resources": {"requests": {"storage": size}}}})),
                 )
                 .await
-                .map_err(Error::kube(
+                .map_err(Error::writing(
+                    format!("PersistentVolumeClaim/{}", pvc.name_any()),
                     "growing a data volume (does its StorageClass allow volume expansion?)",
                 ))?;
             self.record(|c| c.resized.push(format!("{} to {size}", pvc.name_any())));

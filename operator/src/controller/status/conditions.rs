@@ -66,6 +66,9 @@ spelled! {
         /// Degraded: a name the GeoDatabase needs is taken by an object it does not
         /// control (left untouched).
         NameConflict,
+        /// Degraded: the API server refused an object the spec makes (invalid, forbidden
+        /// or over a quota).
+        ApplyRefused,
         /// Degraded: PostgreSQL refuses settings of the configuration file.
         ConfigurationRefused,
         /// Degraded: an instance's PostgreSQL refuses to start.

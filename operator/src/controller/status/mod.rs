@@ -18,7 +18,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::api::{GeoDatabase, GeoDatabaseStatus};
 use crate::error::{Error, Result};
-pub use summary::{choosing, converged, deleting, invalid, Converged};
+pub use summary::{choosing, converged, deleting, invalid, refused, Converged};
 
 /// Replace the status of `db` with `status`. The resourceVersion of `db` makes a status
 /// computed from a stale view fail (`Error::StaleView`) instead of overwriting what a

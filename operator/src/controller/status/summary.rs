@@ -396,16 +396,17 @@ pub fn choosing(db: &GeoDatabase, why: &str, now: &Time) -> GeoDatabaseStatus {
 
 /// Status of a GeoDatabase whose spec cannot be applied: Degraded, with the problems,
 /// and everything else as it was (nothing was changed).
-pub fn invalid(
-    db: &GeoDatabase,
-    reason: Reason,
-    problems: &[String],
-    now: &Time,
-) -> GeoDatabaseStatus {
+pub fn invalid(db: &GeoDatabase, problems: &[String], now: &Time) -> GeoDatabaseStatus {
+    let message = format!("spec not applied: {}", problems.join("; "));
+    refused(db, Reason::InvalidSpec, message, now)
+}
+
+/// Status of a GeoDatabase whose spec was not (wholly) applied, for `reason`: Degraded
+/// with `message`, not progressing, and everything else as it was.
+pub fn refused(db: &GeoDatabase, reason: Reason, message: String, now: &Time) -> GeoDatabaseStatus {
     let mut status = db.status.clone().unwrap_or_default();
     let previous = status.conditions.clone();
     let generation = db.metadata.generation;
-    let message = format!("spec not applied: {}", problems.join("; "));
     status.phase = Some(Phase::Degraded);
     status.observed_generation = generation;
     let was_ready = status.condition(Type::Ready.as_str());
@@ -435,7 +436,7 @@ pub fn invalid(
             reason,
             match reason {
                 Reason::NameConflict => "waiting for the names it needs to be free".to_owned(),
-                _ => "waiting for a valid spec".to_owned(),
+                _ => "waiting for a spec that can be applied".to_owned(),
             },
             generation,
             now,
@@ -612,7 +613,7 @@ mod tests {
         let spec = json!({"storage": {"size": "1Gi"}});
         let mut db = geodatabase(spec.clone());
         db.status = Some(status_of_fresh(&db, spec, 10));
-        let status = invalid(&db, Reason::InvalidSpec, &["bad thing".to_owned()], &at(20));
+        let status = invalid(&db, &["bad thing".to_owned()], &at(20));
         assert_eq!(status.phase, Some(Phase::Degraded));
         assert_eq!(status.current_primary.as_deref(), Some("geo-1"));
         let degraded = status.condition("Degraded").unwrap();

@@ -1,5 +1,10 @@
 //! Validate step: what the schema accepts but the operator cannot run. Each problem is a
-//! sentence a user can act on; any problem stops the reconcile before anything is applied.
+//! sentence a user can act on that names its field; any problem stops the reconcile
+//! before anything is applied. `parameters` judges `spec.postgresql.parameters`,
+//! `resources` container resources as the API server would.
+
+mod parameters;
+mod resources;
 
 use crate::api::GeoDatabaseSpec;
 use crate::quantity::{parse_pg_memory, parse_quantity};
@@ -7,49 +12,9 @@ use crate::quantity::{parse_pg_memory, parse_quantity};
 /// Connections PostgreSQL keeps for superusers and replication, beyond the pooler's.
 const RESERVED_CONNECTIONS: i64 = 10;
 
-/// Integer settings checked before they reach `postgresql.conf`.
-const INTEGER_PARAMETERS: &[&str] = &[
-    "max_connections",
-    "max_wal_senders",
-    "max_replication_slots",
-    "max_worker_processes",
-    "max_parallel_workers",
-    "max_parallel_workers_per_gather",
-    "superuser_reserved_connections",
-];
-
-/// Memory settings and the unit of a bare number, in bytes.
-const MEMORY_PARAMETERS: &[(&str, u64)] = &[
-    ("shared_buffers", 8192),
-    ("effective_cache_size", 8192),
-    ("work_mem", 1024),
-    ("maintenance_work_mem", 1024),
-    ("temp_buffers", 8192),
-    ("wal_buffers", 8192),
-];
-
 pub fn validate(spec: &GeoDatabaseSpec, storage_class_exists: Option<bool>) -> Vec<String> {
-    let mut problems = Vec::new();
     let params = &spec.postgresql.parameters;
-
-    for name in INTEGER_PARAMETERS {
-        if let Some(value) = params.get(*name) {
-            if value.trim().parse::<i64>().map(|v| v < 0).unwrap_or(true) {
-                problems.push(format!(
-                    "postgresql.parameters.{name} is {value:?}; it must be a non-negative integer"
-                ));
-            }
-        }
-    }
-    for (name, unit) in MEMORY_PARAMETERS {
-        if let Some(value) = params.get(*name) {
-            if parse_pg_memory(value, *unit).is_none() {
-                problems.push(format!(
-                    "postgresql.parameters.{name} is {value:?}; use a size such as 64MB (units: B, kB, MB, GB, TB)"
-                ));
-            }
-        }
-    }
+    let mut problems = parameters::problems(params);
 
     let max_connections: i64 = params
         .get("max_connections")
@@ -68,24 +33,7 @@ pub fn validate(spec: &GeoDatabaseSpec, storage_class_exists: Option<bool>) -> V
     }
 
     if let Some(resources) = &spec.resources {
-        if let (Some(requests), Some(limits)) = (&resources.requests, &resources.limits) {
-            for (resource, request) in requests {
-                let Some(limit) = limits.get(resource) else {
-                    continue;
-                };
-                match (parse_quantity(&request.0), parse_quantity(&limit.0)) {
-                    (Some(r), Some(l)) if r > l => problems.push(format!(
-                        "resources.requests.{resource} ({}) exceeds resources.limits.{resource} ({})",
-                        request.0, limit.0
-                    )),
-                    (None, _) | (_, None) => problems.push(format!(
-                        "resources.{resource} has a malformed quantity ({} / {})",
-                        request.0, limit.0
-                    )),
-                    _ => {}
-                }
-            }
-        }
+        problems.extend(resources::problems("resources", resources));
         let memory_limit = resources
             .limits
             .as_ref()
@@ -105,6 +53,13 @@ pub fn validate(spec: &GeoDatabaseSpec, storage_class_exists: Option<bool>) -> V
         }
     }
 
+    // The schema checks it too, but not in an object stored before that rule.
+    if parse_quantity(&spec.storage.size).is_none() {
+        problems.push(format!(
+            "storage.size is {:?}; it must be a quantity such as 10Gi",
+            spec.storage.size
+        ));
+    }
     if storage_class_exists == Some(false) {
         problems.push(format!(
             "storage.storageClassName {:?} does not exist; create it or name an existing StorageClass",
@@ -237,6 +192,19 @@ mod tests {
         let problems = validate(&s, None);
         assert!(problems.iter().any(|p| p.contains("max_connections")));
         assert!(problems.iter().any(|p| p.contains("work_mem")));
+    }
+
+    #[test]
+    fn what_the_api_server_would_refuse_is_named_first() {
+        let s = spec(json!({"storage": {"size": "1Gi"},
+            "resources": {"requests": {"cpu": "fast"}},
+            "postgresql": {"parameters": {"recovery_end_command": "sh -c id"}}}));
+        let problems = validate(&s, None);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("postgresql.parameters.recovery_end_command may not be set")
+        );
+        assert!(problems[1].starts_with("resources.requests.cpu is \"fast\""));
     }
 
     #[test]
