@@ -43,6 +43,25 @@ where
     }
 }
 
+/// The helm binary that `e2e/tools/build-tools.sh helm` builds (its pinned version, in
+/// `${GEODB_CACHE:-~/.cache/geodb}`).
+pub fn helm_binary() -> PathBuf {
+    let tools =
+        std::fs::read_to_string(repo_root().join("e2e/tools/build-tools.sh")).unwrap_or_default();
+    let version = tools
+        .lines()
+        .find_map(|l| l.strip_prefix("HELM_VERSION="))
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_owned();
+    let cache = std::env::var_os("GEODB_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/geodb")
+        });
+    cache.join(format!("helm-{version}/helm"))
+}
+
 /// Server-side apply every document of a YAML text.
 pub async fn apply_yaml(
     client: &Client,

@@ -265,6 +265,109 @@ async fn scenario_reload_and_restart(client: &Client, ns: &str) {
     );
 }
 
+/// Each instance pod's uid and its containers' restarts, by pod name.
+async fn incarnations(client: &Client, ns: &str) -> Vec<(String, String, i32)> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(
+            &ListParams::default()
+                .labels("geodb.io/cluster=geo,app.kubernetes.io/component=database"),
+        )
+        .await
+        .unwrap();
+    let mut out: Vec<_> = pods
+        .iter()
+        .map(|p| {
+            let restarts = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map(|c| c.iter().map(|c| c.restart_count).sum())
+                .unwrap_or_default();
+            (
+                p.name_any(),
+                p.metadata.uid.clone().unwrap_or_default(),
+                restarts,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `helm upgrade` of the operator's release (a change that rolls the operator's pods)
+/// with a GeoDatabase running: once the new operator has reconciled it (a spec change it
+/// applies), no PostgreSQL pod was replaced or restarted.
+async fn scenario_chart_upgrade(client: &Client, ns: &str) {
+    let before = incarnations(client, ns).await;
+    assert_eq!(before.len(), 3, "{before:?}");
+    let deployments =
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "geodb-system");
+    let generation = deployments
+        .get("geodb-operator")
+        .await
+        .unwrap()
+        .metadata
+        .generation;
+    let stamp = std::process::id().to_string();
+    let out = std::process::Command::new(geodb_e2e::kube_util::helm_binary())
+        .args([
+            "upgrade",
+            "geodb",
+            "charts/geodb",
+            "--namespace",
+            "geodb-system",
+        ])
+        .args(["--reuse-values", "--wait", "--timeout", "300s", "--set-string"])
+        .arg(format!("podAnnotations.example\\.com/upgraded={stamp}"))
+        .current_dir(geodb_e2e::kube_util::repo_root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm upgrade: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the operator's new pods",
+        Duration::from_secs(300),
+        || async {
+            let d = deployments.get("geodb-operator").await.ok()?;
+            let s = d.status?;
+            let want = d.spec?.replicas.unwrap_or(1);
+            (d.metadata.generation > generation
+                && s.observed_generation == d.metadata.generation
+                && s.updated_replicas == Some(want)
+                && s.available_replicas == Some(want)
+                && s.replicas == Some(want))
+            .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    set_parameters(client, ns, serde_json::json!({"work_mem": "32MB"})).await;
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    wait_for(
+        "the new operator to apply work_mem 32MB",
+        Duration::from_secs(240),
+        || async {
+            let db = api.get("geo").await.ok()?;
+            let s = db.status.clone()?;
+            let shown = shown_everywhere(client, ns, "work_mem").await;
+            (s.observed_generation == db.metadata.generation
+                && s.phase == Some(Phase::Ready)
+                && shown.iter().all(|v| v == "32MB"))
+            .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        incarnations(client, ns).await,
+        before,
+        "the upgrade replaced or restarted PostgreSQL pods"
+    );
+}
+
 /// WAL archiving to the cluster's S3 server: switched-out segments reach the bucket and
 /// `ContinuousArchiving` says so.
 async fn scenario_archiving(client: &Client, ns: &str) {
@@ -324,6 +427,7 @@ async fn cluster_suite() {
         scenario_postgis_cluster(&client, &ns).await;
         scenario_archiving(&client, &ns).await;
         scenario_reload_and_restart(&client, &ns).await;
+        scenario_chart_upgrade(&client, &ns).await;
     })
     .await;
     assert!(

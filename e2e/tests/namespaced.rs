@@ -14,7 +14,7 @@ use geodb::api::GeoDatabase;
 use geodb::controller::{self, Context};
 use geodb::runtime::metrics::Metrics;
 use geodb_e2e::controlplane::{ControlPlane, Options};
-use geodb_e2e::kube_util::{apply_yaml, install_crds, repo_root, wait_for};
+use geodb_e2e::kube_util::{apply_yaml, helm_binary, install_crds, repo_root, wait_for};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
@@ -31,25 +31,9 @@ const ELSEWHERE: &str = "team-c";
 const ACCOUNT: &str = "geodb-operator";
 const CONVERGE: Duration = Duration::from_secs(60);
 
-fn helm() -> std::path::PathBuf {
-    let root = repo_root();
-    let tools = std::fs::read_to_string(root.join("e2e/tools/build-tools.sh")).unwrap();
-    let version = tools
-        .lines()
-        .find_map(|l| l.strip_prefix("HELM_VERSION="))
-        .expect("HELM_VERSION in build-tools.sh")
-        .trim_matches('"');
-    let cache = std::env::var("GEODB_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/geodb")
-        });
-    cache.join(format!("helm-{version}/helm"))
-}
-
 /// The chart's RBAC (and ServiceAccount) in namespaced mode, as `helm template` renders it.
 fn rendered_rbac() -> String {
-    let out = Command::new(helm())
+    let out = Command::new(helm_binary())
         .args(["template", "geodb", "charts/geodb", "-n", RELEASE_NAMESPACE])
         .args(["--set", "rbac.scope=namespaced"])
         .args([
