@@ -124,6 +124,16 @@ async fn scenario_creates_every_object(client: &Client, op: &Operator, ns: &str)
         names::<Deployment>(client, ns, cluster).await,
         ["geo-pooler", "geo-pooler-ro"]
     );
+    // Only the cluster's pods, the operator and this namespace's pods get in.
+    let policy = get::<k8s_openapi::api::networking::v1::NetworkPolicy>(client, ns, "geo-network")
+        .await
+        .expect("the NetworkPolicy geo-network");
+    let policy = policy.spec.unwrap();
+    assert_eq!(
+        policy.pod_selector.unwrap().match_labels.unwrap()["geodb.io/cluster"],
+        "geo"
+    );
+    assert_eq!(policy.ingress.unwrap().len(), 2);
     // The instance pods' identity: bound in this namespace to the ClusterRole that reads
     // GeoDatabases, and to nothing else.
     let binding = get::<k8s_openapi::api::rbac::v1::RoleBinding>(client, ns, "geo-instance")

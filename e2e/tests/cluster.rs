@@ -317,7 +317,13 @@ async fn scenario_chart_upgrade(client: &Client, ns: &str) {
             "--namespace",
             "geodb-system",
         ])
-        .args(["--reuse-values", "--wait", "--timeout", "300s", "--set-string"])
+        .args([
+            "--reuse-values",
+            "--wait",
+            "--timeout",
+            "300s",
+            "--set-string",
+        ])
         .arg(format!("podAnnotations.example\\.com/upgraded={stamp}"))
         .current_dir(geodb_e2e::kube_util::repo_root())
         .output()

@@ -78,6 +78,9 @@ impl Names {
             .parse()
             .ok()
     }
+    pub fn network_policy(&self) -> String {
+        format!("{}-network", self.cluster)
+    }
     pub fn config_map(&self) -> String {
         format!("{}-config", self.cluster)
     }

@@ -7,6 +7,7 @@
 
 mod backup;
 mod bootstrap;
+mod network;
 mod pooler;
 mod postgresql;
 mod replication;
@@ -17,6 +18,7 @@ pub use backup::{
     SecretKey,
 };
 pub use bootstrap::{BootstrapSpec, RecoverySpec, RecoveryTarget};
+pub use network::NetworkSpec;
 pub use pooler::{PoolMode, PoolerSpec};
 pub use postgresql::{
     is_reserved, unknown_preload_libraries, unwritable_value, PostgresqlSpec, PRELOAD_LIBRARIES,
@@ -109,6 +111,10 @@ pub struct GeoDatabaseSpec {
     /// Streaming replication and failover.
     #[serde(default)]
     pub replication: ReplicationSpec,
+
+    /// Who may reach the cluster's pods.
+    #[serde(default)]
+    pub network: NetworkSpec,
 
     /// Continuous WAL archiving and base backups to an S3-compatible object store.
     #[serde(default, skip_serializing_if = "Option::is_none")]

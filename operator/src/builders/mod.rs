@@ -5,6 +5,7 @@ pub mod archive;
 pub mod backup;
 pub mod config;
 pub mod instance;
+pub mod network;
 pub mod pooler;
 pub mod rbac;
 pub mod restart;
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -60,6 +62,8 @@ pub struct Cluster {
     pub backup_request: Option<String>,
     /// The value of the dump-request annotation: one logical dump per value.
     pub dump_request: Option<String>,
+    /// The operator's own namespace, when known: the NetworkPolicy admits its pods.
+    pub operator_namespace: Option<String>,
 }
 
 impl Cluster {
@@ -82,6 +86,7 @@ impl Cluster {
             standby_ready: false,
             backup_request: request(db, crate::names::ANNOTATION_BACKUP_REQUEST),
             dump_request: request(db, crate::names::ANNOTATION_DUMP_REQUEST),
+            operator_namespace: None,
         })
     }
 
@@ -131,6 +136,7 @@ pub struct Resources {
     /// Scheduled base backups and dumps, and those the request annotations ask for.
     pub cron_jobs: Vec<CronJob>,
     pub jobs: Vec<Job>,
+    pub network_policies: Vec<NetworkPolicy>,
 }
 
 /// Build every object of `cluster`.
@@ -168,6 +174,7 @@ pub fn build(cluster: &Cluster) -> Resources {
             .iter()
             .filter_map(|task| backup::requested_job(cluster, *task))
             .collect(),
+        network_policies: network::network_policy(cluster).into_iter().collect(),
     }
 }
 

@@ -170,11 +170,14 @@ async fn operator(args: OperatorArgs) -> Result<(), String> {
     let contexts: Vec<Arc<Context>> = namespaces
         .iter()
         .map(|_| {
-            Context::with_allowed_images(
+            Context::for_installation(
                 client.clone(),
                 metrics.clone(),
                 Some(identity.clone()),
-                args.allowed_images.clone(),
+                controller::policy::Installation {
+                    allowed_images: args.allowed_images.clone(),
+                    operator_namespace: Some(args.lease_namespace.clone()),
+                },
             )
         })
         .collect();

@@ -76,20 +76,20 @@ pub struct Context {
     leases: Mutex<HashMap<(String, String), replication::LeaseSeen>>,
     /// The last reads of the backup buckets.
     pub catalogs: catalog::Catalogs,
-    /// Image prefixes a GeoDatabase may run (empty: any), see `policy`.
-    pub allowed_images: Vec<String>,
+    /// What this installation allows and where it runs, see `policy`.
+    pub installation: policy::Installation,
 }
 
 impl Context {
     pub fn new(client: Client, metrics: Arc<Metrics>, instance: Option<String>) -> Arc<Self> {
-        Self::with_allowed_images(client, metrics, instance, Vec::new())
+        Self::for_installation(client, metrics, instance, policy::Installation::default())
     }
 
-    pub fn with_allowed_images(
+    pub fn for_installation(
         client: Client,
         metrics: Arc<Metrics>,
         instance: Option<String>,
-        allowed_images: Vec<String>,
+        installation: policy::Installation,
     ) -> Arc<Self> {
         let reporter = Reporter {
             controller: "geodb-operator".into(),
@@ -109,7 +109,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             catalogs: catalog::Catalogs::default(),
-            allowed_images,
+            installation,
         })
     }
 

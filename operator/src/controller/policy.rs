@@ -4,6 +4,15 @@
 
 use crate::api::GeoDatabaseSpec;
 
+/// What this installation of the operator was given (command line, chart values).
+#[derive(Clone, Debug, Default)]
+pub struct Installation {
+    /// Image prefixes a GeoDatabase may run (empty: any).
+    pub allowed_images: Vec<String>,
+    /// The operator's own namespace, admitted by the GeoDatabases' NetworkPolicies.
+    pub operator_namespace: Option<String>,
+}
+
 /// The problem with `spec`'s image under `allowed` (prefixes; empty: any image).
 pub fn image_problem(spec: &GeoDatabaseSpec, allowed: &[String]) -> Option<String> {
     let image = spec.image();

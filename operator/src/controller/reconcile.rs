@@ -217,6 +217,7 @@ async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<
     let mut cluster =
         Cluster::new(db, instances, primary, credentials).ok_or(Error::MissingObjectKey)?;
     cluster.bootstrapped = bootstrapped(&cluster, observed) || legacy.is_some() || surveyed;
+    cluster.operator_namespace = ctx.installation.operator_namespace.clone();
     cluster.standby_ready = db.status.as_ref().is_some_and(|s| {
         s.instances
             .iter()
@@ -233,7 +234,10 @@ async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<
 /// the recovery source's catalog.
 async fn problems(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Vec<String> {
     let mut problems = validate::validate(&db.spec, observed.storage_class_exists);
-    problems.extend(policy::image_problem(&db.spec, &ctx.allowed_images));
+    problems.extend(policy::image_problem(
+        &db.spec,
+        &ctx.installation.allowed_images,
+    ));
     problems.extend(validate::validate_backup(
         &db.spec,
         &observed.backup_secrets,

@@ -67,6 +67,7 @@ pub async fn apply(
         statefulsets,
         cron_jobs,
         jobs,
+        network_policies,
     } = resources;
     let live = &observed.owned;
     // Everything the StatefulSets' pods mount, run as or are reached through, at once:
@@ -103,6 +104,11 @@ pub async fn apply(
                 .iter()
                 .map(|o| applier.apply(o, find(&live.cron_jobs, &o.name_any())))
         ),
+        try_join_all(
+            network_policies
+                .iter()
+                .map(|o| applier.apply(o, find(&live.network_policies, &o.name_any())))
+        ),
     )?;
     // Then the StatefulSets: their pods start with everything above in place.
     try_join_all(statefulsets.iter().map(|sts| {
@@ -131,6 +137,7 @@ pub async fn apply(
         secrets: wanted_secrets,
         cron_jobs: names_of(&cron_jobs),
         jobs: names_of(&jobs),
+        network_policies: names_of(&network_policies),
     };
     live.prune(applier, &wanted).await?;
     applier

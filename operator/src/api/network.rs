@@ -1,0 +1,46 @@
+//! Who may reach the cluster's pods: `spec.network`.
+
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// A NetworkPolicy in front of the instances and the poolers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// Admit only the cluster's own pods, the operator, pods of the GeoDatabase's
+    /// namespace and those of `allowedNamespaces` (to PostgreSQL and PgBouncer). Enforced
+    /// by network plugins that implement NetworkPolicy.
+    #[serde(default = "default_policy")]
+    pub policy: bool,
+
+    /// Further namespaces whose pods may connect to PostgreSQL and PgBouncer.
+    #[serde(default)]
+    #[schemars(schema_with = "namespace_names")]
+    pub allowed_namespaces: Vec<String>,
+}
+
+/// By pattern, not CEL: a CEL rule over every item costs too much of the CRD's budget.
+fn namespace_names(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 50,
+        "items": {
+            "type": "string",
+            "maxLength": 63,
+            "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+        }
+    })
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        Self {
+            policy: default_policy(),
+            allowed_namespaces: Vec::new(),
+        }
+    }
+}
+
+fn default_policy() -> bool {
+    true
+}
