@@ -15,7 +15,7 @@ use kube::{Resource, ResourceExt};
 pub use applier::{AppliedCache, Applier, Changes};
 pub use volumes::{last_primary, release_volumes, Legacy};
 
-use super::owned::{names_of, Wanted};
+use super::owned::{names_of, OwnedKind, Wanted};
 use super::read::Observed;
 use super::topology::InstanceRole;
 use crate::builders::{instance::claimed_size, Cluster, Resources};
@@ -46,6 +46,17 @@ async fn apply_statefulset(
         }
     }
     applier.apply(sts, live).await
+}
+
+/// Apply each of `desired` against its live counterpart, at once.
+async fn apply_each<K: OwnedKind>(applier: &Applier<'_>, desired: &[K], live: &[K]) -> Result<()> {
+    try_join_all(
+        desired
+            .iter()
+            .map(|o| applier.apply(o, find(live, &o.name_any()))),
+    )
+    .await
+    .map(drop)
 }
 
 /// Converge everything a cluster owns.
@@ -79,36 +90,12 @@ pub async fn apply(
         })),
         applier.apply_unwatched(&service_account),
         applier.apply_unwatched(&role_binding),
-        try_join_all(
-            config_maps
-                .iter()
-                .map(|o| applier.apply(o, find(&live.config_maps, &o.name_any())))
-        ),
-        try_join_all(
-            secrets
-                .iter()
-                .map(|o| applier.apply(o, find(&live.secrets, &o.name_any())))
-        ),
-        try_join_all(
-            services
-                .iter()
-                .map(|o| applier.apply(o, find(&live.services, &o.name_any())))
-        ),
-        try_join_all(
-            deployments
-                .iter()
-                .map(|o| applier.apply(o, find(&live.deployments, &o.name_any())))
-        ),
-        try_join_all(
-            cron_jobs
-                .iter()
-                .map(|o| applier.apply(o, find(&live.cron_jobs, &o.name_any())))
-        ),
-        try_join_all(
-            network_policies
-                .iter()
-                .map(|o| applier.apply(o, find(&live.network_policies, &o.name_any())))
-        ),
+        apply_each(applier, &config_maps, &live.config_maps),
+        apply_each(applier, &secrets, &live.secrets),
+        apply_each(applier, &services, &live.services),
+        apply_each(applier, &deployments, &live.deployments),
+        apply_each(applier, &cron_jobs, &live.cron_jobs),
+        apply_each(applier, &network_policies, &live.network_policies),
     )?;
     // Then the StatefulSets: their pods start with everything above in place.
     try_join_all(statefulsets.iter().map(|sts| {
