@@ -10,12 +10,14 @@ pub mod rbac;
 pub mod restart;
 pub mod secrets;
 pub mod services;
+pub mod spread;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -131,6 +133,8 @@ pub struct Resources {
     /// Scheduled base backups and dumps, and those the request annotations ask for.
     pub cron_jobs: Vec<CronJob>,
     pub jobs: Vec<Job>,
+    /// The instances' and the poolers' PodDisruptionBudgets.
+    pub pod_disruption_budgets: Vec<PodDisruptionBudget>,
 }
 
 /// Build every object of `cluster`.
@@ -168,6 +172,7 @@ pub fn build(cluster: &Cluster) -> Resources {
             .iter()
             .filter_map(|task| backup::requested_job(cluster, *task))
             .collect(),
+        pod_disruption_budgets: spread::disruption_budgets(cluster),
     }
 }
 
@@ -253,6 +258,7 @@ pub(crate) mod fixtures {
         assert_eq!(r.config_maps.len(), 3);
         assert_eq!(r.services.len(), 7);
         assert_eq!(r.deployments.len(), 2);
+        assert_eq!(r.pod_disruption_budgets.len(), 4);
         let without = build(&cluster(
             serde_json::json!({"storage": {"size": "1Gi"}, "pooler": {"enabled": false}}),
         ));

@@ -15,7 +15,7 @@ use kube::{Resource, ResourceExt};
 pub use applier::{AppliedCache, Applier, Changes};
 pub use volumes::{last_primary, release_volumes, Legacy};
 
-use super::owned::{names_of, Wanted};
+use super::owned::{names_of, OwnedKind, Wanted};
 use super::read::Observed;
 use super::topology::InstanceRole;
 use crate::builders::{instance::claimed_size, Cluster, Resources};
@@ -23,6 +23,17 @@ use crate::error::Result;
 
 fn find<'o, K: Resource>(live: &'o [K], name: &str) -> Option<&'o K> {
     live.iter().find(|o| o.name_any() == name)
+}
+
+/// Apply every object of one kind, at once.
+async fn apply_all<K: OwnedKind>(applier: &Applier<'_>, desired: &[K], live: &[K]) -> Result<()> {
+    try_join_all(
+        desired
+            .iter()
+            .map(|o| applier.apply(o, find(live, &o.name_any()))),
+    )
+    .await
+    .map(drop)
 }
 
 /// A StatefulSet: applied, or recreated when its claim template asks for another size,
@@ -67,6 +78,7 @@ pub async fn apply(
         statefulsets,
         cron_jobs,
         jobs,
+        pod_disruption_budgets,
     } = resources;
     let live = &observed.owned;
     // Everything the StatefulSets' pods mount, run as or are reached through, at once:
@@ -78,30 +90,16 @@ pub async fn apply(
         })),
         applier.apply_unwatched(&service_account),
         applier.apply_unwatched(&role_binding),
-        try_join_all(
-            config_maps
-                .iter()
-                .map(|o| applier.apply(o, find(&live.config_maps, &o.name_any())))
-        ),
-        try_join_all(
-            secrets
-                .iter()
-                .map(|o| applier.apply(o, find(&live.secrets, &o.name_any())))
-        ),
-        try_join_all(
-            services
-                .iter()
-                .map(|o| applier.apply(o, find(&live.services, &o.name_any())))
-        ),
-        try_join_all(
-            deployments
-                .iter()
-                .map(|o| applier.apply(o, find(&live.deployments, &o.name_any())))
-        ),
-        try_join_all(
-            cron_jobs
-                .iter()
-                .map(|o| applier.apply(o, find(&live.cron_jobs, &o.name_any())))
+        apply_all(applier, &config_maps, &live.config_maps),
+        apply_all(applier, &secrets, &live.secrets),
+        apply_all(applier, &services, &live.services),
+        apply_all(applier, &deployments, &live.deployments),
+        apply_all(applier, &cron_jobs, &live.cron_jobs),
+        // Before the StatefulSets: their pods are covered from the start.
+        apply_all(
+            applier,
+            &pod_disruption_budgets,
+            &live.pod_disruption_budgets
         ),
     )?;
     // Then the StatefulSets: their pods start with everything above in place.
@@ -131,6 +129,7 @@ pub async fn apply(
         secrets: wanted_secrets,
         cron_jobs: names_of(&cron_jobs),
         jobs: names_of(&jobs),
+        pod_disruption_budgets: names_of(&pod_disruption_budgets),
     };
     live.prune(applier, &wanted).await?;
     applier
