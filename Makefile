@@ -37,7 +37,8 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
-# etcd, kube-apiserver, kube-controller-manager built from pinned Go modules (cached).
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler built from pinned Go
+# modules (cached).
 tools:
 	bash e2e/tools/build-tools.sh
 

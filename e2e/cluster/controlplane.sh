@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The control plane of cluster.sh (etcd, kube-apiserver,
-# kube-controller-manager) as a throwaway instance on 127.0.0.1, for the Rust
-# harness (e2e/src/controlplane.rs: the API-server tests, geodb-localcp,
-# geodb-bench-reconcile). Same PKI, kubeconfigs and command lines as the
+# kube-controller-manager, kube-scheduler) as a throwaway instance on
+# 127.0.0.1, for the Rust harness (e2e/src/controlplane.rs: the API-server
+# tests, geodb-localcp, geodb-bench-reconcile; kube-scheduler only when the
+# harness asks for it). Same PKI, kubeconfigs and command lines as the
 # cluster (lib/pki.sh, lib/controlplane.sh); only the state directory, the
 # address, the ports and a few knobs differ. It writes files and prints
 # command lines; the caller runs the processes.
@@ -15,18 +16,20 @@
 #                        DIR/operator.kubeconfig (geodb-operator) and the
 #                        control plane's own kubeconfigs
 #   argv COMPONENT DIR   print COMPONENT's program, then each argument, one per
-#                        line (etcd, kube-apiserver, kube-controller-manager)
+#                        line (etcd, kube-apiserver, kube-controller-manager,
+#                        kube-scheduler)
 #
 # Environment:
 #   GEODB_CP_API_PORT, GEODB_CP_ETCD_PORT, GEODB_CP_ETCD_PEER_PORT,
-#   GEODB_CP_KCM_PORT       the ports on 127.0.0.1 (required)
+#   GEODB_CP_KCM_PORT, GEODB_CP_SCHED_PORT
+#                           the ports on 127.0.0.1 (required)
 #   GEODB_CP_APISERVER_ARGS, GEODB_CP_KCM_ARGS
 #                           extra kube-apiserver / kube-controller-manager
 #                           arguments, one per line (appended: later flags win)
 #   GEODB_ETCD_SNAPSHOT_COUNT  etcd's --snapshot-count (as for the cluster)
 #   GEODB_CACHE             the binaries (default ~/.cache/geodb);
-#   GEODB_ETCD, GEODB_KUBE_APISERVER, GEODB_KUBE_CONTROLLER_MANAGER
-#                           override one program's path
+#   GEODB_ETCD, GEODB_KUBE_APISERVER, GEODB_KUBE_CONTROLLER_MANAGER,
+#   GEODB_KUBE_SCHEDULER    override one program's path
 # Needs no root and starts nothing.
 set -euo pipefail
 
@@ -87,6 +90,7 @@ lines() {
 	ETCD_CLIENT_PORT="$(port GEODB_CP_ETCD_PORT)"
 	ETCD_PEER_PORT="$(port GEODB_CP_ETCD_PEER_PORT)"
 	KCM_PORT="$(port GEODB_CP_KCM_PORT)"
+	SCHED_PORT="$(port GEODB_CP_SCHED_PORT)"
 	SERVER="https://$NODE_IP:$API_PORT"
 	# One identity for all controllers: with per-controller service-account
 	# credentials (the cluster's) each controller starts ~0.15 s later, and
@@ -114,6 +118,7 @@ lines() {
 }
 [ -z "${GEODB_KUBE_APISERVER:-}" ] || bin_kube_apiserver() { echo "$GEODB_KUBE_APISERVER"; }
 [ -z "${GEODB_KUBE_CONTROLLER_MANAGER:-}" ] || bin_kube_controller_manager() { echo "$GEODB_KUBE_CONTROLLER_MANAGER"; }
+[ -z "${GEODB_KUBE_SCHEDULER:-}" ] || bin_kube_scheduler() { echo "$GEODB_KUBE_SCHEDULER"; }
 
 # ---- commands ----------------------------------------------------------------
 cmd_prepare() {
@@ -128,8 +133,8 @@ cmd_prepare() {
 cmd_argv() {
 	local name="$1"
 	case "$name" in
-	etcd | kube-apiserver | kube-controller-manager) ;;
-	*) die "argv: unknown component '$name' (etcd, kube-apiserver, kube-controller-manager)" ;;
+	etcd | kube-apiserver | kube-controller-manager | kube-scheduler) ;;
+	*) die "argv: unknown component '$name' (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)" ;;
 	esac
 	bin_of "$name"
 	args_of "$name"

@@ -1,5 +1,6 @@
-//! A real, throw-away Kubernetes control plane (etcd, kube-apiserver and
-//! kube-controller-manager) running as host processes on free loopback ports.
+//! A real, throw-away Kubernetes control plane (etcd, kube-apiserver,
+//! kube-controller-manager and, when asked for, kube-scheduler) running as host
+//! processes on free loopback ports.
 //!
 //! What the components are (their command lines, the PKI, the kubeconfigs) is
 //! defined once, for this harness and for the local cluster of
@@ -10,8 +11,8 @@
 //!
 //! The binaries are built by `e2e/tools/build-tools.sh` into
 //! `${GEODB_CACHE:-~/.cache/geodb}`; the environment variables `GEODB_ETCD`,
-//! `GEODB_KUBE_APISERVER` and `GEODB_KUBE_CONTROLLER_MANAGER` override their
-//! locations.
+//! `GEODB_KUBE_APISERVER`, `GEODB_KUBE_CONTROLLER_MANAGER` and
+//! `GEODB_KUBE_SCHEDULER` override their locations.
 //!
 //! Everything lives in a fresh temporary directory (etcd data, the CA and the
 //! certificates, kubeconfigs, one log file per component) that is removed on
@@ -55,8 +56,15 @@ pub const ETCD: &str = "etcd";
 pub const KUBE_APISERVER: &str = "kube-apiserver";
 /// Component name of kube-controller-manager, for [`ControlPlane::logs_tail`].
 pub const KUBE_CONTROLLER_MANAGER: &str = "kube-controller-manager";
+/// Component name of kube-scheduler, for [`ControlPlane::logs_tail`].
+pub const KUBE_SCHEDULER: &str = "kube-scheduler";
 /// All components, in start order.
-pub const COMPONENTS: [&str; 3] = [ETCD, KUBE_APISERVER, KUBE_CONTROLLER_MANAGER];
+pub const COMPONENTS: [&str; 4] = [
+    ETCD,
+    KUBE_APISERVER,
+    KUBE_SCHEDULER,
+    KUBE_CONTROLLER_MANAGER,
+];
 
 /// User name of the admin identity (group `system:masters`).
 pub const ADMIN_USER: &str = "admin";
@@ -84,6 +92,9 @@ pub struct Options {
     /// that CRDs installed before it are known to its garbage collector from the start
     /// (it learns of new kinds only every 30 s).
     pub defer_controller_manager: bool,
+    /// Also run kube-scheduler, which binds pods to the Node objects a test creates
+    /// (no kubelet runs them). Without it pods stay unscheduled.
+    pub scheduler: bool,
 }
 
 /// A running control plane. Dropping it stops the processes and removes the
@@ -136,7 +147,8 @@ impl ControlPlane {
         Self::start_with(Options::default()).await
     }
 
-    /// Like [`ControlPlane::start`], with extra command-line flags.
+    /// Like [`ControlPlane::start`], with extra command-line flags (and
+    /// kube-scheduler when [`Options::scheduler`]).
     pub async fn start_with(opts: Options) -> anyhow::Result<Self> {
         let mut attempt = 1;
         loop {
@@ -156,13 +168,14 @@ impl ControlPlane {
     async fn start_once(opts: &Options) -> anyhow::Result<Self> {
         let t0 = Instant::now();
         let keep_dir = std::env::var("GEODB_KEEP_TEMP").is_ok_and(|v| v == "1");
-        let [etcd_port, etcd_peer_port, api_port, kcm_port] = free_ports::<4>()?;
+        let [etcd_port, etcd_peer_port, api_port, kcm_port, sched_port] = free_ports::<5>()?;
         let launcher = Launcher {
             env: vec![
                 ("GEODB_CP_API_PORT", api_port.to_string()),
                 ("GEODB_CP_ETCD_PORT", etcd_port.to_string()),
                 ("GEODB_CP_ETCD_PEER_PORT", etcd_peer_port.to_string()),
                 ("GEODB_CP_KCM_PORT", kcm_port.to_string()),
+                ("GEODB_CP_SCHED_PORT", sched_port.to_string()),
                 (
                     "GEODB_CP_APISERVER_ARGS",
                     arg_lines(&opts.extra_apiserver_args)?,
@@ -191,12 +204,19 @@ impl ControlPlane {
         // of them). kube-apiserver retries its etcd connection, so only its
         // /readyz is awaited.
         let prepare = launcher.start(&["prepare".as_ref(), dir.as_os_str()])?;
-        let (etcd, apiserver, kcm) = tokio::join!(
+        let (etcd, apiserver, kcm, scheduler) = tokio::join!(
             launcher.argv(ETCD, &dir),
             launcher.argv(KUBE_APISERVER, &dir),
             launcher.argv(KUBE_CONTROLLER_MANAGER, &dir),
+            async {
+                if opts.scheduler {
+                    launcher.argv(KUBE_SCHEDULER, &dir).await.map(Some)
+                } else {
+                    Ok(None)
+                }
+            },
         );
-        let (etcd, apiserver, kcm_argv) = (etcd?, apiserver?, kcm?);
+        let (etcd, apiserver, kcm_argv, scheduler) = (etcd?, apiserver?, kcm?, scheduler?);
         run.spawn(ETCD, &etcd)?;
         Launcher::finish(prepare, "prepare").await?;
         let t_prepare = t0.elapsed();
@@ -217,6 +237,17 @@ impl ControlPlane {
         })
         .await?;
         let t_api = t0.elapsed();
+        if let Some(scheduler) = scheduler {
+            run.spawn(KUBE_SCHEDULER, &scheduler)?;
+            // Like kube-controller-manager's: a self-signed serving certificate and an
+            // unauthenticated /healthz.
+            let probe = insecure_client(&format!("https://127.0.0.1:{sched_port}"))?;
+            run.wait_until(KUBE_SCHEDULER, || {
+                let probe = probe.clone();
+                async move { get_ok(&probe, "/healthz").await }
+            })
+            .await?;
+        }
 
         let mut cp = ControlPlane {
             run,
@@ -336,7 +367,7 @@ impl ControlPlane {
     }
 
     /// The last `n` lines of a component's log (`etcd`, `kube-apiserver`,
-    /// `kube-controller-manager`).
+    /// `kube-controller-manager`, `kube-scheduler`).
     pub fn logs_tail(&self, component: &str, n: usize) -> String {
         tail_file(&self.log_path(component), n)
     }
@@ -362,6 +393,10 @@ impl Running {
         let mut out = String::new();
         for c in COMPONENTS {
             let log = self.log_path(c);
+            if !log.exists() {
+                // Not started (kube-scheduler unless asked for).
+                continue;
+            }
             let _ = writeln!(out, "===== {c} (last {n} lines of {}) =====", log.display());
             out.push_str(&tail_file(&log, n));
             out.push('\n');
@@ -558,6 +593,7 @@ impl Launcher {
             let env = match component {
                 ETCD => "GEODB_ETCD",
                 KUBE_APISERVER => "GEODB_KUBE_APISERVER",
+                KUBE_SCHEDULER => "GEODB_KUBE_SCHEDULER",
                 _ => "GEODB_KUBE_CONTROLLER_MANAGER",
             };
             bail!(
@@ -741,9 +777,9 @@ mod tests {
 
     #[test]
     fn free_ports_are_distinct() {
-        let p = free_ports::<4>().unwrap();
-        for i in 0..4 {
-            for j in i + 1..4 {
+        let p = free_ports::<5>().unwrap();
+        for i in 0..5 {
+            for j in i + 1..5 {
                 assert_ne!(p[i], p[j]);
             }
         }

@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
@@ -17,11 +18,13 @@ use geodb::api::{GeoDatabase, Phase, Role};
 use geodb::runtime::leader::LeaderElection;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+    ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota, Secret, Service,
+    Toleration,
 };
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
@@ -134,6 +137,10 @@ async fn scenario_creates_every_object(client: &Client, op: &Operator, ns: &str)
         "geo"
     );
     assert_eq!(policy.ingress.unwrap().len(), 2);
+    assert_eq!(
+        names::<PodDisruptionBudget>(client, ns, cluster).await,
+        ["geo-pooler", "geo-pooler-ro", "geo-primary", "geo-replicas"]
+    );
     // The instance pods' identity: bound in this namespace to the ClusterRole that reads
     // GeoDatabases, and to nothing else.
     let binding = get::<k8s_openapi::api::rbac::v1::RoleBinding>(client, ns, "geo-instance")
@@ -417,6 +424,12 @@ async fn scenario_spec_changes_converge(client: &Client, ns: &str) {
                 .is_none()
             && get::<Service>(client, ns, "geo-pooler-ro").await.is_none()
             && get::<Secret>(client, ns, "geo-app-pooler-ro")
+                .await
+                .is_none()
+            && get::<PodDisruptionBudget>(client, ns, "geo-pooler")
+                .await
+                .is_none()
+            && get::<PodDisruptionBudget>(client, ns, "geo-pooler-ro")
                 .await
                 .is_none();
         gone.then_some(())
@@ -879,6 +892,220 @@ async fn scenario_deletion_policy(client: &Client, op: &Operator, ns: &str) {
     );
 }
 
+/// Taint of the spread scenario's Nodes: only its pods tolerate it, so the other
+/// scenarios' pods stay unscheduled as they would without a scheduler.
+const SPREAD_TAINT: &str = "geodb.io/test-spread";
+
+/// A Node no kubelet stands behind: room for pods, Ready, its own hostname and a zone.
+async fn fake_node(client: &Client, name: &str, zone: &str) {
+    let api = Api::<Node>::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name, "topology.kubernetes.io/zone": zone,
+        }},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &node).await.unwrap();
+    // What a kubelet would report, through the status subresource as it would.
+    let room = json!({"cpu": "4", "memory": "8Gi", "pods": "110"});
+    let status = json!({"status": {"capacity": room, "allocatable": room, "conditions": [{
+        "type": "Ready", "status": "True", "reason": "KubeletReady",
+        "message": "the spread scenario stands in for the kubelet",
+    }]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+    // The admission plugin TaintNodesByCondition taints a new Node not-ready; the node
+    // lifecycle controller, which would lift it once the Node is Ready, does not run here.
+    let taints = json!({"spec": {"taints": [
+        {"key": SPREAD_TAINT, "value": "true", "effect": "NoSchedule"},
+    ]}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(taints))
+        .await
+        .unwrap();
+}
+
+/// The data volume of `instance`, made and bound before its StatefulSet asks for it: no
+/// provisioner or PV controller runs here, and the scheduler binds no pod whose claim is
+/// unbound. Without the cluster's labels, so the operator does not take it for a kept
+/// volume of an earlier cluster.
+async fn bound_volume(client: &Client, ns: &str, instance: &str) {
+    let claim = geodb::names::Names::pvc(instance);
+    let volume = format!("{ns}-{claim}");
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": volume},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "", "hostPath": {"path": "/nonexistent"},
+            "claimRef": {"namespace": ns, "name": claim},
+        },
+    }))
+    .unwrap();
+    Api::<PersistentVolume>::all(client.clone())
+        .create(&PostParams::default(), &pv)
+        .await
+        .unwrap();
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim, "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": volume,
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }))
+    .unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap();
+}
+
+/// Pod name -> node name of the bound pods that `selector` selects.
+async fn placement(client: &Client, ns: &str, selector: &str) -> BTreeMap<String, String> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|p| Some((p.name_any(), p.spec.as_ref()?.node_name.clone()?)))
+        .collect()
+}
+
+async fn scenario_spread_and_budgets(client: &Client, evicting: &Client, ns: &str) {
+    let zones = BTreeMap::from([
+        ("spread-a1", "zone-a"),
+        ("spread-a2", "zone-a"),
+        ("spread-b1", "zone-b"),
+        ("spread-c1", "zone-c"),
+    ]);
+    for (node, zone) in &zones {
+        fake_node(client, node, zone).await;
+    }
+    for instance in ["geo-1", "geo-2", "geo-3"] {
+        bound_volume(client, ns, instance).await;
+    }
+    let mut db = sample();
+    db.spec.pooler.instances = 2;
+    db.spec.scheduling.tolerations = vec![Toleration {
+        key: Some(SPREAD_TAINT.into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Toleration::default()
+    }];
+    create_db(client, ns, &db).await;
+
+    // Three instances on three nodes (the preferred anti-affinity), in three zones (the
+    // spread over zones: two nodes share zone-a).
+    let instances = "geodb.io/cluster=geo,app.kubernetes.io/component=database";
+    let placed = wait_seeing("3 instance pods bound", CONVERGE, || async {
+        let placed = placement(client, ns, instances).await;
+        if placed.len() == 3 {
+            Ok(placed)
+        } else {
+            Err(format!("bound: {placed:?}"))
+        }
+    })
+    .await;
+    let nodes: BTreeSet<&String> = placed.values().collect();
+    assert_eq!(nodes.len(), 3, "instances share a node: {placed:?}");
+    let in_zones: BTreeSet<&str> = nodes.iter().map(|n| zones[n.as_str()]).collect();
+    assert_eq!(in_zones.len(), 3, "instances share a zone: {placed:?}");
+    // Each pooler's two pods on two nodes.
+    for pooler in ["pooler", "pooler-ro"] {
+        let selector = format!("geodb.io/cluster=geo,app.kubernetes.io/component={pooler}");
+        let placed = wait_seeing(&format!("2 {pooler} pods bound"), CONVERGE, || async {
+            let placed = placement(client, ns, &selector).await;
+            if placed.len() == 2 {
+                Ok(placed)
+            } else {
+                Err(format!("bound: {placed:?}"))
+            }
+        })
+        .await;
+        let nodes: BTreeSet<&String> = placed.values().collect();
+        assert_eq!(nodes.len(), 2, "{pooler} pods share a node: {placed:?}");
+    }
+
+    // The budgets count Ready pods. No kubelet runs these: the test stands in for it and
+    // reports them Ready, once the operator has labelled their roles.
+    wait_seeing("pods labelled with their roles", CONVERGE, || async {
+        let primary = names::<Pod>(client, ns, "geodb.io/cluster=geo,geodb.io/role=primary").await;
+        let replicas = names::<Pod>(client, ns, "geodb.io/cluster=geo,geodb.io/role=replica").await;
+        if primary == ["geo-1-0"] && replicas == ["geo-2-0", "geo-3-0"] {
+            Ok(())
+        } else {
+            Err(format!("primary {primary:?}, replicas {replicas:?}"))
+        }
+    })
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    for pod in ["geo-1-0", "geo-2-0", "geo-3-0"] {
+        let ready = json!({"status": {"phase": "Running", "conditions": [
+            {"type": "Ready", "status": "True"},
+        ]}});
+        pods.patch_status(pod, &PatchParams::default(), &Patch::Strategic(ready))
+            .await
+            .unwrap();
+    }
+    let budgets = Api::<PodDisruptionBudget>::namespaced(client.clone(), ns);
+    // (healthy, disruptions allowed) of a budget, once it describes its current spec.
+    let counted = |b: &PodDisruptionBudget| {
+        let status = b.status.as_ref()?;
+        (status.observed_generation == b.metadata.generation)
+            .then_some((status.current_healthy, status.disruptions_allowed))
+    };
+    wait_seeing(
+        "the budgets to count the Ready instances",
+        CONVERGE,
+        || async {
+            let primary = budgets.get_opt("geo-primary").await.unwrap();
+            let replicas = budgets.get_opt("geo-replicas").await.unwrap();
+            let seen = (
+                primary.as_ref().and_then(counted),
+                replicas.as_ref().and_then(counted),
+            );
+            if seen == (Some((1, 0)), Some((2, 1))) {
+                Ok(())
+            } else {
+                Err(format!("geo-primary, geo-replicas: {seen:?}"))
+            }
+        },
+    )
+    .await;
+
+    // A drain: one replica may go; then neither the other replica nor the primary.
+    let pods = Api::<Pod>::namespaced(evicting.clone(), ns);
+    pods.evict("geo-2-0", &EvictParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("evicting the first replica: {e}"));
+    for pod in ["geo-3-0", "geo-1-0"] {
+        match pods.evict(pod, &EvictParams::default()).await {
+            Err(kube::Error::Api(status))
+                if status.code == 429 && status.message.contains("disruption budget") => {}
+            other => panic!("evicting {pod} after geo-2-0: {other:?}, expected 429"),
+        }
+    }
+    let alive: Vec<String> = pods
+        .list(&ListParams::default().labels(instances))
+        .await
+        .unwrap()
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(alive, ["geo-1-0", "geo-3-0"], "pods not being deleted");
+
+    // Leave no Node behind for the scenarios after this one.
+    for node in zones.keys() {
+        Api::<Node>::all(client.clone())
+            .delete(node, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}
+
 async fn scenario_leader_election(client: &Client) {
     let election = |identity: &str| LeaderElection {
         namespace: "geodb-system".into(),
@@ -949,6 +1176,14 @@ async fn semantic_errors_degrade() {
 async fn deletion_policy() {
     run_scenario(Some("t-deletion"), |h, admin| async move {
         scenario_deletion_policy(&admin, &h.operator, "t-deletion").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn spread_and_budgets() {
+    run_scenario(Some("t-spread"), |h, admin| async move {
+        scenario_spread_and_budgets(&admin, &h.admin_without_retries(), "t-spread").await;
     })
     .await;
 }

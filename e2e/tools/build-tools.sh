@@ -8,7 +8,8 @@
 #                        kube-scheduler kubelet kube-proxy kubectl coredns
 #                        provisioner helm kubeconform, or `all` (everything
 #                        but kubectl, helm and kubeconform).
-#   Default: etcd kube-apiserver kube-controller-manager.
+#   Default: etcd kube-apiserver kube-controller-manager kube-scheduler (what
+#   the API-server tests run).
 #
 # Idempotent: a binary is rebuilt only when it is missing or its stamp
 # (sha256 of the pinning go.mod + go.sum + ldflags + the module's own *.go
@@ -27,7 +28,7 @@ COREDNS_VERSION=v1.15.0
 HELM_VERSION=v3.19.5
 KUBECONFORM_VERSION=v0.8.0
 K8S_COMPONENTS_ALL=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
-DEFAULT_COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+DEFAULT_COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 
 TOOLS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${GEODB_CACHE:-$HOME/.cache/geodb}"

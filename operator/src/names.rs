@@ -96,6 +96,14 @@ impl Names {
     pub fn pooler_ro(&self) -> String {
         format!("{}-pooler-ro", self.cluster)
     }
+    /// PodDisruptionBudget of the primary instance (each pooler's is named as the pooler).
+    pub fn primary_budget(&self) -> String {
+        format!("{}-primary", self.cluster)
+    }
+    /// PodDisruptionBudget of the replica instances.
+    pub fn replicas_budget(&self) -> String {
+        format!("{}-replicas", self.cluster)
+    }
     /// The scheduled base backups.
     pub fn backup_cron_job(&self) -> String {
         format!("{}-backup", self.cluster)

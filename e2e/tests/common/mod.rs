@@ -36,6 +36,28 @@ where
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Poll `probe` until it yields `Ok`; panic after `timeout` with what it last saw (its
+/// last `Err`).
+pub async fn wait_seeing<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let seen = Mutex::new(String::from("nothing yet"));
+    let outcome = geodb_e2e::kube_util::wait_for(what, timeout, || {
+        let attempt = probe();
+        let seen = &seen;
+        async move {
+            attempt
+                .await
+                .map_err(|now| *seen.lock().unwrap() = now)
+                .ok()
+        }
+    })
+    .await;
+    outcome.unwrap_or_else(|e| panic!("{e}; last seen: {}", seen.lock().unwrap()))
+}
+
 pub async fn install_crds(client: &Client) {
     geodb_e2e::kube_util::install_crds(client).await.unwrap();
 }
@@ -193,6 +215,10 @@ pub async fn dump_namespace(client: &Client, h: &Harness, namespace: &str) {
         "---- kube-controller-manager log tail ----\n{}",
         h.logs_tail("kube-controller-manager", 20)
     );
+    eprintln!(
+        "---- kube-scheduler log tail ----\n{}",
+        h.logs_tail("kube-scheduler", 20)
+    );
 }
 
 /// A request on one named object, for [`may`].
@@ -271,8 +297,11 @@ pub async fn harness() -> &'static Harness {
         .get_or_init(|| async {
             // The CRDs go in before kube-controller-manager starts, so that its garbage
             // collector deletes what a GeoDatabase owns from the first scenario on.
+            // kube-scheduler binds pods only to the Nodes a scenario makes (the spread
+            // scenario's, tainted): the others' pods stay unscheduled, as without it.
             let options = Options {
                 defer_controller_manager: true,
+                scheduler: true,
                 ..Options::default()
             };
             let mut cp = ControlPlane::start_with(options)
@@ -323,6 +352,14 @@ impl Harness {
     /// A client as `admin`, for the calling test's runtime.
     pub fn admin(&self) -> Client {
         Client::try_from(self.admin.clone()).unwrap()
+    }
+
+    /// A client as `admin` that returns a 429 or 503 at once: kube's clients retry those
+    /// (honouring `Retry-After`) for minutes, and a refused eviction is a 429.
+    pub fn admin_without_retries(&self) -> Client {
+        let mut config = self.admin.clone();
+        config.default_retry = false;
+        Client::try_from(config).unwrap()
     }
 
     /// A client as `geodb-operator`, with only the RBAC in `config/rbac/`.

@@ -11,6 +11,7 @@ mod network;
 mod pooler;
 mod postgresql;
 mod replication;
+mod scheduling;
 mod status;
 
 pub use backup::{
@@ -24,6 +25,7 @@ pub use postgresql::{
     is_reserved, unknown_preload_libraries, unwritable_value, PostgresqlSpec, PRELOAD_LIBRARIES,
 };
 pub use replication::ReplicationSpec;
+pub use scheduling::{AntiAffinity, SchedulingSpec, HOSTNAME_TOPOLOGY_KEY, ZONE_TOPOLOGY_KEY};
 pub use status::{
     find_condition, BackupsStatus, FailoverKind, FailoverRecord, GeoDatabaseStatus, InstanceStatus,
     Phase, Role, SecretNames, ServiceNames,
@@ -94,6 +96,10 @@ pub struct GeoDatabaseSpec {
     /// PgBouncer in front of the primary.
     #[serde(default)]
     pub pooler: PoolerSpec,
+
+    /// Spreading of the instances and the poolers over nodes and zones.
+    #[serde(default)]
+    pub scheduling: SchedulingSpec,
 
     /// What happens to the data volumes when the GeoDatabase is deleted or scaled down.
     #[serde(default)]
@@ -251,5 +257,7 @@ mod tests {
         assert_eq!(spec.deletion_policy, DeletionPolicy::Retain);
         assert_eq!(spec.database.name, "app");
         assert_eq!(spec.image(), DEFAULT_IMAGE);
+        assert_eq!(spec.scheduling.anti_affinity, AntiAffinity::Preferred);
+        assert_eq!(spec.scheduling.topology_key, HOSTNAME_TOPOLOGY_KEY);
     }
 }

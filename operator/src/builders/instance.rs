@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use super::config::config_hash;
 use super::env;
+use super::spread;
 use super::Cluster;
 use crate::api::DeletionPolicy;
 use crate::names::{
@@ -235,7 +236,7 @@ fn container(cluster: &Cluster, instance: &str) -> Container {
 }
 
 fn pod_spec(cluster: &Cluster, instance: &str) -> PodSpec {
-    PodSpec {
+    let pod = PodSpec {
         containers: vec![container(cluster, instance)],
         security_context: Some(restricted_pod_security(POSTGRES_UID)),
         // The instance reads its GeoDatabase (and only that: see builders::rbac).
@@ -258,7 +259,13 @@ fn pod_spec(cluster: &Cluster, instance: &str) -> PodSpec {
             empty_dir("shm", true),
         ]),
         ..PodSpec::default()
-    }
+    };
+    // Away from the other instances of this cluster, whatever their role.
+    spread::place(
+        pod,
+        &cluster.spec.scheduling,
+        &spread::instance_pods(cluster),
+    )
 }
 
 pub fn statefulset(cluster: &Cluster, instance: &str) -> StatefulSet {

@@ -11,6 +11,7 @@ pub mod rbac;
 pub mod restart;
 pub mod secrets;
 pub mod services;
+pub mod spread;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -137,6 +139,8 @@ pub struct Resources {
     pub cron_jobs: Vec<CronJob>,
     pub jobs: Vec<Job>,
     pub network_policies: Vec<NetworkPolicy>,
+    /// The instances' and the poolers' PodDisruptionBudgets.
+    pub pod_disruption_budgets: Vec<PodDisruptionBudget>,
 }
 
 /// Build every object of `cluster`.
@@ -175,6 +179,7 @@ pub fn build(cluster: &Cluster) -> Resources {
             .filter_map(|task| backup::requested_job(cluster, *task))
             .collect(),
         network_policies: network::network_policy(cluster).into_iter().collect(),
+        pod_disruption_budgets: spread::disruption_budgets(cluster),
     }
 }
 
@@ -260,6 +265,7 @@ pub(crate) mod fixtures {
         assert_eq!(r.config_maps.len(), 3);
         assert_eq!(r.services.len(), 7);
         assert_eq!(r.deployments.len(), 2);
+        assert_eq!(r.pod_disruption_budgets.len(), 4);
         let without = build(&cluster(
             serde_json::json!({"storage": {"size": "1Gi"}, "pooler": {"enabled": false}}),
         ));

@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::instance::{restricted_container_security, restricted_pod_security};
+use super::spread;
 use super::{content_hash, Cluster};
 use crate::names::{
     cluster_labels, ANNOTATION_CONFIG_HASH, COMPONENT_POOLER, COMPONENT_POOLER_RO, LABEL_CLUSTER,
@@ -39,7 +40,7 @@ impl Access {
         }
     }
 
-    fn component(self) -> &'static str {
+    pub fn component(self) -> &'static str {
         match self {
             Access::ReadWrite => COMPONENT_POOLER,
             Access::ReadOnly => COMPONENT_POOLER_RO,
@@ -100,7 +101,8 @@ fn labels(cluster: &Cluster, access: Access) -> BTreeMap<String, String> {
     cluster_labels(&cluster.names.cluster, access.component())
 }
 
-fn selector(cluster: &Cluster, access: Access) -> BTreeMap<String, String> {
+/// Selector of one pooler's pods.
+pub fn selector(cluster: &Cluster, access: Access) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_CLUSTER.to_owned(), cluster.names.cluster.clone()),
         (LABEL_COMPONENT.to_owned(), access.component().to_owned()),
@@ -188,43 +190,49 @@ pub fn deployment(cluster: &Cluster, access: Access) -> Deployment {
                 match_labels: Some(selector(cluster, access)),
                 ..LabelSelector::default()
             },
+            strategy: spread::pooler_strategy(&cluster.spec.scheduling),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(cluster, access)),
                     annotations: Some(BTreeMap::from([(ANNOTATION_CONFIG_HASH.to_owned(), hash)])),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    containers: vec![container(cluster)],
-                    security_context: Some(restricted_pod_security(POSTGRES_UID)),
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    volumes: Some(vec![
-                        Volume {
-                            name: "config".into(),
-                            config_map: Some(ConfigMapVolumeSource {
-                                name: access.name(cluster),
-                                ..ConfigMapVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                        Volume {
-                            name: "auth".into(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(cluster.names.pooler_auth_secret()),
-                                default_mode: Some(0o400),
-                                ..SecretVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        },
-                    ]),
-                    ..PodSpec::default()
-                }),
+                spec: Some(pod_spec(cluster, access)),
             },
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
     }
+}
+
+fn pod_spec(cluster: &Cluster, access: Access) -> PodSpec {
+    let pod = PodSpec {
+        containers: vec![container(cluster)],
+        security_context: Some(restricted_pod_security(POSTGRES_UID)),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        volumes: Some(vec![
+            Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: access.name(cluster),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "auth".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(cluster.names.pooler_auth_secret()),
+                    default_mode: Some(0o400),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+        ]),
+        ..PodSpec::default()
+    };
+    spread::place(pod, &cluster.spec.scheduling, &selector(cluster, access))
 }
 
 pub fn service(cluster: &Cluster, access: Access) -> Service {

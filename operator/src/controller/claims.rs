@@ -97,13 +97,18 @@ pub async fn check(
         who.look(&resources.cron_jobs, &live.cron_jobs, false),
         who.look(&resources.jobs, &live.jobs, false),
         who.look(&resources.network_policies, &live.network_policies, false),
+        who.look(
+            &resources.pod_disruption_budgets,
+            &live.pod_disruption_budgets,
+            false
+        ),
         who.look_unwatched(&resources.service_account),
         who.look_unwatched(&resources.role_binding),
     )?;
     let mut out = Check::default();
     for (label, claim) in [
         found.0, found.1, found.2, found.3, found.4, found.5, found.6, found.7, found.8, found.9,
-        found.10,
+        found.10, found.11,
     ]
     .into_iter()
     .flatten()

@@ -16,6 +16,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, store::Writer, ObjectRef, Store};
@@ -186,6 +187,7 @@ owned_kinds! {
         cron_jobs: CronJob,
         jobs: Job,
         network_policies: NetworkPolicy,
+        pod_disruption_budgets: PodDisruptionBudget,
     }
     related {
         pods: Pod => pod_status_only,

@@ -25,6 +25,17 @@ fn find<'o, K: Resource>(live: &'o [K], name: &str) -> Option<&'o K> {
     live.iter().find(|o| o.name_any() == name)
 }
 
+/// Apply every object of one kind, at once.
+async fn apply_all<K: OwnedKind>(applier: &Applier<'_>, desired: &[K], live: &[K]) -> Result<()> {
+    try_join_all(
+        desired
+            .iter()
+            .map(|o| applier.apply(o, find(live, &o.name_any()))),
+    )
+    .await
+    .map(drop)
+}
+
 /// A StatefulSet: applied, or recreated when its claim template asks for another size,
 /// or left while it is being recreated.
 async fn apply_statefulset(
@@ -48,17 +59,6 @@ async fn apply_statefulset(
     applier.apply(sts, live).await
 }
 
-/// Apply each of `desired` against its live counterpart, at once.
-async fn apply_each<K: OwnedKind>(applier: &Applier<'_>, desired: &[K], live: &[K]) -> Result<()> {
-    try_join_all(
-        desired
-            .iter()
-            .map(|o| applier.apply(o, find(live, &o.name_any()))),
-    )
-    .await
-    .map(drop)
-}
-
 /// Converge everything a cluster owns.
 pub async fn apply(
     applier: &Applier<'_>,
@@ -79,6 +79,7 @@ pub async fn apply(
         cron_jobs,
         jobs,
         network_policies,
+        pod_disruption_budgets,
     } = resources;
     let live = &observed.owned;
     // Everything the StatefulSets' pods mount, run as or are reached through, at once:
@@ -90,12 +91,18 @@ pub async fn apply(
         })),
         applier.apply_unwatched(&service_account),
         applier.apply_unwatched(&role_binding),
-        apply_each(applier, &config_maps, &live.config_maps),
-        apply_each(applier, &secrets, &live.secrets),
-        apply_each(applier, &services, &live.services),
-        apply_each(applier, &deployments, &live.deployments),
-        apply_each(applier, &cron_jobs, &live.cron_jobs),
-        apply_each(applier, &network_policies, &live.network_policies),
+        apply_all(applier, &config_maps, &live.config_maps),
+        apply_all(applier, &secrets, &live.secrets),
+        apply_all(applier, &services, &live.services),
+        apply_all(applier, &deployments, &live.deployments),
+        apply_all(applier, &cron_jobs, &live.cron_jobs),
+        apply_all(applier, &network_policies, &live.network_policies),
+        // Before the StatefulSets: their pods are covered from the start.
+        apply_all(
+            applier,
+            &pod_disruption_budgets,
+            &live.pod_disruption_budgets
+        ),
     )?;
     // Then the StatefulSets: their pods start with everything above in place.
     try_join_all(statefulsets.iter().map(|sts| {
@@ -125,6 +132,7 @@ pub async fn apply(
         cron_jobs: names_of(&cron_jobs),
         jobs: names_of(&jobs),
         network_policies: names_of(&network_policies),
+        pod_disruption_budgets: names_of(&pod_disruption_budgets),
     };
     live.prune(applier, &wanted).await?;
     applier
