@@ -37,6 +37,7 @@ pub async fn execute(
         Plan::Steady => Ok(None),
         Plan::Watch { message } => Ok(state(true, Reason::PrimaryFailing, message.clone())),
         Plan::AwaitFence { message, .. } => Ok(state(true, Reason::Fencing, message.clone())),
+        Plan::AwaitTarget { message } => Ok(state(true, Reason::Switching, message.clone())),
         Plan::Acknowledge { request } => {
             commit(ctx, db, |s| s.handled_primary_request = request.clone()).await?;
             Ok(None)

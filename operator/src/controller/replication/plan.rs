@@ -82,6 +82,11 @@ pub enum Plan {
         old: String,
         message: String,
     },
+    /// The old primary is fenced, but the target does not answer yet (its pod starts
+    /// or moves): promoting it would fail, so the step waits for its probe.
+    AwaitTarget {
+        message: String,
+    },
     Promote {
         to: String,
     },
@@ -113,6 +118,8 @@ impl Plan {
         match self {
             Plan::Steady | Plan::Acknowledge { .. } | Plan::RejectSwitchover { .. } => None,
             Plan::Refuse { .. } => Some(Duration::from_secs(2)),
+            // The probe of the target asks for a reconcile as soon as it answers.
+            Plan::AwaitTarget { .. } => Some(Duration::from_secs(1)),
             _ => Some(Duration::from_millis(300)),
         }
     }
@@ -332,6 +339,11 @@ fn continue_transition(v: &View<'_>, current: &str, target: &str) -> Plan {
             message: format!(
                 "waiting for {current} to stop accepting writes before promoting {target}"
             ),
+        };
+    }
+    if v.health.get(target).is_none_or(|h| !h.reachable) {
+        return Plan::AwaitTarget {
+            message: format!("waiting for {target} to answer before promoting it"),
         };
     }
     Plan::Promote {
@@ -718,6 +730,24 @@ mod tests {
             now,
         );
         assert_eq!(case.plan(), Plan::Promote { to: "geo-2".into() });
+    }
+
+    #[test]
+    fn a_target_that_does_not_answer_is_waited_for_not_promoted() {
+        let now = Instant::now();
+        let case = Case::new(
+            status("geo-1", Some("geo-2")),
+            &[
+                ("geo-1", up(replica(100, false))),
+                ("geo-2", down(now, 1, false, None)),
+            ],
+            now,
+        );
+        assert!(
+            matches!(case.plan(), Plan::AwaitTarget { .. }),
+            "{:?}",
+            case.plan()
+        );
     }
 
     #[test]
