@@ -177,21 +177,7 @@ mod tests {
     #[test]
     fn every_setting_the_agent_passes_is_reserved() {
         use crate::api::{is_reserved, RecoveryTarget};
-        let settings = Settings {
-            cluster: "geo".into(),
-            namespace: "maps".into(),
-            slot: "s".into(),
-            instance: "geo-1".into(),
-            bootstrap_instance: "geo-1".into(),
-            rw_host: "geo-rw".into(),
-            database: "app".into(),
-            owner: "app".into(),
-            pgdata: "/d/pgdata".into(),
-            config_dir: "/etc/geodb/config".into(),
-            secrets_dir: "/s".into(),
-            socket_dir: "/run/pg".into(),
-            recovery_target: None,
-        };
+        let settings = crate::agent::settings::fixture();
         let mut names: Vec<String> = server_settings(&settings)
             .iter()
             .filter_map(|s| Some(s.split_once('=')?.0.to_owned()))

@@ -271,21 +271,7 @@ mod tests {
 
     #[test]
     fn the_replay_reads_the_source_and_stops_at_the_target() {
-        let settings = Settings {
-            cluster: "geo".into(),
-            namespace: "maps".into(),
-            slot: "s".into(),
-            instance: "geo-1".into(),
-            bootstrap_instance: "geo-1".into(),
-            rw_host: "geo-rw".into(),
-            database: "app".into(),
-            owner: "app".into(),
-            pgdata: "/d/pgdata".into(),
-            config_dir: "/etc/geodb/config".into(),
-            secrets_dir: "/s".into(),
-            socket_dir: "/run/pg".into(),
-            recovery_target: None,
-        };
+        let settings = crate::agent::settings::fixture();
         let target = RecoveryTarget::decode("time:2026-12-01T10:00:00Z").unwrap();
         let options = replay_options(&settings, &target);
         assert!(

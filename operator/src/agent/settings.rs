@@ -80,6 +80,26 @@ impl Settings {
     }
 }
 
+/// Settings of instance `geo-1` of `maps/geo`, for tests of what the agent runs.
+#[cfg(test)]
+pub(crate) fn fixture() -> Settings {
+    Settings {
+        cluster: "geo".into(),
+        namespace: "maps".into(),
+        slot: "s".into(),
+        instance: "geo-1".into(),
+        bootstrap_instance: "geo-1".into(),
+        rw_host: "geo-rw".into(),
+        database: "app".into(),
+        owner: "app".into(),
+        pgdata: "/d/pgdata".into(),
+        config_dir: "/etc/geodb/config".into(),
+        secrets_dir: "/s".into(),
+        socket_dir: "/run/pg".into(),
+        recovery_target: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
