@@ -118,8 +118,10 @@ async fn scenario_creates_every_object(client: &Client, op: &Operator, ns: &str)
             "geo-app-pooler-ro",
             "geo-app-ro",
             "geo-app-rw",
+            "geo-ca",
             "geo-pooler-auth",
             "geo-replication",
+            "geo-server-tls",
             "geo-superuser"
         ]
     );
@@ -1176,6 +1178,109 @@ async fn semantic_errors_degrade() {
 async fn deletion_policy() {
     run_scenario(Some("t-deletion"), |h, admin| async move {
         scenario_deletion_policy(&admin, &h.operator, "t-deletion").await;
+    })
+    .await;
+}
+
+/// `openssl verify` of `cert` against `ca` for `host`: OpenSSL is what PostgreSQL and
+/// libpq check certificates with. `None` without an `openssl` program.
+fn openssl_verifies(ca: &str, cert: &str, host: &str) -> Option<bool> {
+    let openssl = ["/usr/bin/openssl", "/bin/openssl"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let dir = std::env::temp_dir().join(format!("geodb-verify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    let out = std::process::Command::new(openssl)
+        .args(["verify", "-CAfile"])
+        .arg(dir.join("ca.pem"))
+        .args(["-verify_hostname", host])
+        .arg(dir.join("cert.pem"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(out.status.success())
+}
+
+/// Each GeoDatabase gets a CA of its own and a server certificate for its Services and
+/// instances. The CA is made once; a certificate due for renewal (its recorded end moved
+/// near) is reissued by the same CA, and so is one whose names changed (an instance
+/// added). The CA's key never leaves the CA's Secret.
+async fn scenario_certificates(client: &Client, ns: &str) {
+    let mut db = sample();
+    db.spec.instances = 2;
+    create_db(client, ns, &db).await;
+    wait_converged(client, ns, "geo", 2).await;
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    let ca = secrets.get("geo-ca").await.unwrap();
+    let first = secrets.get("geo-server-tls").await.unwrap();
+    assert_eq!(first.type_.as_deref(), Some("kubernetes.io/tls"));
+    let ca_pem = secret_text(&ca, "ca.crt");
+    assert_eq!(secret_text(&first, "ca.crt"), ca_pem);
+    assert!(!first.data.as_ref().unwrap().contains_key("ca.key"));
+    let cert = secret_text(&first, "tls.crt");
+    for host in [
+        "geo-rw",
+        "geo-ro.t-certs.svc",
+        "geo-pooler.t-certs.svc.cluster.local",
+        "geo-2.t-certs.svc",
+    ] {
+        if let Some(ok) = openssl_verifies(&ca_pem, &cert, host) {
+            assert!(ok, "{host} not in the certificate, or not signed by the CA");
+        }
+    }
+    assert!(!openssl_verifies(&ca_pem, &cert, "geo-rw.elsewhere.svc").unwrap_or(false));
+
+    // Due for renewal: a new certificate from the same CA, ending a year on.
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    secrets
+        .patch(
+            "geo-server-tls",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"geodb.io/tls-not-after": (now + 60).to_string()}}})),
+        )
+        .await
+        .unwrap();
+    let renewed = wait_for("the certificate renewed", CONVERGE, || async {
+        let s = secrets.get("geo-server-tls").await.ok()?;
+        let end: i64 = s
+            .annotations()
+            .get("geodb.io/tls-not-after")?
+            .parse()
+            .ok()?;
+        (secret_text(&s, "tls.crt") != cert && end > now + 300 * 86_400).then_some(s)
+    })
+    .await;
+    let renewed_cert = secret_text(&renewed, "tls.crt");
+    if let Some(ok) = openssl_verifies(&ca_pem, &renewed_cert, "geo-rw.t-certs.svc") {
+        assert!(ok, "the renewed certificate does not chain to the same CA");
+    }
+    assert_eq!(
+        secret_text(&secrets.get("geo-ca").await.unwrap(), "ca.crt"),
+        ca_pem
+    );
+
+    // A third instance: its name in a new certificate.
+    patch_spec(client, ns, "geo", json!({"instances": 3})).await;
+    let grown = wait_for("a certificate naming geo-3", CONVERGE, || async {
+        let s = secrets.get("geo-server-tls").await.ok()?;
+        (secret_text(&s, "tls.crt") != renewed_cert).then_some(s)
+    })
+    .await;
+    if let Some(ok) = openssl_verifies(
+        &ca_pem,
+        &secret_text(&grown, "tls.crt"),
+        "geo-3.t-certs.svc",
+    ) {
+        assert!(ok, "geo-3 is not in the new certificate");
+    }
+}
+
+#[tokio::test]
+async fn certificates_issued_and_renewed() {
+    run_scenario(Some("t-certs"), |_, admin| async move {
+        scenario_certificates(&admin, "t-certs").await;
     })
     .await;
 }

@@ -34,6 +34,9 @@ pub enum Error {
     #[error("reconcile did not finish within {0:?}")]
     Timeout(std::time::Duration),
 
+    #[error(transparent)]
+    Certificate(crate::certs::CertError),
+
     #[error("could not serialize {what}: {source}")]
     Serialize {
         what: &'static str,
@@ -67,6 +70,7 @@ impl Error {
             Error::MissingObjectKey => "missing_object_key",
             Error::MalformedSecret { .. } => "malformed_secret",
             Error::Serialize { .. } => "serialize",
+            Error::Certificate(_) => "certificate",
             Error::Timeout(_) => "timeout",
             Error::Postgres { .. } => "postgres",
             Error::StaleView => "stale_view",

@@ -11,6 +11,7 @@
 //! | `postgres` | connections, the health probe, promotion, slots, LSNs, quoting |
 //! | `runtime` | leader election, HTTP endpoints, the Kubernetes client, metrics |
 //! | `names` | names and labels of owned objects |
+//! | `certs` | each GeoDatabase's CA and server certificate |
 //! | `error`, `quantity`, `crdgen` | errors, quantity parsing, the CRD files |
 
 // A function longer than a screen (clippy.toml: 80 lines) is split by what it does.
@@ -21,6 +22,7 @@ pub mod api;
 pub mod archive;
 pub mod backup;
 pub mod builders;
+pub mod certs;
 pub mod controller;
 pub mod crdgen;
 pub mod error;

@@ -37,6 +37,10 @@ pub const ANNOTATION_BACKUP_REQUEST: &str = "geodb.io/backup-request";
 pub const ANNOTATION_DUMP_REQUEST: &str = "geodb.io/dump-request";
 /// On a credentials Secret kept by a deleted GeoDatabase: a GeoDatabase created again
 /// with the same name adopts it, so its roles keep their passwords.
+/// On the server certificate's Secret: when it ends (Unix seconds) and a hash of the
+/// names it holds, so renewal needs no certificate parser.
+pub const ANNOTATION_TLS_NOT_AFTER: &str = "geodb.io/tls-not-after";
+pub const ANNOTATION_TLS_NAMES: &str = "geodb.io/tls-names";
 pub const ANNOTATION_RETAINED: &str = "geodb.io/retained-by-deleted-geodatabase";
 
 /// ClusterRole (installed with the operator) that instance pods are bound to in their
@@ -125,6 +129,14 @@ impl Names {
     }
     pub fn pooler_auth_secret(&self) -> String {
         format!("{}-pooler-auth", self.cluster)
+    }
+    /// The cluster's CA (certificate and key): the operator's only.
+    pub fn ca_secret(&self) -> String {
+        format!("{}-ca", self.cluster)
+    }
+    /// The server certificate, its key and the CA certificate, for the pods.
+    pub fn server_tls_secret(&self) -> String {
+        format!("{}-server-tls", self.cluster)
     }
     pub fn superuser_secret(&self) -> String {
         format!("{}-superuser", self.cluster)

@@ -66,6 +66,17 @@ pub struct Cluster {
     pub dump_request: Option<String>,
     /// The operator's own namespace, when known: the NetworkPolicy admits its pods.
     pub operator_namespace: Option<String>,
+    /// The CA and the server certificate, once the decide step has them.
+    pub tls: Option<Tls>,
+}
+
+/// A cluster's CA and its current server certificate (see `certs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tls {
+    pub ca: crate::certs::Issued,
+    pub server: crate::certs::Issued,
+    /// A hash of the names the server certificate holds.
+    pub names: String,
 }
 
 impl Cluster {
@@ -89,6 +100,7 @@ impl Cluster {
             backup_request: request(db, crate::names::ANNOTATION_BACKUP_REQUEST),
             dump_request: request(db, crate::names::ANNOTATION_DUMP_REQUEST),
             operator_namespace: None,
+            tls: None,
         })
     }
 
@@ -157,8 +169,13 @@ pub fn build(cluster: &Cluster) -> Resources {
             deployments.push(pooler::deployment(cluster, access));
         }
     }
+    let (ca, server_tls) = secrets::tls_secrets(cluster).unzip();
+    secrets.extend(server_tls);
     Resources {
-        credentials: secrets::credential_secrets(cluster),
+        credentials: secrets::credential_secrets(cluster)
+            .into_iter()
+            .chain(ca)
+            .collect(),
         service_account: rbac::service_account(cluster),
         role_binding: rbac::role_binding(cluster),
         config_maps,

@@ -6,7 +6,16 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::Cluster;
-use crate::names::{COMPONENT_DATABASE, POOLER_PORT, POSTGRES_PORT, REPLICATION_USER, SUPERUSER};
+use crate::names::{
+    ANNOTATION_TLS_NAMES, ANNOTATION_TLS_NOT_AFTER, COMPONENT_DATABASE, POOLER_PORT, POSTGRES_PORT,
+    REPLICATION_USER, SUPERUSER,
+};
+
+/// Keys of the TLS Secrets (the usual `kubernetes.io/tls` names, plus the CA's).
+pub const TLS_CERT: &str = "tls.crt";
+pub const TLS_KEY: &str = "tls.key";
+pub const CA_CERT: &str = "ca.crt";
+pub const CA_KEY: &str = "ca.key";
 
 pub const KEY_USERNAME: &str = "username";
 pub const KEY_PASSWORD: &str = crate::pod_contract::PASSWORD_FILE;
@@ -42,6 +51,46 @@ pub fn credential_secrets(cluster: &Cluster) -> Vec<Secret> {
             &c.app,
         ),
     ]
+}
+
+/// The CA's Secret (created once, never rewritten) and the server certificate's
+/// (applied: it changes on renewal); `None` until the decide step issued them.
+pub fn tls_secrets(cluster: &Cluster) -> Option<(Secret, Secret)> {
+    let tls = cluster.tls.as_ref()?;
+    let names = &cluster.names;
+    let mut meta = cluster.component_meta(names.ca_secret(), COMPONENT_DATABASE);
+    meta.annotations = Some(BTreeMap::from([(
+        ANNOTATION_TLS_NOT_AFTER.to_owned(),
+        tls.ca.not_after.to_string(),
+    )]));
+    let ca = Secret {
+        metadata: meta,
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([
+            (CA_CERT.to_owned(), tls.ca.cert_pem.clone()),
+            (CA_KEY.to_owned(), tls.ca.key_pem.clone()),
+        ])),
+        ..Secret::default()
+    };
+    let mut meta = cluster.component_meta(names.server_tls_secret(), COMPONENT_DATABASE);
+    meta.annotations = Some(BTreeMap::from([
+        (
+            ANNOTATION_TLS_NOT_AFTER.to_owned(),
+            tls.server.not_after.to_string(),
+        ),
+        (ANNOTATION_TLS_NAMES.to_owned(), tls.names.clone()),
+    ]));
+    let server = Secret {
+        metadata: meta,
+        type_: Some("kubernetes.io/tls".into()),
+        string_data: Some(BTreeMap::from([
+            (TLS_CERT.to_owned(), tls.server.cert_pem.clone()),
+            (TLS_KEY.to_owned(), tls.server.key_pem.clone()),
+            (CA_CERT.to_owned(), tls.ca.cert_pem.clone()),
+        ])),
+        ..Secret::default()
+    };
+    Some((ca, server))
 }
 
 fn connection(cluster: &Cluster, name: String, host: String, port: i32) -> Secret {

@@ -7,6 +7,7 @@
 //! | `owned` | the table of owned kinds: caches, watches, pruning | watches |
 //! | `read` | what exists now, from the caches | StorageClass only |
 //! | `credentials` | passwords read back or generated once | Secret reads |
+//! | `certificates` | the CA and server certificate, kept or issued | Secret reads |
 //! | `claims` | no takeover: the wanted names are free or ours | reads |
 //! | `catalog` | the buckets' backups: status, recovery targets | Secret reads, S3 |
 //! | `validate` | what the schema cannot refuse (pure) | no |
@@ -24,6 +25,7 @@
 mod adopt;
 pub mod apply;
 pub mod catalog;
+mod certificates;
 pub mod claims;
 mod credentials;
 mod events;

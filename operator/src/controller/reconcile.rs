@@ -23,8 +23,8 @@ use super::read::Observed;
 use super::replication::{self, plan::Plan};
 use super::status::conditions::{is_true, now, Reason, Type};
 use super::{
-    adopt, catalog, claims, credentials, events, policy, read, rollout, status, topology, validate,
-    Context,
+    adopt, catalog, certificates, claims, credentials, events, policy, read, rollout, status,
+    topology, validate, Context,
 };
 use crate::api::{GeoDatabase, Role};
 use crate::builders::{self, Cluster};
@@ -214,8 +214,24 @@ async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<
         &observed.instance_names(),
         chosen.as_deref(),
     );
+    let mut hosts = vec![
+        names.rw_service(),
+        names.ro_service(),
+        names.pooler(),
+        names.pooler_ro(),
+    ];
+    hosts.extend(instances.iter().cloned());
+    let subject = certificates::Subject {
+        namespace: &namespace,
+        uid: &uid,
+        names: &names,
+        hosts,
+    };
+    let now_unix = k8s_openapi::jiff::Timestamp::now().as_second();
+    let tls = certificates::tls(ctx, &subject, observed, now_unix).await?;
     let mut cluster =
         Cluster::new(db, instances, primary, credentials).ok_or(Error::MissingObjectKey)?;
+    cluster.tls = Some(tls);
     cluster.bootstrapped = bootstrapped(&cluster, observed) || legacy.is_some() || surveyed;
     cluster.operator_namespace = ctx.installation.operator_namespace.clone();
     cluster.standby_ready = db.status.as_ref().is_some_and(|s| {
