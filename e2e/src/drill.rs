@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::conn::{dial, open_verified};
+use crate::kube_util::wait_for;
 use anyhow::{anyhow, bail, Context as _};
 use geodb::agent::reaper::{children_of, parse_stat};
 use geodb::api::{GeoDatabase, Role};
@@ -19,9 +21,6 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
-
-use crate::kube_util::wait_for;
 
 /// Connection details of a Service, with its ClusterIP as host (the node has no
 /// cluster DNS).
@@ -32,6 +31,9 @@ pub struct Endpoint {
     pub user: String,
     pub password: String,
     pub dbname: String,
+    /// The name the server's certificate is checked for, and the CA that signed it.
+    pub server_name: String,
+    pub ca_pem: String,
 }
 
 impl Endpoint {
@@ -62,23 +64,23 @@ impl Endpoint {
             user: text("user")?,
             password: text("password")?,
             dbname: text("dbname")?,
+            server_name: text("host")?,
+            ca_pem: text("ca.crt")?,
         })
     }
 
     pub async fn connect(&self, timeout: Duration) -> anyhow::Result<tokio_postgres::Client> {
         let mut config = tokio_postgres::Config::new();
+        dial(&mut config, &self.host, &self.server_name);
         config
-            .host(&self.host)
             .port(self.port)
             .user(&self.user)
             .password(&self.password)
             .dbname(&self.dbname)
             .connect_timeout(timeout);
-        let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+        tokio::time::timeout(timeout, open_verified(&config, &self.ca_pem))
             .await
-            .map_err(|_| anyhow!("connect to {}:{} timed out", self.host, self.port))??;
-        tokio::spawn(connection);
-        Ok(client)
+            .map_err(|_| anyhow!("connect to {}:{} timed out", self.host, self.port))?
     }
 
     /// A connection once the Service routes to a server that accepts it, within
@@ -247,7 +249,7 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn start(client: Client, ns: &str, cluster: &str, superuser_password: String) -> Self {
+    pub fn start(client: Client, ns: &str, cluster: &str, superuser_password: Superuser) -> Self {
         let violations = Arc::new(Mutex::new(Vec::new()));
         let rounds = Arc::new(Mutex::new(0));
         let first_writable = Arc::new(Mutex::new(BTreeMap::new()));
@@ -357,31 +359,55 @@ impl Watcher {
     }
 }
 
-/// A superuser connection to an instance's pod IP.
-pub async fn superuser(ip: &str, password: &str) -> anyhow::Result<tokio_postgres::Client> {
+/// The superuser's password and the cluster's CA.
+#[derive(Clone)]
+pub struct Superuser {
+    pub password: String,
+    pub ca_pem: String,
+}
+
+/// A superuser connection to an instance's pod IP. The certificate is checked for
+/// `localhost`, a name every instance's certificate holds (the pod IP is not one).
+pub async fn superuser(ip: &str, login: &Superuser) -> anyhow::Result<tokio_postgres::Client> {
     Endpoint {
         host: ip.to_owned(),
         port: 5432,
         user: "postgres".into(),
-        password: password.to_owned(),
+        password: login.password.clone(),
         dbname: "postgres".into(),
+        server_name: "localhost".into(),
+        ca_pem: login.ca_pem.clone(),
     }
     .connect(Duration::from_millis(800))
     .await
 }
 
+/// The superuser's password and the CA of `cluster`, from their Secrets.
 pub async fn superuser_password(
     client: &Client,
     ns: &str,
     cluster: &str,
-) -> anyhow::Result<String> {
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get(&format!("{cluster}-superuser"))
-        .await?;
-    let data = secret.data.context("no data")?;
-    Ok(String::from_utf8(
-        data.get("password").context("no password")?.0.clone(),
-    )?)
+) -> anyhow::Result<Superuser> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    let key = |secret: Secret, key: &str| -> anyhow::Result<String> {
+        let data = secret.data.context("no data")?;
+        Ok(String::from_utf8(
+            data.get(key)
+                .with_context(|| format!("no {key}"))?
+                .0
+                .clone(),
+        )?)
+    };
+    Ok(Superuser {
+        password: key(
+            secrets.get(&format!("{cluster}-superuser")).await?,
+            "password",
+        )?,
+        ca_pem: key(
+            secrets.get(&format!("{cluster}-server-tls")).await?,
+            "ca.crt",
+        )?,
+    })
 }
 
 pub async fn pod_ip(client: &Client, ns: &str, pod: &str) -> anyhow::Result<String> {

@@ -13,3 +13,4 @@ pub mod outage;
 pub mod partition;
 pub mod recreate;
 pub mod s3;
+pub mod tls;

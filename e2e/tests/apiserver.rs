@@ -239,8 +239,15 @@ async fn scenario_creates_every_object(client: &Client, op: &Operator, ns: &str)
     assert_eq!(secret_text(&rw, "password"), password);
     assert_eq!(
         secret_text(&rw, "uri"),
-        format!("postgresql://app:{password}@geo-rw.{ns}.svc:5432/app")
+        format!("postgresql://app:{password}@geo-rw.{ns}.svc:5432/app?sslmode=require")
     );
+    // ... and what a client needs to verify the server: the cluster's CA.
+    assert_eq!(secret_text(&rw, "sslmode"), "verify-full");
+    let ca = get::<Secret>(client, ns, "geo-ca").await.unwrap();
+    assert_eq!(secret_text(&rw, "ca.crt"), secret_text(&ca, "ca.crt"));
+    assert!(ini.contains("client_tls_sslmode = require"), "{ini}");
+    assert!(ini.contains("server_tls_sslmode = verify-full"), "{ini}");
+    assert!(conf.contains("ssl = 'on'"), "{conf}");
     let pooled = get::<Secret>(client, ns, "geo-app-pooler").await.unwrap();
     assert_eq!(secret_text(&pooled, "port"), "6432");
 
@@ -1275,6 +1282,156 @@ async fn scenario_certificates(client: &Client, ns: &str) {
     ) {
         assert!(ok, "geo-3 is not in the new certificate");
     }
+}
+
+/// The Degraded message of `name` once it is Degraded with `needle` in it.
+async fn degraded_with(client: &Client, ns: &str, name: &str, needle: &str) -> String {
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    wait_seeing(
+        &format!("{ns}/{name} Degraded with {needle:?}"),
+        CONVERGE,
+        || async {
+            let db = api.get(name).await.map_err(|e| e.to_string())?;
+            let status = db.status.ok_or("no status")?;
+            let c = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Degraded" && c.status == "True")
+                .ok_or_else(|| format!("not Degraded: {:?}", status.conditions))?;
+            if c.message.contains(needle) {
+                Ok(c.message.clone())
+            } else {
+                Err(c.message.clone())
+            }
+        },
+    )
+    .await
+}
+
+/// A kubernetes.io/tls Secret shaped as cert-manager writes it.
+fn tls_secret(name: &str, ca: &geodb::certs::Issued, server: &geodb::certs::Issued) -> Secret {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": server.cert_pem, "tls.key": server.key_pem, "ca.crt": ca.cert_pem}
+    }))
+    .unwrap()
+}
+
+/// A certificate the user brings (`spec.tls.serverSecret`): refused with the field named
+/// while missing or lacking a name the clients check, with nothing created; once right,
+/// mounted by every pod as it is, its CA handed to clients, the Secret never written.
+async fn scenario_provided_certificate(client: &Client, ns: &str) {
+    let mut db = sample();
+    db.spec.instances = 2;
+    db.spec.tls = Some(geodb::api::TlsSpec {
+        server_secret: "geo-cert".into(),
+    });
+    create_db(client, ns, &db).await;
+    let message = degraded_with(client, ns, "geo", "tls.serverSecret").await;
+    assert!(message.contains("does not exist"), "{message}");
+
+    // Signed by the user's CA, but without the instances' names.
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let ca = geodb::certs::new_ca("user-ca", ns, now).unwrap();
+    let services = ["geo-rw", "geo-ro", "geo-pooler", "geo-pooler-ro"].map(String::from);
+    let short = geodb::certs::issue_server(
+        &ca,
+        "user-ca",
+        ns,
+        &geodb::certs::server_names(&services, ns),
+        now,
+    )
+    .unwrap();
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    secrets
+        .create(&PostParams::default(), &tls_secret("geo-cert", &ca, &short))
+        .await
+        .unwrap();
+    touch(client, ns, "geo").await;
+    let message = degraded_with(client, ns, "geo", &format!("not valid for geo-1.{ns}.svc")).await;
+    assert!(
+        message.contains("tls.serverSecret: the Secret \"geo-cert\""),
+        "{message}"
+    );
+    let selector = "geodb.io/cluster=geo";
+    assert!(names::<StatefulSet>(client, ns, selector).await.is_empty());
+    assert!(names::<Deployment>(client, ns, selector).await.is_empty());
+
+    // With every name: it converges, serving the user's certificate.
+    let mut hosts = services.to_vec();
+    hosts.extend(["geo-1".into(), "geo-2".into()]);
+    let full = geodb::certs::issue_server(
+        &ca,
+        "user-ca",
+        ns,
+        &geodb::certs::server_names(&hosts, ns),
+        now,
+    )
+    .unwrap();
+    let written = secrets
+        .replace(
+            "geo-cert",
+            &PostParams::default(),
+            &tls_secret("geo-cert", &ca, &full),
+        )
+        .await
+        .unwrap();
+    touch(client, ns, "geo").await;
+    wait_converged(client, ns, "geo", 2).await;
+    let sts = get::<StatefulSet>(client, ns, "geo-1").await.unwrap();
+    let mounted = serde_json::to_string(&sts.spec.unwrap().template.spec.unwrap().volumes).unwrap();
+    assert!(mounted.contains("\"geo-cert\""), "{mounted}");
+    let pooler = get::<Deployment>(client, ns, "geo-pooler").await.unwrap();
+    let mounted =
+        serde_json::to_string(&pooler.spec.unwrap().template.spec.unwrap().volumes).unwrap();
+    assert!(mounted.contains("\"geo-cert\""), "{mounted}");
+    let app = secrets.get("geo-app-rw").await.unwrap();
+    assert_eq!(
+        secret_text(&app, "ca.crt"),
+        ca.cert_pem,
+        "clients trust the user's CA"
+    );
+    let after = secrets.get("geo-cert").await.unwrap();
+    assert_eq!(
+        after.resource_version(),
+        written.resource_version(),
+        "the user's Secret was written"
+    );
+    assert!(after.owner_references().is_empty());
+    // The user's key is not copied into any Secret of the operator.
+    for secret in secrets
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap()
+    {
+        let copied = secret
+            .data
+            .as_ref()
+            .is_some_and(|d| d.values().any(|v| v.0 == full.key_pem.as_bytes()));
+        assert!(!copied, "{} holds the user's key", secret.name_any());
+    }
+}
+
+/// Prompt a reconcile now (an invalid spec is otherwise rechecked every minute).
+async fn touch(client: &Client, ns: &str, name: &str) {
+    let stamp = k8s_openapi::jiff::Timestamp::now().to_string();
+    Api::<GeoDatabase>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"example.com/touched": stamp}}})),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn provided_certificate() {
+    run_scenario(Some("t-own-cert"), |_, admin| async move {
+        scenario_provided_certificate(&admin, "t-own-cert").await;
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -13,6 +13,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
+#[path = "cluster/tls.rs"]
+mod tls;
+
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 
 async fn scenario_postgis_cluster(client: &Client, ns: &str) {
@@ -431,6 +434,8 @@ async fn cluster_suite() {
     let ns = format!("e2e-postgis-{}", std::process::id());
     let passed = geodb_e2e::kube_util::run_in_namespace(&client, &ns, |client, ns| async move {
         scenario_postgis_cluster(&client, &ns).await;
+        tls::scenario_tls(&client, &ns).await;
+        tls::scenario_provided_tls(&client, &ns).await;
         scenario_archiving(&client, &ns).await;
         scenario_reload_and_restart(&client, &ns).await;
         scenario_chart_upgrade(&client, &ns).await;

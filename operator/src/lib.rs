@@ -6,6 +6,7 @@
 //! | `controller` | the reconciler: read -> validate -> build -> apply -> status |
 //! | `builders` | pure functions from a `Cluster` to the objects it should have |
 //! | `agent` | `geodb instance`, the manager of PostgreSQL inside each database pod |
+//! | `pooler` | `geodb pooler`, PgBouncer's supervisor in each pooler pod |
 //! | `pod_contract` | every name the instance StatefulSet and the agent share |
 //! | `archive`, `backup` | WAL archiving, base backups and restores in S3 |
 //! | `postgres` | connections, the health probe, promotion, slots, LSNs, quoting |
@@ -28,6 +29,7 @@ pub mod crdgen;
 pub mod error;
 pub mod names;
 pub mod pod_contract;
+pub mod pooler;
 pub mod postgres;
 pub mod quantity;
 pub mod runtime;

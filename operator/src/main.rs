@@ -1,5 +1,6 @@
 //! The `geodb` binary, one subcommand per duty: `operator` runs the controller,
-//! `instance` the agent in a database pod, `crdgen` writes the CRDs.
+//! `instance` the agent in a database pod,
+//! `pooler` PgBouncer's supervisor, `crdgen` writes the CRDs.
 
 // A function longer than a screen (clippy.toml: 80 lines) is split by what it does.
 #![deny(clippy::too_many_lines)]
@@ -28,6 +29,15 @@ enum Command {
     Operator(commands::operator::OperatorArgs),
     /// Run inside a database pod: prepare the data directory, then run PostgreSQL.
     Instance,
+    /// Run inside a pooler pod: run PgBouncer, reload it when a watched file changes.
+    Pooler {
+        /// PgBouncer's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// A directory whose files PgBouncer reads on reload (its certificate).
+        #[arg(long)]
+        watch: Vec<PathBuf>,
+    },
     /// Write one YAML file per CRD into a directory.
     Crdgen {
         #[arg(long)]
@@ -97,6 +107,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crdgen { out_dir } => commands::crdgen(&out_dir),
         Command::Instance => commands::instance(),
+        Command::Pooler { config, watch } => commands::pooler(&config, &watch),
         Command::Operator(args) => commands::operator::run(args),
         Command::WalPush { path } => commands::archive::wal_push(&path),
         Command::Backup => commands::backup::backup(),

@@ -164,6 +164,23 @@ pub mod env {
 /// removes it after a success; the operator's probe reads it (`pg_read_file`).
 pub const ARCHIVE_ERROR_FILE: &str = "geodb-archive-error";
 
+/// Keys of a TLS Secret (the usual `kubernetes.io/tls` names, plus the CA's), which are
+/// also the file names under [`TLS_DIR`].
+pub const TLS_CERT: &str = "tls.crt";
+pub const TLS_KEY: &str = "tls.key";
+pub const CA_CERT: &str = "ca.crt";
+/// Where the server certificate, its key and the cluster's CA are mounted, under
+/// [`SECRETS_DIR`] (the directory is also `/etc/geodb/secrets/tls` in Jobs, with the CA
+/// only).
+pub const TLS_SUBDIR: &str = "tls";
+pub const TLS_DIR: &str = "/etc/geodb/secrets/tls";
+
+/// What every libpq connection over the network adds: TLS, the server's chain checked
+/// against the cluster's CA and its name against the host (`verify-full`).
+pub fn libpq_tls() -> String {
+    format!("sslmode=verify-full sslrootcert={TLS_DIR}/{CA_CERT}")
+}
+
 /// Where the object store's access key and CA are mounted, under [`SECRETS_DIR`].
 pub const S3_ACCESS_KEY_ID_PATH: &str = "s3/access-key-id";
 pub const S3_SECRET_ACCESS_KEY_PATH: &str = "s3/secret-access-key";

@@ -12,7 +12,7 @@ use super::error::{AgentError, Result};
 use super::files::{write_pgpass, write_private};
 use super::settings::Settings;
 use crate::names::{POSTGRES_PORT, REPLICATION_USER, SUPERUSER};
-use crate::pod_contract::{Credential, KEPT_DATA_PREFIX};
+use crate::pod_contract::{libpq_tls, Credential, KEPT_DATA_PREFIX};
 
 /// How long a clone or a rejoin waits for the primary before the agent gives up (and
 /// the container restarts).
@@ -79,9 +79,10 @@ pub fn clone_primary(settings: &Settings, bin: &Path) -> Result<()> {
             "fast",
             "-d",
             &format!(
-                "passfile={} application_name={}",
+                "passfile={} application_name={} {}",
                 passfile.display(),
-                settings.instance
+                settings.instance,
+                libpq_tls()
             ),
         ],
         None,
@@ -157,9 +158,10 @@ pub fn rejoin(settings: &Settings, bin: &Path) -> Result<Rejoined> {
         &settings.password(Credential::Superuser)?,
     )?;
     let source = format!(
-        "host={} port={POSTGRES_PORT} user={SUPERUSER} dbname=postgres passfile={} connect_timeout=5",
+        "host={} port={POSTGRES_PORT} user={SUPERUSER} dbname=postgres passfile={} connect_timeout=5 {}",
         settings.rw_host,
-        passfile.display()
+        passfile.display(),
+        libpq_tls()
     );
     let pgdata = settings.pgdata.display().to_string();
     let rewound = if failpoint(settings, "rewind-fails") {

@@ -12,6 +12,7 @@ use super::error::{AgentError, Result};
 use super::reaper;
 use super::settings::Settings;
 use crate::names::{POSTGRES_PORT, REPLICATION_USER};
+use crate::pod_contract::libpq_tls;
 
 /// The running postmaster.
 pub struct Postgres {
@@ -77,10 +78,11 @@ pub fn server_settings(settings: &Settings) -> [String; 3] {
     [
         conf_arg(settings),
         format!(
-            "primary_conninfo=host={} port={POSTGRES_PORT} user={REPLICATION_USER} passfile={} application_name={} connect_timeout=5",
+            "primary_conninfo=host={} port={POSTGRES_PORT} user={REPLICATION_USER} passfile={} application_name={} connect_timeout=5 {}",
             settings.rw_host,
             settings.replication_passfile().display(),
-            settings.instance
+            settings.instance,
+            libpq_tls(),
         ),
         format!("primary_slot_name={}", settings.slot),
     ]

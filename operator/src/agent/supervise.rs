@@ -18,7 +18,9 @@ use super::settings::Settings;
 use super::standby_floor::standby_overrides;
 use super::stop::Stop;
 use crate::api::GeoDatabase;
-use crate::pod_contract::{PG_HBA_CONF, PG_IDENT_CONF, POSTGRESQL_CONF};
+use crate::pod_contract::{
+    CA_CERT, PG_HBA_CONF, PG_IDENT_CONF, POSTGRESQL_CONF, TLS_CERT, TLS_KEY, TLS_SUBDIR,
+};
 
 /// How often the agent reads the GeoDatabase while PostgreSQL runs.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -69,12 +71,16 @@ async fn reap(
     })
 }
 
-/// The content of the mounted configuration files; the kubelet replaces them (within a
-/// minute or so) when the operator changes the ConfigMap.
+/// The mounted files PostgreSQL reads on reload: its configuration, and the server
+/// certificate. The kubelet replaces them in place when the operator changes their
+/// ConfigMap or Secret.
 fn mounted_config(settings: &Settings) -> Vec<u8> {
-    [POSTGRESQL_CONF, PG_HBA_CONF, PG_IDENT_CONF]
+    let config = [POSTGRESQL_CONF, PG_HBA_CONF, PG_IDENT_CONF].map(|f| settings.config_dir.join(f));
+    let tls = [TLS_CERT, TLS_KEY, CA_CERT].map(|f| settings.secrets_dir.join(TLS_SUBDIR).join(f));
+    config
         .iter()
-        .flat_map(|file| std::fs::read(settings.config_dir.join(file)).unwrap_or_default())
+        .chain(&tls)
+        .flat_map(|path| std::fs::read(path).unwrap_or_default())
         .collect()
 }
 

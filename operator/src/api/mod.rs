@@ -19,7 +19,7 @@ pub use backup::{
     SecretKey,
 };
 pub use bootstrap::{BootstrapSpec, RecoverySpec, RecoveryTarget};
-pub use network::NetworkSpec;
+pub use network::{NetworkSpec, TlsSpec};
 pub use pooler::{PoolMode, PoolerSpec};
 pub use postgresql::{
     is_reserved, unknown_preload_libraries, unwritable_value, PostgresqlSpec, PRELOAD_LIBRARIES,
@@ -121,6 +121,10 @@ pub struct GeoDatabaseSpec {
     /// Who may reach the cluster's pods.
     #[serde(default)]
     pub network: NetworkSpec,
+
+    /// The server certificate: issued by the GeoDatabase's own CA unless a Secret is named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
 
     /// Continuous WAL archiving and base backups to an S3-compatible object store.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -44,3 +44,19 @@ impl Default for NetworkSpec {
 fn default_policy() -> bool {
     true
 }
+
+/// Certificates the user brings instead of the ones the operator issues.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A Secret in this namespace with `tls.crt` (the server certificate, then any
+    /// intermediates), `tls.key` and `ca.crt` (what clients trust), such as the Secret of
+    /// a cert-manager Certificate. It must hold every Service and instance name as
+    /// `<name>.<namespace>.svc`. Served by PostgreSQL and PgBouncer; a renewal written
+    /// into it is reloaded without a restart. The operator never writes it.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub server_secret: String,
+}

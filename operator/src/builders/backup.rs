@@ -10,14 +10,14 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::instance::{
-    password_projection, restricted_container_security, restricted_pod_security,
+    password_projection, restricted_container_security, restricted_pod_security, tls_projection,
 };
 use super::{archive, content_hash, env, Cluster};
 use crate::api::BackupSpec;
 use crate::names::{
     cluster_labels, COMPONENT_BACKUP, COMPONENT_DUMP, POSTGRES_PORT, REPLICATION_USER, SUPERUSER,
 };
-use crate::pod_contract::{env as var, Credential, POSTGRES_UID, SECRETS_DIR};
+use crate::pod_contract::{env as var, Credential, CA_CERT, POSTGRES_UID, SECRETS_DIR, TLS_DIR};
 
 /// A backup that runs longer than this is stopped (and counts as failed: its manifest
 /// is never written).
@@ -119,6 +119,9 @@ fn task_env(cluster: &Cluster, backup: &BackupSpec, task: Task) -> Vec<EnvVar> {
             var::BACKUP_PASSWORD_FILE,
             format!("{SECRETS_DIR}/{}", credential.password_path()),
         ),
+        // libpq's own variables: pg_basebackup, pg_dump and pg_dumpall verify the server.
+        env("PGSSLMODE", "verify-full"),
+        env("PGSSLROOTCERT", format!("{TLS_DIR}/{CA_CERT}")),
     ]);
     match task {
         Task::Base => {
@@ -155,9 +158,13 @@ fn secrets_volume(cluster: &Cluster, task: Task) -> Volume {
         name: "secrets".into(),
         projected: Some(ProjectedVolumeSource {
             sources: Some(
-                std::iter::once(password_projection(secret, credential))
-                    .chain(archive::archive_projections(cluster))
-                    .collect(),
+                [
+                    password_projection(secret, credential),
+                    tls_projection(cluster, &[CA_CERT]),
+                ]
+                .into_iter()
+                .chain(archive::archive_projections(cluster))
+                .collect(),
             ),
             ..ProjectedVolumeSource::default()
         }),

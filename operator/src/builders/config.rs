@@ -9,6 +9,7 @@ use super::{content_hash, Cluster};
 use crate::names::{COMPONENT_DATABASE, POSTGRES_PORT, REPLICATION_USER};
 use crate::pod_contract::{
     BOOTSTRAPPED_KEY, CONFIG_DIR, PG_HBA_CONF, PG_IDENT_CONF, POSTGRESQL_CONF, SOCKET_DIR,
+    TLS_CERT, TLS_DIR, TLS_KEY,
 };
 use crate::quantity::parse_quantity;
 
@@ -30,6 +31,12 @@ fn managed_settings() -> Vec<(&'static str, String)> {
         ("wal_log_hints", "on".into()),
         // After a promotion, replicas follow the new primary's timeline.
         ("recovery_target_timeline", "latest".into()),
+        // Every network login is over TLS (`pg_hba_conf`); a renewed certificate is
+        // read on reload, which the agent sends when the mounted files change.
+        ("ssl", "on".into()),
+        ("ssl_cert_file", format!("{TLS_DIR}/{TLS_CERT}")),
+        ("ssl_key_file", format!("{TLS_DIR}/{TLS_KEY}")),
+        ("ssl_min_protocol_version", "TLSv1.2".into()),
     ]
 }
 
@@ -132,13 +139,15 @@ pub fn postgresql_conf(cluster: &Cluster) -> String {
 
 pub fn pg_hba_conf() -> String {
     format!(
-        "# Written by geodb-operator. Every network login uses SCRAM.\n\
+        "# Written by geodb-operator. Every network login uses TLS and SCRAM; a\n\
+         # connection without TLS matches no line and is refused.\n\
          local all all peer\n\
-         host replication {REPLICATION_USER} 0.0.0.0/0 scram-sha-256\n\
-         host replication {REPLICATION_USER} ::/0 scram-sha-256\n\
-         host all {REPLICATION_USER} 0.0.0.0/0 reject\n\
-         host all all 0.0.0.0/0 scram-sha-256\n\
-         host all all ::/0 scram-sha-256\n"
+         hostssl replication {REPLICATION_USER} 0.0.0.0/0 scram-sha-256\n\
+         hostssl replication {REPLICATION_USER} ::/0 scram-sha-256\n\
+         hostssl all {REPLICATION_USER} 0.0.0.0/0 reject\n\
+         hostssl all {REPLICATION_USER} ::/0 reject\n\
+         hostssl all all 0.0.0.0/0 scram-sha-256\n\
+         hostssl all all ::/0 scram-sha-256\n"
     )
 }
 
@@ -279,5 +288,17 @@ mod tests {
         let hba = pg_hba_conf();
         assert!(!hba.contains("trust"));
         assert!(!hba.contains(" md5"));
+    }
+
+    #[test]
+    fn network_logins_need_tls() {
+        let hba = pg_hba_conf();
+        let rules: Vec<&str> = hba.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(rules
+            .iter()
+            .all(|l| l.starts_with("local ") || l.starts_with("hostssl ")));
+        let conf = postgresql_conf(&cluster(json!({"storage": {"size": "1Gi"}})));
+        assert!(conf.contains("ssl = 'on'"));
+        assert!(conf.contains("ssl_key_file = '/etc/geodb/secrets/tls/tls.key'"));
     }
 }

@@ -28,8 +28,8 @@ use crate::names::{
     POSTGRES_PORT,
 };
 use crate::pod_contract::{
-    env as var, Credential, AGENT_PORT, CONFIG_DIR, DATA_DIR, PASSWORD_FILE, PGDATA, POSTGRES_UID,
-    SECRETS_DIR, SHM_DIR, SOCKET_DIR, TMP_DIR,
+    env as var, Credential, AGENT_PORT, CA_CERT, CONFIG_DIR, DATA_DIR, PASSWORD_FILE, PGDATA,
+    POSTGRES_UID, SECRETS_DIR, SHM_DIR, SOCKET_DIR, TLS_CERT, TLS_KEY, TLS_SUBDIR, TMP_DIR,
 };
 
 fn field_env(name: &str, path: &str) -> EnvVar {
@@ -131,6 +131,28 @@ pub(super) fn password_projection(secret: String, role: Credential) -> VolumePro
     }
 }
 
+/// Files of the server-certificate Secret under `TLS_SUBDIR` of the secrets directory
+/// (`keys`: any of its `tls.crt`, `tls.key`, `ca.crt`), readable by the owner and (for
+/// the key, as PostgreSQL allows when root owns it) the pod's group only.
+pub(super) fn tls_projection(cluster: &Cluster, keys: &[&str]) -> VolumeProjection {
+    VolumeProjection {
+        secret: Some(SecretProjection {
+            name: cluster.served_tls_secret(),
+            items: Some(
+                keys.iter()
+                    .map(|key| k8s_openapi::api::core::v1::KeyToPath {
+                        key: (*key).into(),
+                        path: format!("{TLS_SUBDIR}/{key}"),
+                        mode: Some(0o440),
+                    })
+                    .collect(),
+            ),
+            ..SecretProjection::default()
+        }),
+        ..VolumeProjection::default()
+    }
+}
+
 fn secrets_volume(cluster: &Cluster) -> Volume {
     let n = &cluster.names;
     let project = password_projection;
@@ -142,6 +164,7 @@ fn secrets_volume(cluster: &Cluster) -> Volume {
                     project(n.superuser_secret(), Credential::Superuser),
                     project(n.replication_secret(), Credential::Replication),
                     project(n.app_secret(), Credential::App),
+                    tls_projection(cluster, &[TLS_CERT, TLS_KEY, CA_CERT]),
                 ]
                 .into_iter()
                 .chain(super::archive::projections(cluster))

@@ -70,13 +70,33 @@ pub struct Cluster {
     pub tls: Option<Tls>,
 }
 
-/// A cluster's CA and its current server certificate (see `certs`).
+/// A cluster's CA and its current server certificate (see `certs`), and the user's
+/// certificate when the spec names one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tls {
     pub ca: crate::certs::Issued,
     pub server: crate::certs::Issued,
     /// A hash of the names the server certificate holds.
     pub names: String,
+    /// Served instead of `server` (which is still kept, for a way back).
+    pub provided: Option<Provided>,
+}
+
+/// The user's certificate (`spec.tls.serverSecret`): mounted as it is, never copied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Provided {
+    pub secret: String,
+    /// Its `ca.crt`: what clients and the operator trust.
+    pub ca_pem: String,
+}
+
+impl Tls {
+    /// The CA that clients are to trust for the certificate served.
+    pub fn trusted_ca(&self) -> &str {
+        self.provided
+            .as_ref()
+            .map_or(self.ca.cert_pem.as_str(), |p| p.ca_pem.as_str())
+    }
 }
 
 impl Cluster {
@@ -117,6 +137,15 @@ impl Cluster {
 
     pub fn component_meta(&self, name: String, component: &str) -> ObjectMeta {
         self.meta(name, cluster_labels(&self.names.cluster, component))
+    }
+
+    /// The Secret the pods mount their server certificate from: the user's, or the one
+    /// the operator issues.
+    pub fn served_tls_secret(&self) -> String {
+        self.tls
+            .as_ref()
+            .and_then(|t| t.provided.as_ref())
+            .map_or_else(|| self.names.server_tls_secret(), |p| p.secret.clone())
     }
 
     /// In-cluster DNS name of a Service of this cluster.

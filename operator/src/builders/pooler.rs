@@ -20,7 +20,7 @@ use crate::names::{
     cluster_labels, ANNOTATION_CONFIG_HASH, COMPONENT_POOLER, COMPONENT_POOLER_RO, LABEL_CLUSTER,
     LABEL_COMPONENT, POOLER_PORT, POSTGRES_PORT,
 };
-use crate::pod_contract::POSTGRES_UID;
+use crate::pod_contract::{CA_CERT, POSTGRES_UID, TLS_CERT, TLS_KEY};
 
 /// Which Service a pooler sends connections to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +59,7 @@ pub const PGBOUNCER_INI: &str = "pgbouncer.ini";
 pub const USERLIST: &str = "userlist.txt";
 const CONFIG_DIR: &str = "/etc/pgbouncer";
 const AUTH_DIR: &str = "/etc/pgbouncer/auth";
+const TLS_DIR: &str = "/etc/pgbouncer/tls";
 
 pub fn pgbouncer_ini(cluster: &Cluster, access: Access) -> String {
     let pooler = &cluster.spec.pooler;
@@ -82,7 +83,15 @@ pub fn pgbouncer_ini(cluster: &Cluster, access: Access) -> String {
          server_check_query = select 1\n\
          server_login_retry = 1\n\
          log_connections = 0\n\
-         log_disconnections = 0\n",
+         log_disconnections = 0\n\
+         ; TLS both ways: clients must use it, and the server's chain and name are checked.\n\
+         client_tls_sslmode = require\n\
+         client_tls_cert_file = {TLS_DIR}/{TLS_CERT}\n\
+         client_tls_key_file = {TLS_DIR}/{TLS_KEY}\n\
+         client_tls_protocols = secure\n\
+         server_tls_sslmode = verify-full\n\
+         server_tls_ca_file = {TLS_DIR}/{CA_CERT}\n\
+         server_tls_protocols = secure\n",
         mode = pooler.pool_mode.as_str(),
         max_client = pooler.max_client_conn,
         pool = pooler.default_pool_size,
@@ -146,9 +155,12 @@ fn container(cluster: &Cluster) -> Container {
         name: "pgbouncer".into(),
         image: Some(cluster.spec.image().to_owned()),
         image_pull_policy: Some(cluster.spec.image_pull_policy.as_str().to_owned()),
+        // PgBouncer under `geodb pooler`, which reloads it when the certificate is renewed.
         command: Some(vec![
-            "pgbouncer".into(),
-            format!("{CONFIG_DIR}/{PGBOUNCER_INI}"),
+            "geodb".into(),
+            "pooler".into(),
+            format!("--config={CONFIG_DIR}/{PGBOUNCER_INI}"),
+            format!("--watch={TLS_DIR}"),
         ]),
         ports: Some(vec![ContainerPort {
             name: Some("pgbouncer".into()),
@@ -169,6 +181,12 @@ fn container(cluster: &Cluster) -> Container {
             VolumeMount {
                 name: "auth".into(),
                 mount_path: AUTH_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "tls".into(),
+                mount_path: TLS_DIR.into(),
                 read_only: Some(true),
                 ..VolumeMount::default()
             },
@@ -224,6 +242,15 @@ fn pod_spec(cluster: &Cluster, access: Access) -> PodSpec {
                 name: "auth".into(),
                 secret: Some(SecretVolumeSource {
                     secret_name: Some(cluster.names.pooler_auth_secret()),
+                    default_mode: Some(0o400),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "tls".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(cluster.served_tls_secret()),
                     default_mode: Some(0o400),
                     ..SecretVolumeSource::default()
                 }),

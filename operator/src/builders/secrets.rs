@@ -11,10 +11,8 @@ use crate::names::{
     REPLICATION_USER, SUPERUSER,
 };
 
-/// Keys of the TLS Secrets (the usual `kubernetes.io/tls` names, plus the CA's).
-pub const TLS_CERT: &str = "tls.crt";
-pub const TLS_KEY: &str = "tls.key";
-pub const CA_CERT: &str = "ca.crt";
+pub use crate::pod_contract::{CA_CERT, TLS_CERT, TLS_KEY};
+/// The CA's key: only in the CA's Secret, which no pod mounts.
 pub const CA_KEY: &str = "ca.key";
 
 pub const KEY_USERNAME: &str = "username";
@@ -97,19 +95,26 @@ fn connection(cluster: &Cluster, name: String, host: String, port: i32) -> Secre
     let user = &cluster.spec.database.owner;
     let dbname = &cluster.spec.database.name;
     let password = &cluster.credentials.app;
-    // Generated passwords are alphanumeric, so the URI needs no escaping.
-    let uri = format!("postgresql://{user}:{password}@{host}:{port}/{dbname}");
+    // Generated passwords are alphanumeric, so the URI needs no escaping. The servers
+    // refuse connections without TLS; the URI asks for it and works without a CA file,
+    // `sslmode` and `ca.crt` are for clients that verify the server (they should).
+    let uri = format!("postgresql://{user}:{password}@{host}:{port}/{dbname}?sslmode=require");
+    let mut data = BTreeMap::from([
+        ("uri".to_owned(), uri),
+        ("host".to_owned(), host),
+        ("port".to_owned(), port.to_string()),
+        ("user".to_owned(), user.clone()),
+        ("password".to_owned(), password.clone()),
+        ("dbname".to_owned(), dbname.clone()),
+        ("sslmode".to_owned(), "verify-full".to_owned()),
+    ]);
+    if let Some(tls) = &cluster.tls {
+        data.insert(CA_CERT.to_owned(), tls.trusted_ca().to_owned());
+    }
     Secret {
         metadata: cluster.component_meta(name, COMPONENT_DATABASE),
         type_: Some("Opaque".into()),
-        string_data: Some(BTreeMap::from([
-            ("uri".to_owned(), uri),
-            ("host".to_owned(), host),
-            ("port".to_owned(), port.to_string()),
-            ("user".to_owned(), user.clone()),
-            ("password".to_owned(), password.clone()),
-            ("dbname".to_owned(), dbname.clone()),
-        ])),
+        string_data: Some(data),
         ..Secret::default()
     }
 }
@@ -185,8 +190,9 @@ mod tests {
         assert_eq!(rw["host"], "geo-rw.maps.svc");
         assert_eq!(
             rw["uri"],
-            "postgresql://app:app-pw@geo-rw.maps.svc:5432/app"
+            "postgresql://app:app-pw@geo-rw.maps.svc:5432/app?sslmode=require"
         );
+        assert_eq!(rw["sslmode"], "verify-full");
         assert_eq!(data(&secrets[1])["host"], "geo-ro.maps.svc");
         assert_eq!(data(&secrets[2])["port"], "6432");
         assert_eq!(data(&secrets[3])["host"], "geo-pooler-ro.maps.svc");

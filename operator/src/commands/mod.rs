@@ -50,3 +50,20 @@ pub fn instance() -> Result<(), String> {
         }
     })
 }
+
+/// `geodb pooler`: PgBouncer under a supervisor that reloads it on a new certificate.
+pub fn pooler(config: &Path, watch: &[std::path::PathBuf]) -> Result<(), String> {
+    init_tracing("json");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let status = runtime
+        .block_on(geodb::pooler::run(Path::new("pgbouncer"), config, watch))
+        .map_err(|e| format!("running pgbouncer: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("PgBouncer exited: {status}"))
+    }
+}

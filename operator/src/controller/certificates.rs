@@ -10,11 +10,13 @@ use kube::{Api, ResourceExt};
 use super::claims;
 use super::read::Observed;
 use super::Context;
+use crate::api::GeoDatabaseSpec;
 use crate::builders::secrets::{CA_CERT, CA_KEY, TLS_CERT, TLS_KEY};
-use crate::builders::{content_hash, Tls};
+use crate::builders::{content_hash, Cluster, Provided, Tls};
 use crate::certs::{self, Issued};
 use crate::error::{Error, Result};
 use crate::names::{Names, ANNOTATION_TLS_NAMES, ANNOTATION_TLS_NOT_AFTER};
+use crate::postgres::{Login, PgError};
 
 /// Where the cluster is, for the certificate's names.
 pub struct Subject<'a> {
@@ -23,6 +25,44 @@ pub struct Subject<'a> {
     pub names: &'a Names,
     /// Service and instance host names.
     pub hosts: Vec<String>,
+    /// `spec.tls.serverSecret`, and the names (`<host>.<ns>.svc`) it must hold.
+    pub provided: Option<(&'a str, Vec<String>)>,
+}
+
+impl<'a> Subject<'a> {
+    pub fn new(
+        namespace: &'a str,
+        uid: &'a str,
+        names: &'a Names,
+        instances: &[String],
+        spec: &'a GeoDatabaseSpec,
+    ) -> Self {
+        let services = [names.rw_service(), names.ro_service()];
+        let poolers = [names.pooler(), names.pooler_ro()];
+        let hosts: Vec<String> = services
+            .iter()
+            .chain(&poolers)
+            .chain(instances)
+            .cloned()
+            .collect();
+        // A provided certificate needs the names clients and the operator check.
+        let provided = spec.tls.as_ref().map(|tls| {
+            let checked = services
+                .iter()
+                .chain(poolers.iter().filter(|_| spec.pooler.enabled))
+                .chain(instances)
+                .map(|h| format!("{h}.{namespace}.svc"))
+                .collect();
+            (tls.server_secret.as_str(), checked)
+        });
+        Self {
+            namespace,
+            uid,
+            names,
+            hosts,
+            provided,
+        }
+    }
 }
 
 fn text(secret: &Secret, key: &str) -> Option<String> {
@@ -81,12 +121,27 @@ async fn ours(
     }))
 }
 
+/// How the operator logs in to the cluster's instances: the superuser over TLS that
+/// trusts the cluster's CA only.
+pub fn login(cluster: &Cluster) -> std::result::Result<Login, PgError> {
+    let ca = cluster
+        .tls
+        .as_ref()
+        .ok_or_else(|| PgError::Connect("no CA issued yet".into()))?;
+    Login::new(
+        &cluster.namespace,
+        &cluster.credentials.superuser,
+        ca.trusted_ca(),
+    )
+}
+
+/// The cluster's TLS material, and what is wrong with a certificate the user brings.
 pub async fn tls(
     ctx: &Context,
     subject: &Subject<'_>,
     observed: &Observed,
     now: i64,
-) -> Result<Tls> {
+) -> Result<(Tls, Vec<String>)> {
     let cluster = &subject.names.cluster;
     let stored = ours(ctx, subject, observed, &subject.names.ca_secret()).await?;
     let ca = match stored.as_ref().and_then(|s| stored_ca(s, now)) {
@@ -101,11 +156,56 @@ pub async fn tls(
         None => certs::issue_server(&ca, cluster, subject.namespace, &names, now)
             .map_err(Error::Certificate)?,
     };
-    Ok(Tls {
+    let mut problems = Vec::new();
+    let provided = match &subject.provided {
+        Some((secret, required)) => match provided(ctx, subject.namespace, secret, required).await?
+        {
+            Ok(provided) => Some(provided),
+            Err(problem) => {
+                problems.push(format!("tls.serverSecret: the Secret {secret:?} {problem}"));
+                None
+            }
+        },
+        None => None,
+    };
+    let tls = Tls {
         ca,
         server,
         names: names_hash,
-    })
+        provided,
+    };
+    Ok((tls, problems))
+}
+
+/// The user's certificate, if clients that trust its `ca.crt` accept it for every
+/// required name now; else what is wrong with it.
+async fn provided(
+    ctx: &Context,
+    namespace: &str,
+    secret: &str,
+    required: &[String],
+) -> Result<std::result::Result<Provided, String>> {
+    let found = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(secret)
+        .await
+        .map_err(Error::kube("reading the Secret tls.serverSecret names"))?;
+    let Some(found) = found else {
+        return Ok(Err("does not exist in this namespace".into()));
+    };
+    let (Some(cert), Some(ca)) = (text(&found, TLS_CERT), text(&found, CA_CERT)) else {
+        return Ok(Err(format!("needs {TLS_CERT}, {TLS_KEY} and {CA_CERT}")));
+    };
+    // Expired or not yet valid is the renewer's to fix (cert-manager's, say): clients
+    // see it at once, and refusing the spec would only stop failovers too.
+    let now = rustls::pki_types::UnixTime::now();
+    Ok(
+        crate::postgres::tls::check_served(&ca, &cert, required, now, true)
+            .map(|()| Provided {
+                secret: secret.to_owned(),
+                ca_pem: ca,
+            })
+            .map_err(|e| format!("holds a certificate clients would refuse: {e}")),
+    )
 }
 
 #[cfg(test)]

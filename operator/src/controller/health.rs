@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use super::topology::{lag_bytes, lag_seconds, serves_reads};
 use crate::api::GeoDatabase;
 use crate::postgres::probe::{probe, ClusterHealth, Connection};
+use crate::postgres::Login;
 use crate::runtime::metrics::{InstanceLabels, Metrics};
 
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -31,7 +32,8 @@ pub struct Targets {
     pub instances: BTreeMap<String, String>,
     pub primary: String,
     pub max_lag_bytes: i64,
-    pub superuser_password: String,
+    /// `None` until the decide step has the cluster's CA.
+    pub login: Option<Login>,
 }
 
 /// The part of an instance's health a reconcile must react to.
@@ -251,12 +253,11 @@ async fn probe_loop(
         connections.retain(|name, _| current.instances.contains_key(name));
         let probes = current.instances.iter().map(|(name, address)| {
             let kept = connections.remove(name);
-            let (name, address, password) = (
-                name.clone(),
-                address.clone(),
-                current.superuser_password.clone(),
-            );
-            async move { (name, probe(kept, address, password).await) }
+            let (name, address, login) = (name.clone(), address.clone(), current.login.clone());
+            async move {
+                let result = probe(kept, &name, address, login).await;
+                (name, result)
+            }
         });
         let results = join_all(probes).await;
         let now = Instant::now();

@@ -25,7 +25,7 @@
 mod adopt;
 pub mod apply;
 pub mod catalog;
-mod certificates;
+pub(crate) mod certificates;
 pub mod claims;
 mod credentials;
 mod events;

@@ -30,7 +30,7 @@ pub struct Observed {
     /// it says.
     pub parked: BTreeMap<String, String>,
     /// The keys of the user's Secrets that `spec.backup` names.
-    pub backup_secrets: SecretKeys,
+    pub named_secrets: SecretKeys,
 }
 
 /// The cluster's objects, from the watch caches.
@@ -54,19 +54,19 @@ pub async fn observe(ctx: &Context, db: &GeoDatabase) -> Result<Observed> {
     };
     let related = ctx.caches.related(&namespace, &cluster);
     let parked = parked(ctx, db, &namespace, &related.pods).await?;
-    let backup_secrets = backup_secrets(ctx, db, &namespace).await?;
+    let named_secrets = named_secrets(ctx, db, &namespace).await?;
     Ok(Observed {
         owned: ctx.caches.owned(&namespace, &cluster, &uid),
         related,
         storage_class_exists,
         parked,
-        backup_secrets,
+        named_secrets,
     })
 }
 
-/// The key names (never the values) of the Secrets `spec.backup` and
-/// `spec.bootstrap.recovery` name.
-async fn backup_secrets(ctx: &Context, db: &GeoDatabase, namespace: &str) -> Result<SecretKeys> {
+/// The key names (never the values) of the Secrets `spec.backup`,
+/// `spec.bootstrap.recovery` and `spec.tls` name.
+async fn named_secrets(ctx: &Context, db: &GeoDatabase, namespace: &str) -> Result<SecretKeys> {
     let names: BTreeSet<&String> = db
         .spec
         .object_stores()
@@ -75,6 +75,7 @@ async fn backup_secrets(ctx: &Context, db: &GeoDatabase, namespace: &str) -> Res
             std::iter::once(&store.credentials.secret_name)
                 .chain(store.ca.as_ref().map(|ca| &ca.secret_name))
         })
+        .chain(db.spec.tls.as_ref().map(|t| &t.server_secret))
         .collect();
     let api = Api::<Secret>::namespaced(ctx.client.clone(), namespace);
     let mut keys = SecretKeys::new();
@@ -82,7 +83,7 @@ async fn backup_secrets(ctx: &Context, db: &GeoDatabase, namespace: &str) -> Res
         let secret = api
             .get_opt(name)
             .await
-            .map_err(Error::kube("reading a Secret that an object store names"))?;
+            .map_err(Error::kube("reading a Secret that the spec names"))?;
         let found = secret.map(|s| {
             s.data
                 .unwrap_or_default()

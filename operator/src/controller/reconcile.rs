@@ -175,6 +175,8 @@ struct Decided {
     cluster: Cluster,
     generated: bool,
     choosing: Option<String>,
+    /// What keeps the spec from being applied that only the decisions reveal.
+    problems: Vec<String>,
 }
 
 async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<Decided> {
@@ -214,21 +216,9 @@ async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<
         &observed.instance_names(),
         chosen.as_deref(),
     );
-    let mut hosts = vec![
-        names.rw_service(),
-        names.ro_service(),
-        names.pooler(),
-        names.pooler_ro(),
-    ];
-    hosts.extend(instances.iter().cloned());
-    let subject = certificates::Subject {
-        namespace: &namespace,
-        uid: &uid,
-        names: &names,
-        hosts,
-    };
+    let subject = certificates::Subject::new(&namespace, &uid, &names, &instances, &db.spec);
     let now_unix = k8s_openapi::jiff::Timestamp::now().as_second();
-    let tls = certificates::tls(ctx, &subject, observed, now_unix).await?;
+    let (tls, problems) = certificates::tls(ctx, &subject, observed, now_unix).await?;
     let mut cluster =
         Cluster::new(db, instances, primary, credentials).ok_or(Error::MissingObjectKey)?;
     cluster.tls = Some(tls);
@@ -243,6 +233,7 @@ async fn decide(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Result<
         cluster,
         generated,
         choosing,
+        problems,
     })
 }
 
@@ -254,10 +245,8 @@ async fn problems(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Vec<S
         &db.spec,
         &ctx.installation.allowed_images,
     ));
-    problems.extend(validate::validate_backup(
-        &db.spec,
-        &observed.backup_secrets,
-    ));
+    problems.extend(validate::validate_backup(&db.spec, &observed.named_secrets));
+    problems.extend(validate::validate_tls(&db.spec, &observed.named_secrets));
     problems.extend(validate::validate_recovery(
         &db.spec,
         &db.namespace().unwrap_or_default(),
@@ -307,7 +296,7 @@ fn probe_targets(cluster: &Cluster, observed: &Observed, db: &GeoDatabase) -> Ta
             &cluster.primary,
         ),
         max_lag_bytes: cluster.spec.replication.max_lag_bytes,
-        superuser_password: cluster.credentials.superuser.clone(),
+        login: certificates::login(cluster).ok(),
     }
 }
 
@@ -373,6 +362,28 @@ async fn claim_names(
     Ok(None)
 }
 
+/// What stops a reconcile before anything is applied once the decisions are made: a
+/// problem only they reveal, a name someone else holds, volumes still choosing.
+async fn held(
+    ctx: &Context,
+    db: &GeoDatabase,
+    decided: &Decided,
+    observed: &Observed,
+) -> Result<Option<Action>> {
+    if !decided.problems.is_empty() {
+        return refuse(ctx, db, &decided.problems).await.map(Some);
+    }
+    if let Some(action) = claim_names(ctx, db, &decided.cluster, observed).await? {
+        return Ok(Some(action));
+    }
+    if let Some(why) = &decided.choosing {
+        return wait_for_volumes(ctx, db, &decided.cluster, observed, why)
+            .await
+            .map(Some);
+    }
+    Ok(None)
+}
+
 /// read -> validate -> decide -> build -> apply -> status
 async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     let observed = read::observe(ctx, db).await?;
@@ -381,11 +392,8 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         return refuse(ctx, db, &problems).await;
     }
     let decided = decide(ctx, db, &observed).await?;
-    if let Some(action) = claim_names(ctx, db, &decided.cluster, &observed).await? {
+    if let Some(action) = held(ctx, db, &decided, &observed).await? {
         return Ok(action);
-    }
-    if let Some(why) = &decided.choosing {
-        return wait_for_volumes(ctx, db, &decided.cluster, &observed, why).await;
     }
     let (mut cluster, generated) = (decided.cluster, decided.generated);
     let key = ObjectRef::from_obj(db);

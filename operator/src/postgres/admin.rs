@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use super::connect::{bounded, connect, PgError};
+use super::connect::{bounded, connect, Login, PgError};
 
 /// What `pg_promote` may take before the operator gives up on this attempt.
 const PROMOTE_WAIT: Duration = Duration::from_secs(35);
 
-/// `pg_promote` on the instance at `address`; one no longer in recovery counts as done.
-pub async fn promote(address: &str, password: &str) -> Result<(), PgError> {
-    let client = connect(address, password).await?;
+/// `pg_promote` on `instance` at `address`; one no longer in recovery counts as done.
+pub async fn promote(instance: &str, address: &str, login: &Login) -> Result<(), PgError> {
+    let client = connect(instance, address, login).await?;
     match bounded(
         "pg_promote",
         PROMOTE_WAIT,
@@ -34,12 +34,12 @@ pub fn slot_changes<'a>(
     (create, drop)
 }
 
-/// Create the wanted physical replication slots on the primary at `address` and drop
-/// the others. An active slot belongs to a replica still streaming and is left for a
-/// later pass. Returns what changed.
+/// Create the wanted physical replication slots on the primary (`instance` at
+/// `address`) and drop the others. An active slot belongs to a replica still streaming
+/// and is left for a later pass. Returns what changed.
 pub async fn converge_slots(
-    address: &str,
-    password: &str,
+    (instance, address): (&str, &str),
+    login: &Login,
     wanted: &[String],
     existing: &[String],
 ) -> Result<Vec<String>, PgError> {
@@ -47,7 +47,7 @@ pub async fn converge_slots(
     if create.is_empty() && drop.is_empty() {
         return Ok(Vec::new());
     }
-    let client = connect(address, password).await?;
+    let client = connect(instance, address, login).await?;
     let mut changed = Vec::new();
     for slot in create {
         // A slot invalidated for holding too much WAL is dropped and made again; its

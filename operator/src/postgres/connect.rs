@@ -1,9 +1,12 @@
 //! Connections to one instance, each connect and query bounded by [`TIMEOUT`].
 
+use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{NoTls, Socket};
 use tracing::debug;
 
 use crate::names::{POSTGRES_PORT, SUPERUSER};
@@ -54,8 +57,12 @@ fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
-async fn open(config: tokio_postgres::Config) -> Result<tokio_postgres::Client, PgError> {
-    match tokio::time::timeout(TIMEOUT, config.connect(NoTls)).await {
+async fn open<T>(config: tokio_postgres::Config, tls: T) -> Result<tokio_postgres::Client, PgError>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    match tokio::time::timeout(TIMEOUT, config.connect(tls)).await {
         Ok(Ok((client, connection))) => {
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
@@ -69,21 +76,70 @@ async fn open(config: tokio_postgres::Config) -> Result<tokio_postgres::Client, 
     }
 }
 
-/// A superuser connection to one instance over the pod network.
-pub async fn connect(address: &str, password: &str) -> Result<tokio_postgres::Client, PgError> {
+/// How the operator logs in to the instances of one GeoDatabase: as the superuser, over
+/// TLS that trusts that GeoDatabase's CA only.
+#[derive(Clone)]
+pub struct Login {
+    pub namespace: String,
+    password: String,
+    ca_pem: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Login {
+    pub fn new(namespace: &str, password: &str, ca_pem: &str) -> Result<Self, PgError> {
+        Ok(Self {
+            namespace: namespace.to_owned(),
+            password: password.to_owned(),
+            ca_pem: ca_pem.to_owned(),
+            tls: super::tls::client_config(ca_pem).map_err(PgError::Connect)?,
+        })
+    }
+
+    /// The name an instance's certificate holds: its headless Service's.
+    pub fn server_name(&self, instance: &str) -> String {
+        format!("{instance}.{}.svc", self.namespace)
+    }
+}
+
+impl PartialEq for Login {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.namespace, &self.password, &self.ca_pem)
+            == (&other.namespace, &other.password, &other.ca_pem)
+    }
+}
+
+impl std::fmt::Debug for Login {
+    // The password never reaches logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Login {{ namespace: {:?}, .. }}", self.namespace)
+    }
+}
+
+/// A superuser connection to `instance` at `address` (its pod IP) over the pod network,
+/// verifying that the server holds a certificate for the instance's name.
+pub async fn connect(
+    instance: &str,
+    address: &str,
+    login: &Login,
+) -> Result<tokio_postgres::Client, PgError> {
     if address.is_empty() {
         return Err(PgError::NoAddress);
     }
     let mut config = tokio_postgres::Config::new();
+    match address.parse::<IpAddr>() {
+        Ok(ip) => config.host(login.server_name(instance)).hostaddr(ip),
+        Err(_) => config.host(address),
+    };
     config
-        .host(address)
         .port(POSTGRES_PORT as u16)
         .user(SUPERUSER)
-        .password(password)
+        .password(&login.password)
         .dbname("postgres")
         .application_name("geodb-operator")
+        .ssl_mode(tokio_postgres::config::SslMode::Require)
         .connect_timeout(TIMEOUT);
-    open(config).await
+    open(config, super::tls::VerifyFull(login.tls.clone())).await
 }
 
 /// A superuser connection over the local socket in `dir` (peer authentication: the
@@ -96,7 +152,7 @@ pub async fn connect_socket(dir: &Path) -> Result<tokio_postgres::Client, PgErro
         .user(SUPERUSER)
         .dbname("postgres")
         .application_name("geodb-instance");
-    open(config).await
+    open(config, NoTls).await
 }
 
 /// Run `query` on `client` within [`TIMEOUT`] (or `bound`).

@@ -8,5 +8,6 @@ pub mod lsn;
 pub mod probe;
 pub mod programs;
 pub mod sql;
+pub mod tls;
 
-pub use connect::{connect, connect_socket, PgError, TIMEOUT};
+pub use connect::{connect, connect_socket, Login, PgError, TIMEOUT};

@@ -1,7 +1,7 @@
 //! The health probe: one query that tells an instance's role, timeline, WAL positions,
 //! replay state and replication slots.
 
-use super::connect::{bounded, connect, PgError, TIMEOUT};
+use super::connect::{bounded, connect, Login, PgError, TIMEOUT};
 use super::lsn;
 use crate::pod_contract::{ARCHIVE_ERROR_FILE, DATA_DIR, KEPT_DATA_PREFIX};
 
@@ -136,12 +136,16 @@ pub type Connection = (String, tokio_postgres::Client);
 /// is handed back for the next probe unless the query failed.
 pub async fn probe(
     kept: Option<Connection>,
+    instance: &str,
     address: String,
-    password: String,
+    login: Option<Login>,
 ) -> (Option<Connection>, Result<Sample, PgError>) {
-    let client = match kept {
-        Some((kept_address, client)) if kept_address == address && !client.is_closed() => client,
-        _ => match connect(&address, &password).await {
+    let client = match (kept, login) {
+        (Some((kept_address, client)), _) if kept_address == address && !client.is_closed() => {
+            client
+        }
+        (_, None) => return (None, Err(PgError::Connect("no CA issued yet".into()))),
+        (_, Some(login)) => match connect(instance, &address, &login).await {
             Ok(client) => client,
             Err(error) => return (None, Err(error)),
         },

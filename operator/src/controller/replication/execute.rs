@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::postgres::admin::promote;
 use crate::postgres::lsn;
 use crate::postgres::probe::ClusterHealth;
+use crate::postgres::Login;
 use crate::runtime::metrics::TransitionLabels;
 
 fn state(active: bool, reason: Reason, message: String) -> Option<TransitionState> {
@@ -31,7 +32,7 @@ pub async fn execute(
     db: &mut GeoDatabase,
     plan: &Plan,
     health: &ClusterHealth,
-    superuser_password: &str,
+    login: &Login,
 ) -> Result<Option<TransitionState>> {
     match plan {
         Plan::Steady => Ok(None),
@@ -63,7 +64,7 @@ pub async fn execute(
         }
         Plan::Begin(transition) => begin(ctx, db, transition).await,
         Plan::Promote { to } => {
-            promote(health.address(to), superuser_password)
+            promote(to, health.address(to), login)
                 .await
                 .map_err(|source| Error::Postgres {
                     instance: to.clone(),

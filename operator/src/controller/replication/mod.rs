@@ -14,7 +14,7 @@ use super::status::conditions::TransitionState;
 use super::Context;
 use crate::api::GeoDatabase;
 use crate::builders::Cluster;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::postgres::probe::ClusterHealth;
 pub use lease::Seen as LeaseSeen;
 use plan::{Plan, PodState, View};
@@ -79,7 +79,11 @@ pub async fn step(
         lease: lease.as_ref(),
         now: Instant::now(),
     });
-    let transition =
-        execute::execute(ctx, db, &plan, health, &cluster.credentials.superuser).await?;
+    let login = super::certificates::login(cluster).map_err(|source| Error::Postgres {
+        instance: cluster.primary.clone(),
+        action: "trusting the cluster's CA",
+        source,
+    })?;
+    let transition = execute::execute(ctx, db, &plan, health, &login).await?;
     Ok((plan, transition))
 }

@@ -4,7 +4,7 @@ use tracing::{info, warn};
 
 use crate::api::GeoDatabase;
 use crate::builders::Cluster;
-use crate::controller::Context;
+use crate::controller::{certificates, Context};
 use crate::names::Names;
 use crate::postgres::admin;
 use crate::postgres::probe::{ClusterHealth, Sample};
@@ -30,8 +30,11 @@ pub async fn converge_slots(
         .filter(|i| **i != current)
         .map(|i| Names::slot(i))
         .collect();
-    let password = &cluster.credentials.superuser;
-    match admin::converge_slots(health.address(&current), password, &wanted, &sample.slots).await {
+    let Ok(login) = certificates::login(cluster) else {
+        return;
+    };
+    let primary = (current.as_str(), health.address(&current));
+    match admin::converge_slots(primary, &login, &wanted, &sample.slots).await {
         Ok(changed) if !changed.is_empty() => {
             info!(primary = %current, ?changed, "replication slots");
             ctx.metrics.record_action("replication_slots");

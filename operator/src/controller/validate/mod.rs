@@ -7,6 +7,7 @@ mod parameters;
 mod resources;
 
 use crate::api::GeoDatabaseSpec;
+use crate::pod_contract::{CA_CERT, TLS_CERT, TLS_KEY};
 use crate::quantity::{parse_pg_memory, parse_quantity};
 
 /// Connections PostgreSQL keeps for superusers and replication, beyond the pooler's.
@@ -69,7 +70,7 @@ pub fn validate(spec: &GeoDatabaseSpec, storage_class_exists: Option<bool>) -> V
     problems
 }
 
-/// The keys of the Secrets `spec.backup` names, as read (`None`: no such Secret).
+/// The keys of the Secrets the spec names, as read (`None`: no such Secret).
 pub type SecretKeys = std::collections::BTreeMap<String, Option<Vec<String>>>;
 
 /// The Secrets that `spec.backup` names exist and hold the keys it names: a pod that
@@ -109,6 +110,27 @@ pub fn validate_backup(spec: &GeoDatabaseSpec, secrets: &SecretKeys) -> Vec<Stri
     problems
 }
 
+/// The Secret `spec.tls.serverSecret` names exists with the keys PostgreSQL and
+/// PgBouncer read (what it holds is checked once the instances' names are known).
+pub fn validate_tls(spec: &GeoDatabaseSpec, secrets: &SecretKeys) -> Vec<String> {
+    let Some(tls) = &spec.tls else {
+        return Vec::new();
+    };
+    let secret = &tls.server_secret;
+    match secrets.get(secret.as_str()) {
+        Some(Some(keys)) => [TLS_CERT, TLS_KEY, CA_CERT]
+            .into_iter()
+            .filter(|wanted| !keys.iter().any(|k| k == wanted))
+            .map(|missing| {
+                format!("tls.serverSecret: the Secret {secret:?} has no key {missing:?}")
+            })
+            .collect(),
+        _ => vec![format!(
+            "tls.serverSecret: the Secret {secret:?} does not exist in this namespace"
+        )],
+    }
+}
+
 /// A restored cluster archives on its own: never into the archive it restores from,
 /// whose history would fork.
 pub fn validate_recovery(spec: &GeoDatabaseSpec, namespace: &str, name: &str) -> Vec<String> {
@@ -137,6 +159,31 @@ pub fn validate_recovery(spec: &GeoDatabaseSpec, namespace: &str, name: &str) ->
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_named_certificate_secret_must_hold_its_three_keys() {
+        let s: GeoDatabaseSpec = serde_json::from_value(serde_json::json!({
+            "storage": {"size": "1Gi"}, "tls": {"serverSecret": "geo-cert"}}))
+        .unwrap();
+        let mut secrets = SecretKeys::new();
+        assert_eq!(
+            validate_tls(&s, &secrets),
+            ["tls.serverSecret: the Secret \"geo-cert\" does not exist in this namespace"]
+        );
+        secrets.insert(
+            "geo-cert".into(),
+            Some(vec!["tls.crt".into(), "tls.key".into()]),
+        );
+        assert_eq!(
+            validate_tls(&s, &secrets),
+            ["tls.serverSecret: the Secret \"geo-cert\" has no key \"ca.crt\""]
+        );
+        secrets.insert(
+            "geo-cert".into(),
+            Some(vec!["tls.crt".into(), "tls.key".into(), "ca.crt".into()]),
+        );
+        assert!(validate_tls(&s, &secrets).is_empty());
+    }
 
     #[test]
     fn backup_secrets_must_exist_with_their_keys() {
