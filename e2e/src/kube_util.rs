@@ -266,3 +266,31 @@ where
     let _ = namespaces.delete(namespace, &Default::default()).await;
     true
 }
+
+/// Name, uid and the containers' restarts of each pod matching `selector`, by name:
+/// equal before and after means no pod was replaced or restarted.
+pub async fn incarnations(client: &Client, ns: &str, selector: &str) -> Vec<(String, String, i32)> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let mut out: Vec<_> = pods
+        .iter()
+        .map(|p| {
+            let restarts = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map(|c| c.iter().map(|c| c.restart_count).sum())
+                .unwrap_or_default();
+            (
+                kube::ResourceExt::name_any(p),
+                p.metadata.uid.clone().unwrap_or_default(),
+                restarts,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}

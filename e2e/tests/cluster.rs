@@ -13,6 +13,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
+#[path = "cluster/pooler.rs"]
+mod pooler;
 #[path = "cluster/tls.rs"]
 mod tls;
 
@@ -270,31 +272,12 @@ async fn scenario_reload_and_restart(client: &Client, ns: &str) {
 
 /// Each instance pod's uid and its containers' restarts, by pod name.
 async fn incarnations(client: &Client, ns: &str) -> Vec<(String, String, i32)> {
-    let pods = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(
-            &ListParams::default()
-                .labels("geodb.io/cluster=geo,app.kubernetes.io/component=database"),
-        )
-        .await
-        .unwrap();
-    let mut out: Vec<_> = pods
-        .iter()
-        .map(|p| {
-            let restarts = p
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref())
-                .map(|c| c.iter().map(|c| c.restart_count).sum())
-                .unwrap_or_default();
-            (
-                p.name_any(),
-                p.metadata.uid.clone().unwrap_or_default(),
-                restarts,
-            )
-        })
-        .collect();
-    out.sort();
-    out
+    geodb_e2e::kube_util::incarnations(
+        client,
+        ns,
+        "geodb.io/cluster=geo,app.kubernetes.io/component=database",
+    )
+    .await
 }
 
 /// `helm upgrade` of the operator's release (a change that rolls the operator's pods)
@@ -436,6 +419,7 @@ async fn cluster_suite() {
         scenario_postgis_cluster(&client, &ns).await;
         tls::scenario_tls(&client, &ns).await;
         tls::scenario_provided_tls(&client, &ns).await;
+        pooler::scenario_pooler_reload(&client, &ns).await;
         scenario_archiving(&client, &ns).await;
         scenario_reload_and_restart(&client, &ns).await;
         scenario_chart_upgrade(&client, &ns).await;

@@ -19,27 +19,13 @@ use kube::{Api, Client, ResourceExt};
 const RENEWAL_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// Name, uid and container restarts of each pooler pod of `geo` (both poolers).
-async fn pooler_pods(client: &Client, ns: &str) -> Vec<(String, String, i32)> {
-    let mut found: Vec<_> = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(
-            &ListParams::default()
-                .labels("geodb.io/cluster=geo,app.kubernetes.io/component in (pooler,pooler-ro)"),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| {
-            let restarts = p
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref())
-                .map(|c| c.iter().map(|c| c.restart_count).sum())
-                .unwrap_or_default();
-            (p.name_any(), p.uid().unwrap_or_default(), restarts)
-        })
-        .collect();
-    found.sort();
-    found
+pub async fn pooler_pods(client: &Client, ns: &str) -> Vec<(String, String, i32)> {
+    geodb_e2e::kube_util::incarnations(
+        client,
+        ns,
+        "geodb.io/cluster=geo,app.kubernetes.io/component in (pooler,pooler-ro)",
+    )
+    .await
 }
 
 /// The pod IPs of the instances of `geo`.

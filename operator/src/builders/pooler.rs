@@ -1,26 +1,29 @@
 //! PgBouncer: two poolers, each with its ConfigMap (`pgbouncer.ini`), Deployment and
-//! Service, sharing one auth Secret (`userlist.txt`). `<name>-pooler` sends every database
+//! Service, sharing one auth Secret (`userlist.txt`). `geodb pooler` runs PgBouncer and
+//! reloads it when these change. `<name>-pooler` sends every database
 //! to the read-write Service, `<name>-pooler-ro` to the read-only one.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, PodSpec, PodTemplateSpec, Probe,
-    Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
-    VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    HTTPGetAction, PodSpec, PodTemplateSpec, Probe, Secret, SecretVolumeSource, Service,
+    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::instance::{restricted_container_security, restricted_pod_security};
 use super::spread;
-use super::{content_hash, Cluster};
+use super::Cluster;
 use crate::names::{
-    cluster_labels, ANNOTATION_CONFIG_HASH, COMPONENT_POOLER, COMPONENT_POOLER_RO, LABEL_CLUSTER,
-    LABEL_COMPONENT, POOLER_PORT, POSTGRES_PORT,
+    cluster_labels, COMPONENT_POOLER, COMPONENT_POOLER_RO, LABEL_CLUSTER, LABEL_COMPONENT,
+    POOLER_PORT, POSTGRES_PORT,
 };
 use crate::pod_contract::{CA_CERT, POSTGRES_UID, TLS_CERT, TLS_KEY};
+use crate::pooler::console::{ADMIN_USER, CONTROL_PORT, READY_PATH, SOCKET_DIR};
 
 /// Which Service a pooler sends connections to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +60,7 @@ impl Access {
 
 pub const PGBOUNCER_INI: &str = "pgbouncer.ini";
 pub const USERLIST: &str = "userlist.txt";
+pub const PGBOUNCER_HBA: &str = "pgbouncer_hba.conf";
 const CONFIG_DIR: &str = "/etc/pgbouncer";
 const AUTH_DIR: &str = "/etc/pgbouncer/auth";
 const TLS_DIR: &str = "/etc/pgbouncer/tls";
@@ -72,9 +76,13 @@ pub fn pgbouncer_ini(cluster: &Cluster, access: Access) -> String {
          [pgbouncer]\n\
          listen_addr = 0.0.0.0\n\
          listen_port = {POOLER_PORT}\n\
-         unix_socket_dir =\n\
-         auth_type = scram-sha-256\n\
+         unix_socket_dir = {SOCKET_DIR}\n\
+         ; SCRAM over TLS for clients; the console only on the Unix socket, as the pod's\n\
+         ; OS user (geodb pooler), never over TCP.\n\
+         auth_type = hba\n\
+         auth_hba_file = {CONFIG_DIR}/{PGBOUNCER_HBA}\n\
          auth_file = {AUTH_DIR}/{USERLIST}\n\
+         admin_users = {ADMIN_USER}\n\
          pool_mode = {mode}\n\
          max_client_conn = {max_client}\n\
          default_pool_size = {pool}\n\
@@ -98,11 +106,25 @@ pub fn pgbouncer_ini(cluster: &Cluster, access: Access) -> String {
     )
 }
 
-/// PgBouncer authenticates clients and servers with SCRAM from the plain password.
+/// PgBouncer authenticates clients and servers with SCRAM from the plain password. The
+/// console's user is listed (PgBouncer knows only listed users) without a password:
+/// `pgbouncer_hba.conf` admits it by `peer` on the socket and rejects it over TCP.
 pub fn userlist(cluster: &Cluster) -> String {
     format!(
-        "\"{}\" \"{}\"\n",
+        "\"{}\" \"{}\"\n\"{ADMIN_USER}\" \"\"\n",
         cluster.spec.database.owner, cluster.credentials.app
+    )
+}
+
+/// Who may log in how: the console's user by `peer` on the Unix socket only; everyone
+/// else with SCRAM over TLS.
+pub fn pgbouncer_hba() -> String {
+    format!(
+        "local pgbouncer {ADMIN_USER} peer\n\
+         host all {ADMIN_USER} 0.0.0.0/0 reject\n\
+         host all {ADMIN_USER} ::/0 reject\n\
+         hostssl all all 0.0.0.0/0 scram-sha-256\n\
+         hostssl all all ::/0 scram-sha-256\n"
     )
 }
 
@@ -121,10 +143,10 @@ pub fn selector(cluster: &Cluster, access: Access) -> BTreeMap<String, String> {
 pub fn config_map(cluster: &Cluster, access: Access) -> ConfigMap {
     ConfigMap {
         metadata: cluster.component_meta(access.name(cluster), access.component()),
-        data: Some(BTreeMap::from([(
-            PGBOUNCER_INI.to_owned(),
-            pgbouncer_ini(cluster, access),
-        )])),
+        data: Some(BTreeMap::from([
+            (PGBOUNCER_INI.to_owned(), pgbouncer_ini(cluster, access)),
+            (PGBOUNCER_HBA.to_owned(), pgbouncer_hba()),
+        ])),
         ..ConfigMap::default()
     }
 }
@@ -160,15 +182,35 @@ fn container(cluster: &Cluster) -> Container {
             "geodb".into(),
             "pooler".into(),
             format!("--config={CONFIG_DIR}/{PGBOUNCER_INI}"),
+            format!("--watch={CONFIG_DIR}"),
+            format!("--watch={AUTH_DIR}"),
             format!("--watch={TLS_DIR}"),
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("pgbouncer".into()),
-            container_port: POOLER_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        readiness_probe: Some(tcp_probe(5)),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("pgbouncer".into()),
+                container_port: POOLER_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("control".into()),
+                container_port: CONTROL_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
+        // Ready when PgBouncer itself answers (its console, through `geodb pooler`).
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(READY_PATH.into()),
+                port: IntOrString::Int(CONTROL_PORT),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(5),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
         liveness_probe: Some(tcp_probe(10)),
         security_context: Some(restricted_container_security()),
         volume_mounts: Some(vec![
@@ -185,6 +227,11 @@ fn container(cluster: &Cluster) -> Container {
                 ..VolumeMount::default()
             },
             VolumeMount {
+                name: "run".into(),
+                mount_path: SOCKET_DIR.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
                 name: "tls".into(),
                 mount_path: TLS_DIR.into(),
                 read_only: Some(true),
@@ -196,10 +243,6 @@ fn container(cluster: &Cluster) -> Container {
 }
 
 pub fn deployment(cluster: &Cluster, access: Access) -> Deployment {
-    let hash = content_hash(&[
-        pgbouncer_ini(cluster, access).as_bytes(),
-        userlist(cluster).as_bytes(),
-    ]);
     Deployment {
         metadata: cluster.component_meta(access.name(cluster), access.component()),
         spec: Some(DeploymentSpec {
@@ -210,9 +253,10 @@ pub fn deployment(cluster: &Cluster, access: Access) -> Deployment {
             },
             strategy: spread::pooler_strategy(&cluster.spec.scheduling),
             template: PodTemplateSpec {
+                // No hash of the configuration: `geodb pooler` reloads PgBouncer when
+                // the kubelet updates it, so a change drops no client.
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(cluster, access)),
-                    annotations: Some(BTreeMap::from([(ANNOTATION_CONFIG_HASH.to_owned(), hash)])),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(pod_spec(cluster, access)),
@@ -244,6 +288,14 @@ fn pod_spec(cluster: &Cluster, access: Access) -> PodSpec {
                     secret_name: Some(cluster.names.pooler_auth_secret()),
                     default_mode: Some(0o400),
                     ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "run".into(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    medium: Some("Memory".into()),
+                    size_limit: Some(Quantity("1Mi".into())),
                 }),
                 ..Volume::default()
             },
@@ -284,7 +336,7 @@ pub fn service(cluster: &Cluster, access: Access) -> Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::{cluster, template_hash};
+    use crate::builders::fixtures::cluster;
     use serde_json::json;
 
     #[test]
@@ -297,23 +349,41 @@ mod tests {
         assert!(ini.contains("pool_mode = session"));
         assert!(ini.contains("max_client_conn = 500"));
         assert!(ini.contains("default_pool_size = 30"));
-        assert!(ini.contains("auth_type = scram-sha-256"));
+        assert!(ini.contains("auth_type = hba"));
+        assert!(ini.contains("admin_users = postgres"));
+    }
+
+    #[test]
+    fn the_console_user_logs_in_by_peer_on_the_socket_only() {
+        let hba = pgbouncer_hba();
+        let rules: Vec<&str> = hba.lines().collect();
+        assert_eq!(rules[0], "local pgbouncer postgres peer");
+        // Rejected over TCP before the SCRAM lines could admit it.
+        assert!(rules[1..3]
+            .iter()
+            .all(|r| r.starts_with("host all postgres") && r.ends_with("reject")));
+        assert!(rules[3..]
+            .iter()
+            .all(|r| r.starts_with("hostssl all all") && r.ends_with("scram-sha-256")));
     }
 
     #[test]
     fn default_mode_is_transaction() {
         let c = cluster(json!({"storage": {"size": "1Gi"}}));
         assert!(pgbouncer_ini(&c, Access::ReadWrite).contains("pool_mode = transaction"));
-        assert_eq!(userlist(&c), "\"app\" \"app-pw\"\n");
+        assert_eq!(userlist(&c), "\"app\" \"app-pw\"\n\"postgres\" \"\"\n");
     }
 
     #[test]
-    fn deployment_rolls_on_config_change() {
+    fn a_config_change_is_reloaded_not_rolled() {
         let a = cluster(json!({"storage": {"size": "1Gi"}}));
         let b = cluster(json!({"storage": {"size": "1Gi"}, "pooler": {"defaultPoolSize": 5}}));
-        let hash =
-            |c: &Cluster| template_hash(&deployment(c, Access::ReadWrite).spec.unwrap().template);
-        assert_ne!(hash(&a), hash(&b));
+        let template = |c: &Cluster| deployment(c, Access::ReadWrite).spec.unwrap().template;
+        assert_eq!(template(&a), template(&b));
+        assert_ne!(
+            config_map(&a, Access::ReadWrite),
+            config_map(&b, Access::ReadWrite)
+        );
         assert_eq!(
             deployment(&a, Access::ReadWrite).spec.unwrap().replicas,
             Some(1)

@@ -58,8 +58,18 @@ pub fn pooler(config: &Path, watch: &[std::path::PathBuf]) -> Result<(), String>
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    let port = u16::try_from(geodb::names::POOLER_PORT).map_err(|e| e.to_string())?;
     let status = runtime
-        .block_on(geodb::pooler::run(Path::new("pgbouncer"), config, watch))
+        .block_on(async {
+            // The control endpoint lives as long as PgBouncer; it failing to bind is
+            // logged, not fatal: PgBouncer serves clients without it.
+            tokio::spawn(async move {
+                if let Err(e) = geodb::pooler::console::serve(port).await {
+                    tracing::error!(error = %e, "the control endpoint stopped");
+                }
+            });
+            geodb::pooler::run(Path::new("pgbouncer"), config, watch).await
+        })
         .map_err(|e| format!("running pgbouncer: {e}"))?;
     if status.success() {
         Ok(())

@@ -14,12 +14,13 @@ use crate::error::{Error, Result};
 use crate::names::{Names, LABEL_ROLE, LABEL_SERVING_READS};
 
 impl Applier<'_> {
-    /// Set the role and serving-reads labels the Services select on.
+    /// Set the role and serving-reads labels the Services select on; whether any moved.
     pub async fn label_roles(
         &self,
         roles: &BTreeMap<String, InstanceRole>,
         pods: &[Pod],
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let mut moved = false;
         for (instance, wanted) in roles {
             let Some(pod) = pods.iter().find(|p| p.name_any() == Names::pod(instance)) else {
                 continue;
@@ -48,7 +49,8 @@ impl Applier<'_> {
                 format!("{} as primary", pod.name_any())
             };
             self.record(|c| c.relabelled.push(note));
+            moved = true;
         }
-        Ok(())
+        Ok(moved)
     }
 }

@@ -1,9 +1,11 @@
 //! Apply step: everything `builders::build` produced, in two waves (the StatefulSets
 //! last, once what their pods mount and are reached through exists), then pruning of
-//! what is no longer wanted, volume growth, and the role labels of the pods.
+//! what is no longer wanted, volume growth, and the role labels of the pods (the
+//! poolers reconnect when they move).
 
 mod applier;
 mod labels;
+mod poolers;
 mod volumes;
 
 use std::collections::BTreeMap;
@@ -138,5 +140,8 @@ pub async fn apply(
     applier
         .grow_volumes(cluster, &observed.related.pvcs)
         .await?;
-    applier.label_roles(roles, &observed.related.pods).await
+    if applier.label_roles(roles, &observed.related.pods).await? {
+        poolers::reconnect(&observed.related.pods).await;
+    }
+    Ok(())
 }

@@ -2,7 +2,9 @@
 //! signal on unchanged (SIGTERM: immediate, SIGINT: after the clients' transactions),
 //! and reloads PgBouncer (SIGHUP) when a watched mounted file changes: a renewed
 //! certificate is then served without dropping a client, where restarting the pod would
-//! drop them all.
+//! drop them all. `console` is how it drives PgBouncer for the operator.
+
+pub mod console;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;

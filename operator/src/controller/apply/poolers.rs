@@ -1,0 +1,91 @@
+//! After the role labels moved, the poolers' server connections may still reach an
+//! instance that no longer has the role their Service selects (a demoted primary taking
+//! writes as "read-only transaction" errors, until PgBouncer's server lifetime). Each
+//! pooler pod's `geodb pooler` is asked to `RECONNECT`: connections close once released,
+//! and new ones follow the Service.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{info, warn};
+
+use crate::names::{COMPONENT_POOLER, COMPONENT_POOLER_RO, LABEL_COMPONENT};
+use crate::pooler::console::{CONTROL_PORT, RECONNECT_PATH};
+
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The pod IP of every running pooler pod among `pods` (pure).
+pub fn pooler_ips(pods: &[Pod]) -> Vec<(String, String)> {
+    pods.iter()
+        .filter(|p| {
+            p.labels()
+                .get(LABEL_COMPONENT)
+                .is_some_and(|c| c == COMPONENT_POOLER || c == COMPONENT_POOLER_RO)
+                && p.metadata.deletion_timestamp.is_none()
+        })
+        .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
+        .collect()
+}
+
+async fn ask(ip: &str) -> std::io::Result<String> {
+    let port = u16::try_from(CONTROL_PORT).unwrap_or(8010);
+    let mut stream = tokio::net::TcpStream::connect((ip, port)).await?;
+    let request =
+        format!("POST {RECONNECT_PATH} HTTP/1.0\r\nHost: {ip}\r\nContent-Length: 0\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// Ask every pooler pod to reconnect, all at once; a pod that does not answer is
+/// logged (its connections still end at their lifetime).
+pub async fn reconnect(pods: &[Pod]) {
+    let asks = pooler_ips(pods).into_iter().map(|(pod, ip)| async move {
+        match tokio::time::timeout(ASK_TIMEOUT, ask(&ip)).await {
+            Ok(Ok(status)) if status == "200" => {
+                info!(%pod, "pooler reconnecting to the new roles")
+            }
+            Ok(Ok(status)) => warn!(%pod, %status, "pooler refused to reconnect"),
+            Ok(Err(e)) => warn!(%pod, error = %e, "asking a pooler to reconnect"),
+            Err(_) => warn!(%pod, "asking a pooler to reconnect: no answer"),
+        }
+    });
+    futures::future::join_all(asks).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_live_pooler_pods_with_an_ip() {
+        let pod = |name: &str, component: &str, ip: Option<&str>| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {LABEL_COMPONENT: component}},
+                "status": {"podIP": ip}
+            }))
+            .unwrap()
+        };
+        let pods = [
+            pod("geo-pooler-a", "pooler", Some("10.0.0.1")),
+            pod("geo-pooler-ro-b", "pooler-ro", Some("10.0.0.2")),
+            pod("geo-pooler-c", "pooler", None),
+            pod("geo-1-0", "database", Some("10.0.0.3")),
+        ];
+        assert_eq!(
+            pooler_ips(&pods),
+            [
+                ("geo-pooler-a".to_owned(), "10.0.0.1".to_owned()),
+                ("geo-pooler-ro-b".to_owned(), "10.0.0.2".to_owned())
+            ]
+        );
+    }
+}
