@@ -11,8 +11,53 @@ use kube::{Api, Client};
 
 use crate::tls::pooler_pods;
 
-/// How many times PgBouncer in `pod` re-read its configuration, from its log.
-async fn reloads(client: &Client, ns: &str, pod: &str) -> usize {
+/// `GET http://ip:8010/metrics` of a pooler pod.
+async fn scrape(ip: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect((ip, 8010)).await?;
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {ip}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+/// The read-write pooler's metrics count at least `clients` client connections of the
+/// application database, and say PgBouncer is up.
+async fn clients_in_metrics(client: &Client, ns: &str, clients: usize) {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(
+            &kube::api::ListParams::default()
+                .labels("geodb.io/cluster=geo,app.kubernetes.io/component=pooler"),
+        )
+        .await
+        .unwrap();
+    let ips: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    let mut total = 0.0;
+    let mut seen = String::new();
+    for ip in &ips {
+        let text = scrape(ip)
+            .await
+            .unwrap_or_else(|e| panic!("scraping {ip}:8010: {e}"));
+        assert!(text.contains("\npgbouncer_up 1\n"), "{text}");
+        total += text
+            .lines()
+            .filter(|l| l.starts_with("pgbouncer_pool_client_connections{database=\"app\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        seen.push_str(&text);
+    }
+    assert!(
+        total >= clients as f64,
+        "{total} clients in the metrics, {clients} held:\n{seen}"
+    );
+}
+
+/// The log of PgBouncer (and `geodb pooler`) in `pod`.
+async fn log_of(client: &Client, ns: &str, pod: &str) -> String {
     let params = LogParams {
         container: Some("pgbouncer".into()),
         ..LogParams::default()
@@ -20,8 +65,15 @@ async fn reloads(client: &Client, ns: &str, pod: &str) -> usize {
     Api::<Pod>::namespaced(client.clone(), ns)
         .logs(pod, &params)
         .await
-        .map(|log| log.matches("re-reading config").count())
         .unwrap_or_default()
+}
+
+/// How many times PgBouncer in `pod` re-read its configuration, from its log.
+async fn reloads(client: &Client, ns: &str, pod: &str) -> usize {
+    log_of(client, ns, pod)
+        .await
+        .matches("re-reading config")
+        .count()
 }
 
 pub async fn scenario_pooler_reload(client: &Client, ns: &str) {
@@ -33,12 +85,14 @@ pub async fn scenario_pooler_reload(client: &Client, ns: &str) {
         held.push(session);
     }
     let pods = pooler_pods(client, ns).await;
+    clients_in_metrics(client, ns, held.len()).await;
     let mut before = Vec::new();
     for (pod, _, _) in &pods {
         before.push(reloads(client, ns, pod).await);
     }
 
-    let change = serde_json::json!({"spec": {"pooler": {"defaultPoolSize": 10}}});
+    let change = serde_json::json!({"spec": {"pooler": {"defaultPoolSize": 10,
+        "serverLifetime": 1800, "settings": {"query_timeout": "300", "tcp_keepalive": "1"}}}});
     Api::<geodb::api::GeoDatabase>::namespaced(client.clone(), ns)
         .patch("geo", &PatchParams::default(), &Patch::Merge(&change))
         .await

@@ -4,6 +4,7 @@
 //! to the read-write Service, `<name>-pooler-ro` to the read-only one.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -68,7 +69,7 @@ const TLS_DIR: &str = "/etc/pgbouncer/tls";
 pub fn pgbouncer_ini(cluster: &Cluster, access: Access) -> String {
     let pooler = &cluster.spec.pooler;
     let rw = access.upstream(cluster);
-    format!(
+    let mut ini = format!(
         "; Written by geodb-operator from the GeoDatabase spec.\n\
          [databases]\n\
          * = host={rw} port={POSTGRES_PORT}\n\
@@ -103,7 +104,16 @@ pub fn pgbouncer_ini(cluster: &Cluster, access: Access) -> String {
         mode = pooler.pool_mode.as_str(),
         max_client = pooler.max_client_conn,
         pool = pooler.default_pool_size,
-    )
+    );
+    let _ = writeln!(ini, "reserve_pool_size = {}", pooler.reserve_pool_size);
+    let _ = writeln!(ini, "server_idle_timeout = {}", pooler.server_idle_timeout);
+    let _ = writeln!(ini, "query_wait_timeout = {}", pooler.query_wait_timeout);
+    let _ = writeln!(ini, "server_lifetime = {}", pooler.server_lifetime);
+    // Only keys the schema lists, plain values: nothing here can override the above.
+    for (key, value) in &pooler.settings {
+        let _ = writeln!(ini, "{key} = {value}");
+    }
+    ini
 }
 
 /// PgBouncer authenticates clients and servers with SCRAM from the plain password. The
@@ -212,6 +222,7 @@ fn container(cluster: &Cluster) -> Container {
             ..Probe::default()
         }),
         liveness_probe: Some(tcp_probe(10)),
+        resources: cluster.spec.pooler.resources.clone(),
         security_context: Some(restricted_container_security()),
         volume_mounts: Some(vec![
             VolumeMount {
@@ -351,6 +362,22 @@ mod tests {
         assert!(ini.contains("default_pool_size = 30"));
         assert!(ini.contains("auth_type = hba"));
         assert!(ini.contains("admin_users = postgres"));
+        assert!(ini.contains("server_lifetime = 3600\n"));
+        assert!(ini.contains("query_wait_timeout = 120\n"));
+    }
+
+    #[test]
+    fn further_settings_follow_the_operators_own() {
+        let c = cluster(json!({"storage": {"size": "1Gi"},
+            "pooler": {"reservePoolSize": 5, "serverLifetime": 300,
+                       "settings": {"query_timeout": "30", "min_pool_size": "2"}}}));
+        let ini = pgbouncer_ini(&c, Access::ReadWrite);
+        assert!(ini.contains("reserve_pool_size = 5\n"));
+        assert!(ini.contains("server_lifetime = 300\n"));
+        assert!(
+            ini.ends_with("min_pool_size = 2\nquery_timeout = 30\n"),
+            "{ini}"
+        );
     }
 
     #[test]

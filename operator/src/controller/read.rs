@@ -175,6 +175,12 @@ pub fn parked_from(
 }
 
 impl Observed {
+    /// A pod runs unready: an agent may park it and say so only in an Event, which
+    /// does not wake the controller, so look again soon.
+    pub fn awaiting_pods(&self) -> bool {
+        self.related.pods.iter().any(running_unready)
+    }
+
     pub fn secret(&self, name: &str) -> Option<&Secret> {
         self.owned.secrets.iter().find(|s| s.name_any() == name)
     }

@@ -460,7 +460,8 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
             "slow reconcile"
         );
     }
-    Ok(next_look(&plan, changes.requeue_soon || rollout.rolling()))
+    let changing = changes.requeue_soon || rollout.rolling() || observed.awaiting_pods();
+    Ok(next_look(&plan, changing))
 }
 
 /// When to look again: as the plan says, soon while objects or pods change, else at the

@@ -5,6 +5,7 @@
 //! drop them all. `console` is how it drives PgBouncer for the operator.
 
 pub mod console;
+pub mod metrics;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;

@@ -22,14 +22,19 @@ pub fn validate(spec: &GeoDatabaseSpec, storage_class_exists: Option<bool>) -> V
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(100);
     if spec.pooler.enabled {
-        let pooled = i64::from(spec.pooler.instances) * i64::from(spec.pooler.default_pool_size);
+        let per_pod =
+            i64::from(spec.pooler.default_pool_size) + i64::from(spec.pooler.reserve_pool_size);
+        let pooled = i64::from(spec.pooler.instances) * per_pod;
         if pooled > max_connections - RESERVED_CONNECTIONS {
             problems.push(format!(
-                "the pooler may open {pooled} server connections (pooler.instances {} x pooler.defaultPoolSize {}), \
+                "the pooler may open {pooled} server connections (pooler.instances {} x (pooler.defaultPoolSize {} + pooler.reservePoolSize {})), \
                  but max_connections is {max_connections} with {RESERVED_CONNECTIONS} kept for superusers and replication; \
                  lower pooler.defaultPoolSize or raise postgresql.parameters.max_connections",
-                spec.pooler.instances, spec.pooler.default_pool_size
+                spec.pooler.instances, spec.pooler.default_pool_size, spec.pooler.reserve_pool_size
             ));
+        }
+        if let Some(resources) = &spec.pooler.resources {
+            problems.extend(resources::problems("pooler.resources", resources));
         }
     }
 
