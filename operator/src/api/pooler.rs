@@ -93,8 +93,8 @@ pub const POOLER_SETTINGS: [&str; 20] = [
     "tcp_keepidle",
 ];
 
-/// Known keys only, plain values (a number, a word, a duration) that cannot break the
-/// ini file.
+/// Known keys only, and numbers (every listed setting takes one: seconds, counts,
+/// sizes, 0 or 1), which cannot break the ini file.
 fn settings_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let allowed = POOLER_SETTINGS
         .iter()
@@ -106,7 +106,8 @@ fn settings_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "maxProperties": 30,
         "additionalProperties": {
             "type": "string",
-            "pattern": "^[A-Za-z0-9_.:+-]{1,64}$"
+            "maxLength": 20,
+            "pattern": "^[0-9]+(\\.[0-9]+)?$"
         },
         "x-kubernetes-validations": [{
             "rule": format!("self.all(k, k in [{allowed}])"),
