@@ -36,6 +36,8 @@ use crate::pod_contract::BOOTSTRAPPED_KEY;
 const RESYNC: Duration = Duration::from_secs(300);
 /// Recheck of a GeoDatabase whose spec is invalid (a missing StorageClass may appear).
 const INVALID_RECHECK: Duration = Duration::from_secs(60);
+/// How soon to look again while a pod runs unready.
+const AWAITING_RECHECK: Duration = Duration::from_secs(5);
 /// A reconcile that hangs (an API call that never answers) must not hold its object.
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Reconciles slower than this log where their time went.
@@ -460,16 +462,18 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
             "slow reconcile"
         );
     }
-    let changing = changes.requeue_soon || rollout.rolling() || observed.awaiting_pods();
-    Ok(next_look(&plan, changing))
+    let changing = changes.requeue_soon || rollout.rolling();
+    Ok(next_look(&plan, changing, observed.awaiting_pods()))
 }
 
-/// When to look again: as the plan says, soon while objects or pods change, else at the
-/// periodic resync.
-fn next_look(plan: &Plan, changing: bool) -> Action {
+/// When to look again: as the plan says, soon while objects or pods change, within
+/// `AWAITING_RECHECK` while a pod runs unready (its agent may park it, which only an
+/// Event says), else at the periodic resync.
+fn next_look(plan: &Plan, changing: bool, awaiting: bool) -> Action {
     match plan.requeue() {
         Some(soon) => Action::requeue(soon),
         None if changing => Action::requeue(Duration::from_secs(2)),
+        None if awaiting => Action::requeue(AWAITING_RECHECK),
         None => Action::requeue(RESYNC),
     }
 }
