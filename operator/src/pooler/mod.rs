@@ -1,5 +1,6 @@
-//! `geodb pooler`: PID 1 of a pooler pod. It runs PgBouncer, passes the kubelet's stop
-//! signal on unchanged (SIGTERM: immediate, SIGINT: after the clients' transactions),
+//! `geodb pooler`: PID 1 of a pooler pod. It runs PgBouncer, turns the kubelet's stop
+//! (SIGTERM, which PgBouncer takes as "close everything now") into SIGINT, PgBouncer's
+//! safe shutdown: transactions under way finish, then clients reconnect elsewhere;
 //! and reloads PgBouncer (SIGHUP) when a watched mounted file changes: a renewed
 //! certificate is then served without dropping a client, where restarting the pod would
 //! drop them all. `console` is how it drives PgBouncer for the operator.
@@ -62,7 +63,7 @@ pub async fn run(program: &Path, config: &Path, watch: &[PathBuf]) -> std::io::R
     loop {
         tokio::select! {
             status = child.wait() => return status,
-            _ = terminate.recv() => send(pid, libc::SIGTERM),
+            _ = terminate.recv() => send(pid, libc::SIGINT),
             _ = interrupt.recv() => send(pid, libc::SIGINT),
             _ = tick.tick() => {
                 let now = fingerprint(watch);
