@@ -120,6 +120,7 @@ async fn scenario_creates_every_object(client: &Client, op: &Operator, ns: &str)
             "geo-app-rw",
             "geo-ca",
             "geo-pooler-auth",
+            "geo-pooler-login",
             "geo-replication",
             "geo-server-tls",
             "geo-superuser"

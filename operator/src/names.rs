@@ -56,6 +56,8 @@ pub const POSTGRES_PORT: i32 = 5432;
 pub const POOLER_PORT: i32 = 6432;
 pub const SUPERUSER: &str = "postgres";
 pub const REPLICATION_USER: &str = "streaming_replica";
+/// The pooler's lookup role: may only call `geodb_pooler.lookup` (see `agent::roles`).
+pub const POOLER_USER: &str = "geodb_pooler";
 pub const PGDATA_VOLUME: &str = "pgdata";
 
 /// Names derived from the GeoDatabase name. The schema caps that name at 40 characters so
@@ -143,6 +145,9 @@ impl Names {
     }
     pub fn replication_secret(&self) -> String {
         format!("{}-replication", self.cluster)
+    }
+    pub fn pooler_login_secret(&self) -> String {
+        format!("{}-pooler-login", self.cluster)
     }
     pub fn app_secret(&self) -> String {
         format!("{}-app", self.cluster)

@@ -71,13 +71,16 @@ pub enum Credential {
     Superuser,
     Replication,
     App,
+    /// The pooler's lookup role (`auth_user` of PgBouncer).
+    Pooler,
 }
 
 impl Credential {
-    pub const ALL: [Credential; 3] = [
+    pub const ALL: [Credential; 4] = [
         Credential::Superuser,
         Credential::Replication,
         Credential::App,
+        Credential::Pooler,
     ];
 
     /// Directory under [`SECRETS_DIR`].
@@ -86,6 +89,7 @@ impl Credential {
             Credential::Superuser => "superuser",
             Credential::Replication => "replication",
             Credential::App => "app",
+            Credential::Pooler => "pooler",
         }
     }
 

@@ -124,3 +124,87 @@ pub async fn scenario_pooler_reload(client: &Client, ns: &str) {
         "pooler pods replaced or restarted"
     );
 }
+
+/// A login through the pooler as `user`: its error's message when refused.
+async fn pooled_login(
+    pooler: &geodb_e2e::conn::Conn,
+    user: &str,
+    password: &str,
+) -> Result<String, String> {
+    let mut config = tokio_postgres::Config::new();
+    geodb_e2e::conn::dial(&mut config, &pooler.host, &pooler.server_name);
+    config
+        .port(pooler.port)
+        .user(user)
+        .password(password)
+        .dbname(&pooler.dbname)
+        .connect_timeout(Duration::from_secs(5));
+    let session = geodb_e2e::conn::open_verified(&config, &pooler.ca_pem)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let messages = session
+        .simple_query("SELECT current_user")
+        .await
+        .map_err(|e| {
+            e.as_db_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_else(|| e.to_string())
+        })?;
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .ok_or_else(|| "no row".to_owned())
+}
+
+/// Any login role made after bootstrap logs in through the pooler (its verifier looked
+/// up, no password given to PgBouncer); the superuser and the replication role cannot.
+pub async fn scenario_pooler_roles(client: &Client, ns: &str) {
+    let login = geodb_e2e::drill::superuser_password(client, ns, "geo")
+        .await
+        .unwrap();
+    let db = geodb_e2e::drill::geodatabase(client, ns, "geo")
+        .await
+        .unwrap();
+    let primary = geodb_e2e::drill::primary_of(&db).unwrap();
+    let ip = geodb_e2e::drill::pod_ip(client, ns, &format!("{primary}-0"))
+        .await
+        .unwrap();
+    let admin = geodb_e2e::drill::superuser(&ip, &login).await.unwrap();
+    admin
+        .batch_execute("CREATE ROLE late_reader LOGIN PASSWORD 'late-reader-pw-1234'; GRANT SELECT ON places TO late_reader;")
+        .await
+        .unwrap();
+    let pooler = connection_for(client, ns, "geo-app-pooler", "geo-pooler").await;
+    let last = std::sync::Mutex::new(String::new());
+    let who = wait_for(
+        "a role made after bootstrap logs in through the pooler",
+        Duration::from_secs(60),
+        || async {
+            match pooled_login(&pooler, "late_reader", "late-reader-pw-1234").await {
+                Ok(who) => Some(who),
+                Err(e) => {
+                    *last.lock().unwrap() = e;
+                    None
+                }
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; last error: {}", last.lock().unwrap()));
+    assert_eq!(who, "late_reader");
+    let wrong = pooled_login(&pooler, "late_reader", "not-its-password").await;
+    assert!(wrong.is_err(), "a wrong password let in: {wrong:?}");
+    let superuser = pooled_login(&pooler, "postgres", &login.password).await;
+    assert!(
+        superuser.is_err(),
+        "the superuser logged in through the pooler: {superuser:?}"
+    );
+    let lookup = pooled_login(&pooler, "geodb_pooler", "anything").await;
+    assert!(
+        lookup.is_err(),
+        "the lookup role logged in through the pooler: {lookup:?}"
+    );
+}

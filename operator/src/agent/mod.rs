@@ -316,9 +316,6 @@ impl Agent {
             );
         }
         let postgres = Postgres::start(&self.settings, &self.bin, &overrides)?;
-        if !self.settings.is_standby() {
-            tokio::spawn(roles::sync_passwords(self.settings.clone()));
-        }
         let watch = Watch {
             settings: &self.settings,
             bin: &self.bin,

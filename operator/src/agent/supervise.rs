@@ -193,6 +193,7 @@ pub async fn supervise(
     let mut tick = tokio::time::interval(TICK);
     let mut config = mounted_config(settings);
     let mut primary_since: Option<Instant> = None;
+    let mut roles_synced = false;
     let mut floor = FloorCheck::new(&postgres);
     loop {
         tokio::select! {
@@ -221,6 +222,11 @@ pub async fn supervise(
             config = now;
         }
         let primary_now = !settings.is_standby();
+        if primary_now && !roles_synced {
+            // Started as the primary or just promoted: the roles follow the Secrets.
+            tokio::spawn(super::roles::sync(settings.clone()));
+            roles_synced = true;
+        }
         if !primary_now {
             if let Some(ended) = cannot_follow(&postgres) {
                 postgres.stop_fast().await?;

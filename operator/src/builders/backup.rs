@@ -153,6 +153,7 @@ fn secrets_volume(cluster: &Cluster, task: Task) -> Volume {
         Credential::Superuser => cluster.names.superuser_secret(),
         Credential::Replication => cluster.names.replication_secret(),
         Credential::App => cluster.names.app_secret(),
+        Credential::Pooler => cluster.names.pooler_login_secret(),
     };
     Volume {
         name: "secrets".into(),

@@ -164,6 +164,7 @@ fn secrets_volume(cluster: &Cluster) -> Volume {
                     project(n.superuser_secret(), Credential::Superuser),
                     project(n.replication_secret(), Credential::Replication),
                     project(n.app_secret(), Credential::App),
+                    project(n.pooler_login_secret(), Credential::Pooler),
                     tls_projection(cluster, &[TLS_CERT, TLS_KEY, CA_CERT]),
                 ]
                 .into_iter()

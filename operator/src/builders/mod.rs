@@ -34,6 +34,7 @@ pub struct Credentials {
     pub superuser: String,
     pub replication: String,
     pub app: String,
+    pub pooler: String,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -295,6 +296,7 @@ pub(crate) mod fixtures {
                 superuser: "su-pw".into(),
                 replication: "repl-pw".into(),
                 app: "app-pw".into(),
+                pooler: "pooler-pw".into(),
             },
         )
         .unwrap()
@@ -306,7 +308,7 @@ pub(crate) mod fixtures {
             serde_json::json!({"instances": 3, "storage": {"size": "1Gi"}}),
         ));
         assert_eq!(r.statefulsets.len(), 3);
-        assert_eq!(r.credentials.len(), 3);
+        assert_eq!(r.credentials.len(), 4);
         // Instance config and two poolers; rw, ro, 3 headless, 2 pooler Services.
         assert_eq!(r.config_maps.len(), 3);
         assert_eq!(r.services.len(), 7);

@@ -21,7 +21,7 @@ use super::spread;
 use super::Cluster;
 use crate::names::{
     cluster_labels, COMPONENT_POOLER, COMPONENT_POOLER_RO, LABEL_CLUSTER, LABEL_COMPONENT,
-    POOLER_PORT, POSTGRES_PORT,
+    POOLER_PORT, POOLER_USER, POSTGRES_PORT,
 };
 use crate::pod_contract::{CA_CERT, POSTGRES_UID, TLS_CERT, TLS_KEY};
 use crate::pooler::console::{ADMIN_USER, CONTROL_PORT, READY_PATH, SOCKET_DIR};
@@ -83,6 +83,10 @@ pub fn pgbouncer_ini(cluster: &Cluster, access: Access) -> String {
          auth_type = hba\n\
          auth_hba_file = {CONFIG_DIR}/{PGBOUNCER_HBA}\n\
          auth_file = {AUTH_DIR}/{USERLIST}\n\
+         ; Any login role but superusers and replication: its SCRAM verifier is looked up\n\
+         ; (and passed through to PostgreSQL), so no application password is held here.\n\
+         auth_user = {POOLER_USER}\n\
+         auth_query = SELECT usename, passwd FROM geodb_pooler.lookup($1)\n\
          admin_users = {ADMIN_USER}\n\
          pool_mode = {mode}\n\
          max_client_conn = {max_client}\n\
@@ -116,13 +120,13 @@ pub fn pgbouncer_ini(cluster: &Cluster, access: Access) -> String {
     ini
 }
 
-/// PgBouncer authenticates clients and servers with SCRAM from the plain password. The
+/// Only the lookup role's password: every other role is looked up (`auth_query`). The
 /// console's user is listed (PgBouncer knows only listed users) without a password:
 /// `pgbouncer_hba.conf` admits it by `peer` on the socket and rejects it over TCP.
 pub fn userlist(cluster: &Cluster) -> String {
     format!(
-        "\"{}\" \"{}\"\n\"{ADMIN_USER}\" \"\"\n",
-        cluster.spec.database.owner, cluster.credentials.app
+        "\"{POOLER_USER}\" \"{}\"\n\"{ADMIN_USER}\" \"\"\n",
+        cluster.credentials.pooler
     )
 }
 
@@ -133,6 +137,8 @@ pub fn pgbouncer_hba() -> String {
         "local pgbouncer {ADMIN_USER} peer\n\
          host all {ADMIN_USER} 0.0.0.0/0 reject\n\
          host all {ADMIN_USER} ::/0 reject\n\
+         host all {POOLER_USER} 0.0.0.0/0 reject\n\
+         host all {POOLER_USER} ::/0 reject\n\
          hostssl all all 0.0.0.0/0 scram-sha-256\n\
          hostssl all all ::/0 scram-sha-256\n"
     )
@@ -386,10 +392,10 @@ mod tests {
         let rules: Vec<&str> = hba.lines().collect();
         assert_eq!(rules[0], "local pgbouncer postgres peer");
         // Rejected over TCP before the SCRAM lines could admit it.
-        assert!(rules[1..3]
+        assert!(rules[1..5]
             .iter()
-            .all(|r| r.starts_with("host all postgres") && r.ends_with("reject")));
-        assert!(rules[3..]
+            .all(|r| r.starts_with("host all ") && r.ends_with("reject")));
+        assert!(rules[5..]
             .iter()
             .all(|r| r.starts_with("hostssl all all") && r.ends_with("scram-sha-256")));
     }
@@ -398,7 +404,10 @@ mod tests {
     fn default_mode_is_transaction() {
         let c = cluster(json!({"storage": {"size": "1Gi"}}));
         assert!(pgbouncer_ini(&c, Access::ReadWrite).contains("pool_mode = transaction"));
-        assert_eq!(userlist(&c), "\"app\" \"app-pw\"\n\"postgres\" \"\"\n");
+        assert_eq!(
+            userlist(&c),
+            "\"geodb_pooler\" \"pooler-pw\"\n\"postgres\" \"\"\n"
+        );
     }
 
     #[test]

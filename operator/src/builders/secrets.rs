@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::Secret;
 
 use super::Cluster;
 use crate::names::{
-    ANNOTATION_TLS_NAMES, ANNOTATION_TLS_NOT_AFTER, COMPONENT_DATABASE, POOLER_PORT, POSTGRES_PORT,
-    REPLICATION_USER, SUPERUSER,
+    ANNOTATION_TLS_NAMES, ANNOTATION_TLS_NOT_AFTER, COMPONENT_DATABASE, POOLER_PORT, POOLER_USER,
+    POSTGRES_PORT, REPLICATION_USER, SUPERUSER,
 };
 
 pub use crate::pod_contract::{CA_CERT, TLS_CERT, TLS_KEY};
@@ -30,7 +30,7 @@ fn basic_auth(cluster: &Cluster, name: String, user: &str, password: &str) -> Se
     }
 }
 
-/// The three credential Secrets: superuser, replication and application role.
+/// The credential Secrets: superuser, replication, application and pooler lookup role.
 pub fn credential_secrets(cluster: &Cluster) -> Vec<Secret> {
     let n = &cluster.names;
     let c = &cluster.credentials;
@@ -48,6 +48,7 @@ pub fn credential_secrets(cluster: &Cluster) -> Vec<Secret> {
             &cluster.spec.database.owner,
             &c.app,
         ),
+        basic_auth(cluster, n.pooler_login_secret(), POOLER_USER, &c.pooler),
     ]
 }
 
@@ -174,7 +175,16 @@ mod tests {
             .iter()
             .map(|s| s.metadata.name.clone().unwrap())
             .collect();
-        assert_eq!(names, ["geo-superuser", "geo-replication", "geo-app"]);
+        assert_eq!(
+            names,
+            [
+                "geo-superuser",
+                "geo-replication",
+                "geo-app",
+                "geo-pooler-login"
+            ]
+        );
+        assert_eq!(data(&secrets[3])["username"], "geodb_pooler");
         assert_eq!(data(&secrets[0])["username"], "postgres");
         assert_eq!(data(&secrets[1])["username"], "streaming_replica");
         assert_eq!(data(&secrets[2])["username"], "mapper");

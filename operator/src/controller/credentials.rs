@@ -55,6 +55,7 @@ pub async fn credentials(
         names.superuser_secret(),
         names.replication_secret(),
         names.app_secret(),
+        names.pooler_login_secret(),
     ] {
         let password = match observed.secret(&name) {
             Some(secret) => stored_password(secret, &name)?,
@@ -81,6 +82,7 @@ pub async fn credentials(
             superuser: next(),
             replication: next(),
             app: next(),
+            pooler: next(),
         },
         generated,
     ))

@@ -145,12 +145,20 @@ pub async fn connect(
 /// A superuser connection over the local socket in `dir` (peer authentication: the
 /// agent runs as the `postgres` user).
 pub async fn connect_socket(dir: &Path) -> Result<tokio_postgres::Client, PgError> {
+    connect_socket_to(dir, "postgres").await
+}
+
+/// [`connect_socket`] to the database `dbname`.
+pub async fn connect_socket_to(
+    dir: &Path,
+    dbname: &str,
+) -> Result<tokio_postgres::Client, PgError> {
     let mut config = tokio_postgres::Config::new();
     config
         .host_path(dir)
         .port(POSTGRES_PORT as u16)
         .user(SUPERUSER)
-        .dbname("postgres")
+        .dbname(dbname)
         .application_name("geodb-instance");
     open(config, NoTls).await
 }

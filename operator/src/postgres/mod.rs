@@ -10,4 +10,4 @@ pub mod programs;
 pub mod sql;
 pub mod tls;
 
-pub use connect::{connect, connect_socket, Login, PgError, TIMEOUT};
+pub use connect::{connect, connect_socket, connect_socket_to, Login, PgError, TIMEOUT};
