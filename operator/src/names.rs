@@ -56,8 +56,10 @@ pub const POSTGRES_PORT: i32 = 5432;
 pub const POOLER_PORT: i32 = 6432;
 pub const SUPERUSER: &str = "postgres";
 pub const REPLICATION_USER: &str = "streaming_replica";
-/// The pooler's lookup role: may only call `geodb_pooler.lookup` (see `agent::roles`).
+/// The pooler's lookup role: only [`POOLER_LOOKUP`] answers it (see `agent::roles`).
 pub const POOLER_USER: &str = "geodb_pooler";
+/// The function PgBouncer's `auth_query` calls for a login role's SCRAM verifier.
+pub const POOLER_LOOKUP: &str = "pg_catalog.geodb_pooler_lookup";
 pub const PGDATA_VOLUME: &str = "pgdata";
 
 /// Names derived from the GeoDatabase name. The schema caps that name at 40 characters so

@@ -131,13 +131,22 @@ async fn pooled_login(
     user: &str,
     password: &str,
 ) -> Result<String, String> {
+    pooled_login_to(pooler, &pooler.dbname, user, password).await
+}
+
+async fn pooled_login_to(
+    pooler: &geodb_e2e::conn::Conn,
+    dbname: &str,
+    user: &str,
+    password: &str,
+) -> Result<String, String> {
     let mut config = tokio_postgres::Config::new();
     geodb_e2e::conn::dial(&mut config, &pooler.host, &pooler.server_name);
     config
         .port(pooler.port)
         .user(user)
         .password(password)
-        .dbname(&pooler.dbname)
+        .dbname(dbname)
         .connect_timeout(Duration::from_secs(5));
     let session = geodb_e2e::conn::open_verified(&config, &pooler.ca_pem)
         .await
@@ -174,7 +183,10 @@ pub async fn scenario_pooler_roles(client: &Client, ns: &str) {
         .unwrap();
     let admin = geodb_e2e::drill::superuser(&ip, &login).await.unwrap();
     admin
-        .batch_execute("CREATE ROLE late_reader LOGIN PASSWORD 'late-reader-pw-1234';")
+        .batch_execute(
+            "CREATE ROLE late_reader LOGIN PASSWORD 'late-reader-pw-1234';\
+             CREATE DATABASE late_db TEMPLATE template0 OWNER late_reader;",
+        )
         .await
         .unwrap();
     let pooler = connection_for(client, ns, "geo-app-pooler", "geo-pooler").await;
@@ -206,5 +218,35 @@ pub async fn scenario_pooler_roles(client: &Client, ns: &str) {
     assert!(
         lookup.is_err(),
         "the lookup role logged in through the pooler: {lookup:?}"
+    );
+    // A database made from template0 (as `pg_restore --create` does) gets the lookup too.
+    wait_for(
+        "a database made after bootstrap from template0 is reachable through the pooler",
+        Duration::from_secs(60),
+        || async {
+            match pooled_login_to(&pooler, "late_db", "late_reader", "late-reader-pw-1234").await {
+                Ok(who) => Some(who),
+                Err(e) => {
+                    *last.lock().unwrap() = e;
+                    None
+                }
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; last error: {}", last.lock().unwrap()));
+    // Nothing of the lookup travels in a dump (it restores into any server).
+    let dumped = admin
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_proc p WHERE p.proname = 'geodb_pooler_lookup' \
+               AND p.proacl IS NULL AND p.pronamespace = 'pg_catalog'::regnamespace",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dumped.get::<_, i64>(0),
+        1,
+        "the lookup is not a default-privilege pg_catalog function"
     );
 }

@@ -5,12 +5,13 @@
 //! at once. Only SCRAM verifiers are sent, and statement logging and statistics are off
 //! in that session, so no password reaches a log or `pg_stat_statements`.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use super::settings::Settings;
-use crate::names::{POOLER_USER, REPLICATION_USER, SUPERUSER};
+use crate::names::{POOLER_LOOKUP, POOLER_USER, REPLICATION_USER, SUPERUSER};
 use crate::pod_contract::Credential;
 use crate::postgres::sql::{ident, literal};
 use crate::postgres::{connect_socket, connect_socket_to};
@@ -52,61 +53,78 @@ pub fn lookup_role_sql() -> String {
     )
 }
 
-/// See [`lookup_role_sql`]: run in every database (and `template1`, for those to come).
+/// See [`lookup_role_sql`]: run in every database (`template1` included, for those to
+/// come). It lives in `pg_catalog` with the default privileges, so `pg_dump` carries
+/// nothing of it and a dump restores into any server; it answers only a session of the
+/// lookup role (`session_user` cannot be changed by `SET ROLE`).
 pub fn lookup_function_sql() -> String {
-    let role = ident(POOLER_USER);
     format!(
-        "CREATE SCHEMA IF NOT EXISTS geodb_pooler;\n\
-         REVOKE ALL ON SCHEMA geodb_pooler FROM PUBLIC;\n\
-         GRANT USAGE ON SCHEMA geodb_pooler TO {role};\n\
-         CREATE OR REPLACE FUNCTION geodb_pooler.lookup(p_user text, OUT usename name, OUT passwd text)\n\
+        "CREATE OR REPLACE FUNCTION {POOLER_LOOKUP}(p_user text, OUT usename name, OUT passwd text)\n\
          RETURNS record LANGUAGE sql STABLE SECURITY DEFINER\n\
          SET search_path = pg_catalog, pg_temp AS $f$\n\
            SELECT a.rolname, a.rolpassword FROM pg_catalog.pg_authid a\n\
-            WHERE a.rolname = p_user AND a.rolcanlogin AND NOT a.rolsuper\n\
-              AND NOT a.rolreplication AND a.rolname <> {name}\n\
+            WHERE session_user = {name} AND a.rolname = p_user AND a.rolcanlogin\n\
+              AND NOT a.rolsuper AND NOT a.rolreplication AND a.rolname <> {name}\n\
               AND (a.rolvaliduntil IS NULL OR a.rolvaliduntil > now())\n\
-         $f$;\n\
-         REVOKE ALL ON FUNCTION geodb_pooler.lookup(text) FROM PUBLIC;\n\
-         GRANT EXECUTE ON FUNCTION geodb_pooler.lookup(text) TO {role};\n",
+         $f$;\n",
         name = literal(POOLER_USER)
     )
 }
 
-/// Install the lookup function in every database that takes connections.
-async fn install_lookup(settings: &Settings, client: &tokio_postgres::Client) {
-    let databases: Vec<String> = match client
+/// How often the primary's agent looks for databases made since (one from `template0`,
+/// as `pg_restore --create` makes, lacks the lookup until then).
+const LOOKUP_RECHECK: Duration = Duration::from_secs(10);
+
+/// Install the lookup function in every database that takes connections and is not in
+/// `done` (their oids); the ones installed are added.
+async fn install_lookup(
+    settings: &Settings,
+    client: &tokio_postgres::Client,
+    done: &mut HashSet<u32>,
+) -> Result<(), tokio_postgres::Error> {
+    let rows = client
         .query(
-            "SELECT datname FROM pg_catalog.pg_database WHERE datallowconn",
+            "SELECT oid, datname FROM pg_catalog.pg_database WHERE datallowconn",
             &[],
         )
-        .await
-    {
-        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
-        Err(error) => {
-            warn!(%error, "listing databases for the pooler's lookup");
-            return;
-        }
-    };
+        .await?;
     let sql = lookup_function_sql();
-    for database in databases {
-        let done = match connect_socket_to(&settings.socket_dir, &database).await {
+    for row in rows {
+        let (oid, database): (u32, String) = (row.get(0), row.get(1));
+        if done.contains(&oid) {
+            continue;
+        }
+        let installed = match connect_socket_to(&settings.socket_dir, &database).await {
             Ok(db) => db.batch_execute(&sql).await.map_err(|e| e.to_string()),
             Err(error) => Err(error.to_string()),
         };
-        if let Err(error) = done {
-            warn!(%error, %database, "installing the pooler's lookup function");
+        match installed {
+            Ok(()) => {
+                done.insert(oid);
+            }
+            Err(error) => warn!(%error, %database, "installing the pooler's lookup function"),
         }
     }
+    Ok(())
 }
 
 /// The roles follow the Secrets: passwords set, the pooler's lookup role and function
-/// in place. Failures are logged: the roles keep what they had.
+/// in place; then, while this instance stays the primary, databases made later get the
+/// function too. Failures are logged: the roles keep what they had.
 pub async fn sync(settings: Settings) {
     let Some(client) = sync_passwords(&settings).await else {
         return;
     };
-    install_lookup(&settings, &client).await;
+    let mut done = HashSet::new();
+    while !settings.is_standby() {
+        if let Err(error) = install_lookup(&settings, &client, &mut done).await {
+            warn!(%error, "listing databases for the pooler's lookup");
+            if client.is_closed() {
+                return;
+            }
+        }
+        tokio::time::sleep(LOOKUP_RECHECK).await;
+    }
 }
 
 /// Set the passwords of the superuser, replication, application and pooler lookup roles
@@ -173,7 +191,9 @@ mod tests {
         assert!(sql.contains("NOT a.rolsuper"));
         assert!(sql.contains("NOT a.rolreplication"));
         assert!(sql.contains("a.rolname <> 'geodb_pooler'"));
-        assert!(sql.contains("REVOKE ALL ON FUNCTION geodb_pooler.lookup(text) FROM PUBLIC"));
+        assert!(sql.contains("session_user = 'geodb_pooler'"));
+        // Default privileges: nothing of it travels in a dump.
+        assert!(!sql.contains("GRANT") && !sql.contains("REVOKE"));
         assert!(lookup_role_sql().contains("CREATE ROLE \"geodb_pooler\" LOGIN NOINHERIT"));
     }
 }

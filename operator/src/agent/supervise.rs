@@ -223,10 +223,11 @@ pub async fn supervise(
         }
         let primary_now = !settings.is_standby();
         if primary_now && !roles_synced {
-            // Started as the primary or just promoted: the roles follow the Secrets.
+            // Started as the primary or just promoted: the roles follow the Secrets
+            // (the task ends when this instance is a standby again).
             tokio::spawn(super::roles::sync(settings.clone()));
-            roles_synced = true;
         }
+        roles_synced = primary_now;
         if !primary_now {
             if let Some(ended) = cannot_follow(&postgres) {
                 postgres.stop_fast().await?;

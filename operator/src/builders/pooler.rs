@@ -21,7 +21,7 @@ use super::spread;
 use super::Cluster;
 use crate::names::{
     cluster_labels, COMPONENT_POOLER, COMPONENT_POOLER_RO, LABEL_CLUSTER, LABEL_COMPONENT,
-    POOLER_PORT, POOLER_USER, POSTGRES_PORT,
+    POOLER_LOOKUP, POOLER_PORT, POOLER_USER, POSTGRES_PORT,
 };
 use crate::pod_contract::{CA_CERT, POSTGRES_UID, TLS_CERT, TLS_KEY};
 use crate::pooler::console::{ADMIN_USER, CONTROL_PORT, READY_PATH, SOCKET_DIR};
@@ -86,7 +86,7 @@ pub fn pgbouncer_ini(cluster: &Cluster, access: Access) -> String {
          ; Any login role but superusers and replication: its SCRAM verifier is looked up\n\
          ; (and passed through to PostgreSQL), so no application password is held here.\n\
          auth_user = {POOLER_USER}\n\
-         auth_query = SELECT usename, passwd FROM geodb_pooler.lookup($1)\n\
+         auth_query = SELECT usename, passwd FROM {POOLER_LOOKUP}($1)\n\
          admin_users = {ADMIN_USER}\n\
          pool_mode = {mode}\n\
          max_client_conn = {max_client}\n\
