@@ -133,6 +133,8 @@ pub struct LostWrite {
 pub struct Writer {
     pub acks: Arc<Mutex<Vec<Ack>>>,
     pub failures: Arc<Mutex<Vec<Instant>>>,
+    /// Each failure's moment and what the client saw.
+    pub errors: Arc<Mutex<Vec<(Instant, String)>>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -140,10 +142,23 @@ pub struct Writer {
 impl Writer {
     /// `first_id` separates the ids of several writers on one table.
     pub fn start(endpoint: Endpoint, table: &str, first_id: i64, every: Duration) -> Self {
+        Self::start_waiting(endpoint, table, first_id, every, Duration::from_secs(2))
+    }
+
+    /// As [`Writer::start`], a write unanswered after `answer_within` counting as failed.
+    pub fn start_waiting(
+        endpoint: Endpoint,
+        table: &str,
+        first_id: i64,
+        every: Duration,
+        answer_within: Duration,
+    ) -> Self {
         let acks = Arc::new(Mutex::new(Vec::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = watch::channel(false);
         let (acks2, failures2, table) = (acks.clone(), failures.clone(), table.to_owned());
+        let errors2 = errors.clone();
         let task = tokio::spawn(async move {
             let mut client: Option<tokio_postgres::Client> = None;
             let mut id = first_id;
@@ -154,21 +169,37 @@ impl Writer {
                     _ = tick.tick() => {}
                     _ = stopped.changed() => return,
                 }
-                if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    client = endpoint.connect(Duration::from_secs(1)).await.ok();
-                }
-                let Some(c) = client.as_ref() else {
+                let note = |what: String| {
+                    let now = Instant::now();
                     failures2
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push(Instant::now());
+                        .push(now);
+                    errors2
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((now, what));
+                };
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    match endpoint
+                        .connect(answer_within.min(Duration::from_secs(5)))
+                        .await
+                    {
+                        Ok(c) => client = Some(c),
+                        Err(e) => {
+                            note(format!("connecting: {e:#}"));
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = client.as_ref() else {
                     continue;
                 };
                 // Simple protocol: works through PgBouncer in transaction mode.
                 let statement = format!("INSERT INTO {table} (id) VALUES ({id})");
                 let sent = Instant::now();
                 let insert = c.simple_query(&statement);
-                match tokio::time::timeout(Duration::from_secs(2), insert).await {
+                match tokio::time::timeout(answer_within, insert).await {
                     Ok(Ok(_)) => {
                         acks2.lock().unwrap_or_else(|e| e.into_inner()).push(Ack {
                             id,
@@ -177,11 +208,14 @@ impl Writer {
                         });
                         id += 1;
                     }
-                    _ => {
-                        failures2
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(Instant::now());
+                    failed => {
+                        note(match failed {
+                            Ok(Err(e)) => e
+                                .as_db_error()
+                                .map(|d| d.message().to_owned())
+                                .unwrap_or_else(|| e.to_string()),
+                            _ => format!("no answer within {answer_within:?}"),
+                        });
                         client = None;
                         // The id may or may not have committed; it is never reused.
                         id += 1;
@@ -192,9 +226,21 @@ impl Writer {
         Self {
             acks,
             failures,
+            errors,
             stop,
             task,
         }
+    }
+
+    /// What the client saw at each failure from `from` on.
+    pub fn errors_after(&self, from: Instant) -> Vec<(Instant, String)> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(at, _)| *at >= from)
+            .cloned()
+            .collect()
     }
 
     pub fn acks(&self) -> Vec<Ack> {
@@ -827,6 +873,12 @@ pub struct DrillReport {
     pub rto_pooler: Option<Duration>,
     /// Longest gap between two acknowledged writes through `-rw` after the fault.
     pub write_pause: Duration,
+    /// The same through the pooler (a switchover pauses it).
+    pub pooler_pause: Duration,
+    /// What pooled writes saw fail after the fault.
+    pub pooler_errors: Vec<String>,
+    /// Pooled writes refused as "read-only" after writes through the pooler recovered.
+    pub pooler_read_only_after_rto: usize,
     /// Moments two instances accepted writes at once (must be empty).
     pub violations: Vec<String>,
     pub watcher_rounds: u64,
@@ -901,11 +953,13 @@ impl Target {
         .await?;
         let watcher = Watcher::start(client.clone(), ns, name, password.clone());
         let writer = Writer::start(rw.clone(), "drill", id_base, Duration::from_millis(20));
-        let pooled = Writer::start(
+        // A paused pooler holds writes for the switchover: waited for, not failed.
+        let pooled = Writer::start_waiting(
             pooler,
             "drill",
             id_base + 5_000_000,
             Duration::from_millis(20),
+            Duration::from_secs(15),
         );
         wait_for(
             "writes flowing through -rw and the pooler",
@@ -1019,6 +1073,15 @@ impl Target {
         let rto_rw = writer.recovery_after(fault_at);
         let rto_pooler = pooled.recovery_after(fault_at);
         let write_pause = writer.longest_pause_after(fault_at);
+        let pooler_pause = pooled.longest_pause_after(fault_at);
+        let pooled_errors = pooled.errors_after(fault_at);
+        let pooler_read_only_after_rto = pooled_errors
+            .iter()
+            .filter(|(at, what)| {
+                rto_pooler.is_some_and(|rto| *at > fault_at + rto) && what.contains("read-only")
+            })
+            .count();
+        let pooler_errors = pooled_errors.into_iter().map(|(_, what)| what).collect();
         let mut acks = writer.stop().await;
         acks.extend(pooled.stop().await);
         let (violations, watcher_rounds) = watcher.stop().await;
@@ -1048,6 +1111,9 @@ impl Target {
             rto_rw,
             rto_pooler,
             write_pause,
+            pooler_pause,
+            pooler_errors,
+            pooler_read_only_after_rto,
             violations,
             watcher_rounds,
             missing,

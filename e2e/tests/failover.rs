@@ -107,6 +107,19 @@ fn check(report: &DrillReport, synchronous: bool) {
         report.rto_rw.is_some() || report.fault == Fault::Switchover,
         "{fault}: no outage seen"
     );
+    assert_eq!(
+        report.pooler_read_only_after_rto, 0,
+        "{fault}: pooled writes reached a read-only instance after recovery: {:?}",
+        report.pooler_errors
+    );
+    if report.fault == Fault::Switchover {
+        // The read-write pooler was paused across it: clients waited, none failed.
+        assert!(
+            report.pooler_errors.is_empty(),
+            "switchover: pooled writes failed: {:?}",
+            report.pooler_errors
+        );
+    }
 }
 
 fn check_failover(report: &DrillReport, synchronous: bool) {

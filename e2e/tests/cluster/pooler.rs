@@ -183,10 +183,11 @@ pub async fn scenario_pooler_roles(client: &Client, ns: &str) {
         .unwrap();
     let admin = geodb_e2e::drill::superuser(&ip, &login).await.unwrap();
     admin
-        .batch_execute(
-            "CREATE ROLE late_reader LOGIN PASSWORD 'late-reader-pw-1234';\
-             CREATE DATABASE late_db TEMPLATE template0 OWNER late_reader;",
-        )
+        .batch_execute("CREATE ROLE late_reader LOGIN PASSWORD 'late-reader-pw-1234'")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("CREATE DATABASE late_db TEMPLATE template0 OWNER late_reader")
         .await
         .unwrap();
     let pooler = connection_for(client, ns, "geo-app-pooler", "geo-pooler").await;

@@ -59,16 +59,19 @@ pub fn pooler(config: &Path, watch: &[std::path::PathBuf]) -> Result<(), String>
         .build()
         .map_err(|e| e.to_string())?;
     let port = u16::try_from(geodb::names::POOLER_PORT).map_err(|e| e.to_string())?;
+    let effective = Path::new(geodb::pooler::console::SOCKET_DIR).join("pgbouncer.ini");
+    let upstream = std::sync::Arc::new(geodb::pooler::upstream::Upstream::new(config, &effective));
     let status = runtime
         .block_on(async {
             // The control endpoint lives as long as PgBouncer; it failing to bind is
             // logged, not fatal: PgBouncer serves clients without it.
+            let control = upstream.clone();
             tokio::spawn(async move {
-                if let Err(e) = geodb::pooler::console::serve(port).await {
+                if let Err(e) = geodb::pooler::console::serve(port, control).await {
                     tracing::error!(error = %e, "the control endpoint stopped");
                 }
             });
-            geodb::pooler::run(Path::new("pgbouncer"), config, watch).await
+            geodb::pooler::run(Path::new("pgbouncer"), &upstream, watch).await
         })
         .map_err(|e| format!("running pgbouncer: {e}"))?;
     if status.success() {

@@ -3,14 +3,18 @@
 //! the operator calls after a role change, its readiness check and its metrics.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::RawQuery;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio_postgres::SimpleQueryMessage;
 
 use super::metrics::{render, Row, Scrape};
+use super::upstream::Upstream;
 
 /// Where PgBouncer's Unix socket lives (an emptyDir: the root filesystem is read-only).
 pub const SOCKET_DIR: &str = "/var/run/pgbouncer";
@@ -18,9 +22,13 @@ pub const SOCKET_DIR: &str = "/var/run/pgbouncer";
 pub const ADMIN_USER: &str = "postgres";
 /// The supervisor's HTTP port.
 pub const CONTROL_PORT: i32 = 8010;
-/// `POST` here: close server connections once released, so new ones follow the Service
-/// to the instances that now hold the role.
+/// `POST` here (`?primary=<host>` for the read-write pooler): close server connections
+/// once released, so new ones reach the instances that now hold the role, and resume
+/// a paused PgBouncer.
 pub const RECONNECT_PATH: &str = "/reconnect";
+/// `POST` here before a switchover: PgBouncer's `PAUSE` (transactions under way finish,
+/// new ones wait); 200 once no server connection is left.
+pub const PAUSE_PATH: &str = "/pause";
 /// `GET` here: 200 when PgBouncer answers on its console (the pod's readiness).
 pub const READY_PATH: &str = "/readyz";
 /// `GET` here: PgBouncer's pools, stats and lists for Prometheus.
@@ -34,6 +42,21 @@ const AGAIN_AFTER: [Duration; 3] = [
     Duration::from_secs(5),
     Duration::from_secs(10),
 ];
+
+/// How long `/pause` waits for transactions under way to finish before answering 504
+/// (the pause goes on: the switchover decides).
+const PAUSE_WAIT: Duration = Duration::from_secs(5);
+/// A pause nobody ended (an operator lost in the middle of a switchover) ends by itself
+/// after this: clients wait, they do not wait forever.
+const PAUSE_LIMIT: Duration = Duration::from_secs(30);
+
+/// What the control endpoint's handlers share.
+struct Control {
+    port: u16,
+    upstream: Arc<Upstream>,
+    /// Counts pauses and resumes: a pause's own timer resumes only if nothing came after.
+    turns: AtomicU64,
+}
 
 /// Run one command on the console.
 pub async fn command(port: u16, sql: &str) -> Result<(), tokio_postgres::Error> {
@@ -99,26 +122,83 @@ async fn metrics(port: u16) -> String {
     render(scrape.as_ref())
 }
 
-async fn reconnect(port: u16) -> StatusCode {
-    match command(port, "RECONNECT").await {
-        Ok(()) => {
-            tracing::info!(
-                event = "reconnect",
-                "server connections closed once released"
-            );
-            tokio::spawn(async move {
-                for wait in AGAIN_AFTER {
-                    tokio::time::sleep(wait).await;
-                    if let Err(e) = command(port, "RECONNECT").await {
-                        tracing::warn!(error = %e, "repeating RECONNECT");
-                    }
+/// The `primary=` value of a query string.
+fn primary_of(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("primary="))
+        .filter(|v| !v.is_empty())
+}
+
+async fn reconnect(control: Arc<Control>, query: Option<String>) -> StatusCode {
+    let port = control.port;
+    control.turns.fetch_add(1, Ordering::SeqCst);
+    let primary = primary_of(query.as_deref());
+    let mut commands = vec!["RECONNECT"];
+    if let Some(host) = primary {
+        if !control.upstream.pin(host) {
+            tracing::warn!(%host, "refused to pin a host that is not one of this cluster's instances");
+            return StatusCode::BAD_REQUEST;
+        }
+        if let Err(e) = control.upstream.write() {
+            tracing::warn!(error = %e, "writing PgBouncer's configuration");
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+        // RELOAD answers once the new host is in effect, unlike SIGHUP.
+        commands.insert(0, "RELOAD");
+    }
+    if let Err(e) = rows(port, &commands).await {
+        tracing::warn!(error = %e, "RECONNECT on PgBouncer's console");
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    // Not paused is the usual case, and RESUME then only says so.
+    let resumed = command(port, "RESUME").await.is_ok();
+    tracing::info!(
+        event = "reconnect",
+        primary = primary.unwrap_or(""),
+        resumed,
+        "server connections closed once released"
+    );
+    if primary.is_none() {
+        tokio::spawn(async move {
+            for wait in AGAIN_AFTER {
+                tokio::time::sleep(wait).await;
+                if let Err(e) = command(port, "RECONNECT").await {
+                    tracing::warn!(error = %e, "repeating RECONNECT");
                 }
-            });
+            }
+        });
+    }
+    StatusCode::OK
+}
+
+async fn pause(control: Arc<Control>) -> StatusCode {
+    let port = control.port;
+    let turn = control.turns.fetch_add(1, Ordering::SeqCst) + 1;
+    let timer = control.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(PAUSE_LIMIT).await;
+        if timer.turns.load(Ordering::SeqCst) == turn && command(port, "RESUME").await.is_ok() {
+            tracing::warn!(event = "resume", "a pause nobody ended: resumed");
+        }
+    });
+    match tokio::time::timeout(PAUSE_WAIT, command(port, "PAUSE")).await {
+        Ok(Ok(())) => {
+            tracing::info!(event = "pause", "paused: no server connection left");
             StatusCode::OK
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "RECONNECT on PgBouncer's console");
+        // Asked twice (an operator retrying): already paused is paused.
+        Ok(Err(e)) if e.to_string().contains("already") => StatusCode::OK,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "PAUSE on PgBouncer's console");
             StatusCode::SERVICE_UNAVAILABLE
+        }
+        Err(_) => {
+            tracing::warn!(
+                event = "pause",
+                "transactions still under way after the wait"
+            );
+            StatusCode::GATEWAY_TIMEOUT
         }
     }
 }
@@ -131,13 +211,20 @@ async fn ready(port: u16) -> StatusCode {
 }
 
 /// Serve the control endpoint for PgBouncer listening on `pooler_port`.
-pub async fn serve(pooler_port: u16) -> std::io::Result<()> {
+pub async fn serve(pooler_port: u16, upstream: Arc<Upstream>) -> std::io::Result<()> {
     let port = u16::try_from(CONTROL_PORT).unwrap_or(8010);
+    let control = Arc::new(Control {
+        port: pooler_port,
+        upstream,
+        turns: AtomicU64::new(0),
+    });
+    let paused = control.clone();
     let router = Router::new()
         .route(
             RECONNECT_PATH,
-            post(move || async move { reconnect(pooler_port).await }),
+            post(move |RawQuery(query): RawQuery| reconnect(control.clone(), query)),
         )
+        .route(PAUSE_PATH, post(move || pause(paused.clone())))
         .route(
             READY_PATH,
             get(move || async move { ready(pooler_port).await }),

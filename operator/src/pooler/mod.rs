@@ -7,13 +7,16 @@
 
 pub mod console;
 pub mod metrics;
+pub mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use tokio::process::Command;
+
 use tokio::signal::unix::{signal, SignalKind};
+use upstream::Upstream;
 
 /// How often the watched files are read (the kubelet updates them every few seconds at
 /// best).
@@ -52,11 +55,17 @@ fn send(pid: Option<u32>, sig: i32) {
     }
 }
 
-/// Run `pgbouncer <config>` until it exits, reloading it when a file in `watch` changes.
-pub async fn run(program: &Path, config: &Path, watch: &[PathBuf]) -> std::io::Result<ExitStatus> {
+/// Run `pgbouncer <effective config>` until it exits, reloading it when a file in `watch`
+/// changes or the pin of its upstream ends.
+pub async fn run(
+    program: &Path,
+    upstream: &Upstream,
+    watch: &[PathBuf],
+) -> std::io::Result<ExitStatus> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut child = Command::new(program).arg(config).spawn()?;
+    upstream.write()?;
+    let mut child = Command::new(program).arg(upstream.effective()).spawn()?;
     let pid = child.id();
     let mut seen = fingerprint(watch);
     let mut tick = tokio::time::interval(WATCH_EVERY);
@@ -67,8 +76,12 @@ pub async fn run(program: &Path, config: &Path, watch: &[PathBuf]) -> std::io::R
             _ = interrupt.recv() => send(pid, libc::SIGINT),
             _ = tick.tick() => {
                 let now = fingerprint(watch);
-                if now != seen {
-                    tracing::info!(event = "reload", "a watched file changed: reloading PgBouncer");
+                let rewritten = upstream.write().unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "writing PgBouncer's configuration");
+                    false
+                });
+                if now != seen || rewritten {
+                    tracing::info!(event = "reload", "configuration changed: reloading PgBouncer");
                     send(pid, libc::SIGHUP);
                     seen = now;
                 }
@@ -111,8 +124,9 @@ mod tests {
         .unwrap();
         let watch = vec![dir.join("tls")];
         let mut running = tokio::spawn({
-            let (script, watch) = (script.clone(), watch.clone());
-            async move { run(Path::new("/bin/sh"), &script, &watch).await }
+            let upstream = upstream::Upstream::new(&script, &dir.join("effective.sh"));
+            let watch = watch.clone();
+            async move { run(Path::new("/bin/sh"), &upstream, &watch).await }
         });
         // Keep changing the file until the child has been reloaded (it then exits).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -5,7 +5,7 @@
 
 mod applier;
 mod labels;
-mod poolers;
+pub mod poolers;
 mod volumes;
 
 use std::collections::BTreeMap;
@@ -141,7 +141,8 @@ pub async fn apply(
         .grow_volumes(cluster, &observed.related.pvcs)
         .await?;
     if applier.label_roles(roles, &observed.related.pods).await? {
-        poolers::reconnect(&observed.related.pods).await;
+        let primary = cluster.service_host(&cluster.primary);
+        poolers::reconnect(&observed.related.pods, &primary).await;
     }
     Ok(())
 }

@@ -2,7 +2,10 @@
 //! instance that no longer has the role their Service selects (a demoted primary taking
 //! writes as "read-only transaction" errors, until PgBouncer's server lifetime). Each
 //! pooler pod's `geodb pooler` is asked to `RECONNECT`: connections close once released,
-//! and new ones follow the Service.
+//! and new ones follow the Service; the read-write ones are pointed straight at the new
+//! primary's own Service for a while (see `pooler::upstream`) and resumed if paused.
+//! Before a switchover the read-write poolers are paused: clients wait instead of
+//! failing while the primary changes.
 
 use std::time::Duration;
 
@@ -12,28 +15,33 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
 use crate::names::{COMPONENT_POOLER, COMPONENT_POOLER_RO, LABEL_COMPONENT};
-use crate::pooler::console::{CONTROL_PORT, RECONNECT_PATH};
+use crate::pooler::console::{CONTROL_PORT, PAUSE_PATH, RECONNECT_PATH};
 
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+/// A pause answers once transactions under way have finished (the pooler gives up
+/// waiting after 5 s).
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(7);
 
-/// The pod IP of every running pooler pod among `pods` (pure).
-pub fn pooler_ips(pods: &[Pod]) -> Vec<(String, String)> {
+/// The name, pod IP and whether it is read-write, of every running pooler pod among
+/// `pods` (pure).
+pub fn pooler_ips(pods: &[Pod]) -> Vec<(String, String, bool)> {
     pods.iter()
-        .filter(|p| {
-            p.labels()
-                .get(LABEL_COMPONENT)
-                .is_some_and(|c| c == COMPONENT_POOLER || c == COMPONENT_POOLER_RO)
-                && p.metadata.deletion_timestamp.is_none()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let rw = match p.labels().get(LABEL_COMPONENT)?.as_str() {
+                COMPONENT_POOLER => true,
+                COMPONENT_POOLER_RO => false,
+                _ => return None,
+            };
+            Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?, rw))
         })
-        .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
         .collect()
 }
 
-async fn ask(ip: &str) -> std::io::Result<String> {
+async fn ask(ip: &str, path: &str) -> std::io::Result<String> {
     let port = u16::try_from(CONTROL_PORT).unwrap_or(8010);
     let mut stream = tokio::net::TcpStream::connect((ip, port)).await?;
-    let request =
-        format!("POST {RECONNECT_PATH} HTTP/1.0\r\nHost: {ip}\r\nContent-Length: 0\r\n\r\n");
+    let request = format!("POST {path} HTTP/1.0\r\nHost: {ip}\r\nContent-Length: 0\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
@@ -44,20 +52,52 @@ async fn ask(ip: &str) -> std::io::Result<String> {
         .to_owned())
 }
 
-/// Ask every pooler pod to reconnect, all at once; a pod that does not answer is
-/// logged (its connections still end at their lifetime).
-pub async fn reconnect(pods: &[Pod]) {
-    let asks = pooler_ips(pods).into_iter().map(|(pod, ip)| async move {
-        match tokio::time::timeout(ASK_TIMEOUT, ask(&ip)).await {
-            Ok(Ok(status)) if status == "200" => {
-                info!(%pod, "pooler reconnecting to the new roles")
+/// Ask every pooler pod to reconnect, all at once, the read-write ones to `primary_host`
+/// (the new primary's own Service); a pod that does not answer is logged (its
+/// connections still end at their lifetime).
+pub async fn reconnect(pods: &[Pod], primary_host: &str) {
+    let asks = pooler_ips(pods)
+        .into_iter()
+        .map(|(pod, ip, rw)| async move {
+            let path = match rw {
+                true => format!("{RECONNECT_PATH}?primary={primary_host}"),
+                false => RECONNECT_PATH.to_owned(),
+            };
+            match tokio::time::timeout(ASK_TIMEOUT, ask(&ip, &path)).await {
+                Ok(Ok(status)) if status == "200" => {
+                    info!(%pod, "pooler reconnecting to the new roles")
+                }
+                Ok(Ok(status)) => warn!(%pod, %status, "pooler refused to reconnect"),
+                Ok(Err(e)) => warn!(%pod, error = %e, "asking a pooler to reconnect"),
+                Err(_) => warn!(%pod, "asking a pooler to reconnect: no answer"),
             }
-            Ok(Ok(status)) => warn!(%pod, %status, "pooler refused to reconnect"),
-            Ok(Err(e)) => warn!(%pod, error = %e, "asking a pooler to reconnect"),
-            Err(_) => warn!(%pod, "asking a pooler to reconnect: no answer"),
+        });
+    futures::future::join_all(asks).await;
+}
+
+/// Pause every read-write pooler pod, all at once; how many of them are paused out of
+/// how many there are (the others' clients may see the switchover as errors).
+pub async fn pause(pods: &[Pod]) -> (usize, usize) {
+    let rw: Vec<_> = pooler_ips(pods).into_iter().filter(|p| p.2).collect();
+    let asks = rw.iter().map(|(pod, ip, _)| async move {
+        match tokio::time::timeout(PAUSE_TIMEOUT, ask(ip, PAUSE_PATH)).await {
+            Ok(Ok(status)) if status == "200" => true,
+            Ok(Ok(status)) => {
+                warn!(%pod, %status, "pooler not paused");
+                false
+            }
+            Ok(Err(e)) => {
+                warn!(%pod, error = %e, "asking a pooler to pause");
+                false
+            }
+            Err(_) => {
+                warn!(%pod, "asking a pooler to pause: no answer");
+                false
+            }
         }
     });
-    futures::future::join_all(asks).await;
+    let paused = futures::future::join_all(asks).await;
+    (paused.iter().filter(|p| **p).count(), rw.len())
 }
 
 #[cfg(test)]
@@ -83,8 +123,8 @@ mod tests {
         assert_eq!(
             pooler_ips(&pods),
             [
-                ("geo-pooler-a".to_owned(), "10.0.0.1".to_owned()),
-                ("geo-pooler-ro-b".to_owned(), "10.0.0.2".to_owned())
+                ("geo-pooler-a".to_owned(), "10.0.0.1".to_owned(), true),
+                ("geo-pooler-ro-b".to_owned(), "10.0.0.2".to_owned(), false)
             ]
         );
     }

@@ -2,12 +2,14 @@
 //! written at once (with the resourceVersion it was decided from) and mirrored into the
 //! reconcile's copy of the GeoDatabase, so the rest of the reconcile sees it.
 
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use tracing::{info, warn};
 
 use super::plan::{Plan, Transition};
 use crate::api::{FailoverKind, FailoverRecord, GeoDatabase, GeoDatabaseStatus};
+use crate::controller::apply::poolers;
 use crate::controller::status::conditions::{now, Reason, TransitionState, Type};
 use crate::controller::status::store;
 use crate::controller::Context;
@@ -33,6 +35,7 @@ pub async fn execute(
     plan: &Plan,
     health: &ClusterHealth,
     login: &Login,
+    pods: &[Pod],
 ) -> Result<Option<TransitionState>> {
     match plan {
         Plan::Steady => Ok(None),
@@ -62,7 +65,12 @@ pub async fn execute(
             refuse(ctx, db, *reason, message).await;
             Ok(state(true, *reason, message.clone()))
         }
-        Plan::Begin(transition) => begin(ctx, db, transition).await,
+        Plan::Begin(transition) => {
+            if transition.kind == FailoverKind::Switchover {
+                pause_poolers(ctx, db, pods).await;
+            }
+            begin(ctx, db, transition).await
+        }
         Plan::Promote { to } => {
             promote(to, health.address(to), login)
                 .await
@@ -78,6 +86,26 @@ pub async fn execute(
         }
         Plan::Complete { to, timeline } => complete(ctx, db, to, *timeline).await,
     }
+}
+
+/// Before a planned switchover: the read-write poolers hold new transactions (clients
+/// wait, they see no error) until the labels move to the new primary, which resumes them.
+async fn pause_poolers(ctx: &Context, db: &GeoDatabase, pods: &[Pod]) {
+    let (paused, of) = poolers::pause(pods).await;
+    if of == 0 {
+        return;
+    }
+    let (kind, message) = match paused == of {
+        true => (EventType::Normal, format!("paused {of} read-write pooler pod(s) for the switchover")),
+        false => (
+            EventType::Warning,
+            format!(
+                "paused {paused} of {of} read-write pooler pod(s); clients of the others may see errors during the switchover"
+            ),
+        ),
+    };
+    info!(paused, of, "poolers paused for the switchover");
+    ctx.event(db, kind, "PoolersPaused", message).await;
 }
 
 /// One Event per refusal reason, not one per retry.

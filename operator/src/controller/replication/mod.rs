@@ -84,6 +84,7 @@ pub async fn step(
         action: "trusting the cluster's CA",
         source,
     })?;
-    let transition = execute::execute(ctx, db, &plan, health, &login).await?;
+    let transition =
+        execute::execute(ctx, db, &plan, health, &login, &observed.related.pods).await?;
     Ok((plan, transition))
 }
