@@ -4,7 +4,7 @@ CARGO ?= cargo
 GEODB_CACHE ?= $(HOME)/.cache/geodb
 export GEODB_CACHE
 
-.PHONY: help build crds fmt fmt-check clippy structure-check tools unit-test apiserver-test test up up-apiserver down e2e kind-up bench-reconcile bench-failover bench-backup \
+.PHONY: help build crds fmt fmt-check clippy structure-check tools unit-test apiserver-test test up up-apiserver down e2e kind-up bench-reconcile bench-failover bench-backup bench-pooler \
 	chart-crds chart-rbac chart-test
 
 help:
@@ -15,6 +15,7 @@ help:
 	@echo "make kind-up          a kind cluster with geodb (needs Docker and the internet)"
 	@echo "make bench-reconcile  200 GeoDatabases against a local API server"
 	@echo "make bench-failover   every failover drill 5 times on the local cluster"
+	@echo "make bench-pooler     pgbench through the pooler, direct and a bare PgBouncer on the local cluster"
 	@echo "make bench-backup     WAL push, base backup, restore and RPO against pgBackRest (no cluster)"
 	@echo "make crds             regenerate crds/ from the Rust API types"
 	@echo "make chart-test       lint, render and validate the Helm chart charts/geodb"
@@ -106,6 +107,9 @@ bench-failover:
 # archive, on this host (SeaweedFS and PostgreSQL 15, installed if missing).
 bench-backup:
 	bash e2e/bench-backup.sh
+
+bench-pooler:
+	bash e2e/bench-pooler.sh
 
 bench-reconcile: tools
 	$(CARGO) build --release -p geodb -p geodb-e2e

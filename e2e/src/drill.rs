@@ -210,9 +210,10 @@ impl Writer {
                     }
                     failed => {
                         note(match failed {
+                            // "db: " marks what a server refused, apart from lost connections.
                             Ok(Err(e)) => e
                                 .as_db_error()
-                                .map(|d| d.message().to_owned())
+                                .map(|d| format!("db: {}", d.message()))
                                 .unwrap_or_else(|| e.to_string()),
                             _ => format!("no answer within {answer_within:?}"),
                         });

@@ -421,6 +421,8 @@ async fn cluster_suite() {
         tls::scenario_provided_tls(&client, &ns).await;
         pooler::scenario_pooler_reload(&client, &ns).await;
         pooler::scenario_pooler_roles(&client, &ns).await;
+        pooler::scenario_pooler_load(&client, &ns).await;
+        pooler::scenario_pooler_pod_deleted(&client, &ns).await;
         scenario_archiving(&client, &ns).await;
         scenario_reload_and_restart(&client, &ns).await;
         scenario_chart_upgrade(&client, &ns).await;

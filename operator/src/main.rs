@@ -38,6 +38,9 @@ enum Command {
         #[arg(long)]
         watch: Vec<PathBuf>,
     },
+    /// The container's health (the image's HEALTHCHECK): a pooler pod's readiness
+    /// through PgBouncer's console, else PostgreSQL answering on its socket.
+    Healthcheck,
     /// Write one YAML file per CRD into a directory.
     Crdgen {
         #[arg(long)]
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         Command::Crdgen { out_dir } => commands::crdgen(&out_dir),
         Command::Instance => commands::instance(),
         Command::Pooler { config, watch } => commands::pooler(&config, &watch),
+        Command::Healthcheck => commands::healthcheck(),
         Command::Operator(args) => commands::operator::run(args),
         Command::WalPush { path } => commands::archive::wal_push(&path),
         Command::Backup => commands::backup::backup(),

@@ -79,7 +79,7 @@ async fn reloads(client: &Client, ns: &str, pod: &str) -> usize {
 pub async fn scenario_pooler_reload(client: &Client, ns: &str) {
     let pooler = connection_for(client, ns, "geo-app-pooler", "geo-pooler").await;
     let mut held = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..200 {
         let session = connect(&pooler).await;
         session.simple_query("SELECT 1").await.unwrap();
         held.push(session);
@@ -91,7 +91,7 @@ pub async fn scenario_pooler_reload(client: &Client, ns: &str) {
         before.push(reloads(client, ns, pod).await);
     }
 
-    let change = serde_json::json!({"spec": {"pooler": {"defaultPoolSize": 10,
+    let change = serde_json::json!({"spec": {"pooler": {"defaultPoolSize": 10, "maxClientConn": 2000,
         "serverLifetime": 1800, "settings": {"query_timeout": "300", "tcp_keepalive": "1"}}}});
     Api::<geodb::api::GeoDatabase>::namespaced(client.clone(), ns)
         .patch("geo", &PatchParams::default(), &Patch::Merge(&change))
@@ -123,6 +123,45 @@ pub async fn scenario_pooler_reload(client: &Client, ns: &str) {
         pods,
         "pooler pods replaced or restarted"
     );
+    for (pod, _, _) in &pods {
+        let config = show_config(ns, pod);
+        for (key, value) in [
+            ("default_pool_size", "10"),
+            ("max_client_conn", "2000"),
+            ("query_timeout", "300"),
+        ] {
+            assert!(
+                config
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{key}|{value}|"))),
+                "{pod}: SHOW CONFIG has no {key} = {value}:\n{config}"
+            );
+        }
+    }
+}
+
+/// `SHOW CONFIG` on the console of PgBouncer in `pod` (as the pod's user, over its socket).
+fn show_config(ns: &str, pod: &str) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(["exec", "-n", ns, pod, "-c", "pgbouncer", "--"])
+        .args([
+            "psql",
+            "-h",
+            "/var/run/pgbouncer",
+            "-p",
+            "6432",
+            "-U",
+            "postgres",
+        ])
+        .args(["-d", "pgbouncer", "-Atc", "SHOW CONFIG"])
+        .output()
+        .expect("running kubectl exec");
+    assert!(
+        out.status.success(),
+        "SHOW CONFIG in {pod}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A login through the pooler as `user`: its error's message when refused.
@@ -249,5 +288,142 @@ pub async fn scenario_pooler_roles(client: &Client, ns: &str) {
         dumped.get::<_, i64>(0),
         1,
         "the lookup is not a default-privilege pg_catalog function"
+    );
+}
+
+/// pgbench with `clients` clients, each running `SELECT 1` `per_client` times, against
+/// `conn` (TLS required, SCRAM): whether every client finished, and its output.
+fn pgbench_select(conn: &geodb_e2e::conn::Conn, clients: u32, per_client: u32) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("geodb-e2e-pgbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("select.sql");
+    std::fs::write(&script, "SELECT 1;\n").unwrap();
+    let conninfo = format!(
+        "host={} port={} user={} dbname={} sslmode=require connect_timeout=30",
+        conn.host, conn.port, conn.user, conn.dbname
+    );
+    // As many descriptors as clients, and more.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 8192 && exec pgbench -n -f {} -c {clients} -j 2 -t {per_client} '{conninfo}'",
+            script.display()
+        ))
+        .env("PGPASSWORD", &conn.password)
+        .output()
+        .expect("running pgbench");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = format!(
+        "number of transactions actually processed: {0}/{0}",
+        clients * per_client
+    );
+    (out.status.success() && text.contains(&done), text)
+}
+
+/// 1,000 clients at once complete through the pooler without one error, while the same
+/// load straight at PostgreSQL (max_connections 100) is refused.
+pub async fn scenario_pooler_load(client: &Client, ns: &str) {
+    let pooler = connection_for(client, ns, "geo-app-pooler", "geo-pooler").await;
+    let direct = connection_for(client, ns, "geo-app-rw", "geo-rw").await;
+    let admin = connect(&direct).await;
+    let max: String = admin
+        .query_one("SHOW max_connections", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(max.parse::<u32>().unwrap() <= 100, "max_connections {max}");
+    drop(admin);
+    let (pooled_ok, pooled) = tokio::task::spawn_blocking(move || pgbench_select(&pooler, 1000, 5))
+        .await
+        .unwrap();
+    assert!(
+        pooled_ok,
+        "1000 clients through the pooler failed:\n{pooled}"
+    );
+    assert!(!pooled.contains("aborted"), "{pooled}");
+    let (direct_ok, straight) =
+        tokio::task::spawn_blocking(move || pgbench_select(&direct, 1000, 5))
+            .await
+            .unwrap();
+    assert!(
+        !direct_ok,
+        "1000 clients straight at PostgreSQL did not fail:\n{straight}"
+    );
+    assert!(
+        straight.contains("too many clients") || straight.contains("connection slots"),
+        "straight at PostgreSQL failed otherwise than on max_connections:\n{straight}"
+    );
+    eprintln!("1000 clients: through the pooler all done; straight at PostgreSQL refused");
+}
+
+/// Deleting the pooler's pod costs its clients a reconnect, no refused statement: the
+/// stop lets transactions finish (PgBouncer's safe shutdown) and the Deployment replaces it.
+pub async fn scenario_pooler_pod_deleted(client: &Client, ns: &str) {
+    let endpoint = geodb_e2e::drill::Endpoint::of(client, ns, "geo-app-pooler", "geo-pooler")
+        .await
+        .unwrap();
+    let direct = connection_for(client, ns, "geo-app-rw", "geo-rw").await;
+    connect(&direct)
+        .await
+        .batch_execute("CREATE TABLE IF NOT EXISTS pooler_drill (id bigint PRIMARY KEY)")
+        .await
+        .unwrap();
+    let writer =
+        geodb_e2e::drill::Writer::start(endpoint, "pooler_drill", 1, Duration::from_millis(20));
+    wait_for(
+        "writes through the pooler",
+        Duration::from_secs(60),
+        || async { (writer.acks().len() >= 20).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let pods = pooler_pods(client, ns).await;
+    let (victim, _, _) = pods
+        .iter()
+        .find(|(name, _, _)| name.starts_with("geo-pooler-") && !name.starts_with("geo-pooler-ro-"))
+        .cloned()
+        .expect("a read-write pooler pod");
+    let deleted_at = std::time::Instant::now();
+    geodb_e2e::drill::delete_pod(client, ns, &victim)
+        .await
+        .unwrap();
+    wait_for(
+        "writes through the pooler after its pod was deleted",
+        Duration::from_secs(120),
+        || async {
+            (writer.acks().iter().filter(|a| a.sent > deleted_at).count() >= 20).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; errors: {:?}", writer.errors_after(deleted_at)));
+    let errors = writer.errors_after(deleted_at);
+    let acks = writer.stop().await;
+    let refused: Vec<_> = errors
+        .iter()
+        .filter(|(_, e)| e.starts_with("db: "))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "statements refused after the pooler pod was deleted (only reconnects expected): {refused:?}"
+    );
+    // Every acknowledged write is there.
+    let rows: i64 = connect(&direct)
+        .await
+        .query_one(
+            "SELECT count(*) FROM pooler_drill WHERE id = ANY($1)",
+            &[&acks.iter().map(|a| a.id).collect::<Vec<_>>()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows as usize, acks.len(), "acknowledged writes missing");
+    eprintln!(
+        "pooler pod deleted: {} reconnect errors, {} writes acknowledged, none lost",
+        errors.len(),
+        acks.len()
     );
 }

@@ -57,6 +57,14 @@ pub struct PoolerSpec {
     #[schemars(range(min = 0, max = 604800))]
     pub server_lifetime: i32,
 
+    /// Named prepared statements PgBouncer tracks per client connection and prepares
+    /// again on whichever server connection runs them, so drivers that prepare at the
+    /// protocol level work in transaction mode (0: off). Needs PgBouncer 1.21 or later in
+    /// the image; an older one runs without it (`geodb pooler` logs so).
+    #[serde(default = "default_max_prepared_statements")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub max_prepared_statements: i32,
+
     /// CPU and memory of each PgBouncer container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -128,6 +136,7 @@ impl Default for PoolerSpec {
             server_idle_timeout: default_server_idle_timeout(),
             query_wait_timeout: default_query_wait_timeout(),
             server_lifetime: default_server_lifetime(),
+            max_prepared_statements: default_max_prepared_statements(),
             resources: None,
             settings: BTreeMap::new(),
         }
@@ -154,6 +163,9 @@ fn default_query_wait_timeout() -> i32 {
 }
 fn default_server_lifetime() -> i32 {
     3600
+}
+fn default_max_prepared_statements() -> i32 {
+    200
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -113,6 +113,12 @@ pub fn pgbouncer_ini(cluster: &Cluster, access: Access) -> String {
     let _ = writeln!(ini, "server_idle_timeout = {}", pooler.server_idle_timeout);
     let _ = writeln!(ini, "query_wait_timeout = {}", pooler.query_wait_timeout);
     let _ = writeln!(ini, "server_lifetime = {}", pooler.server_lifetime);
+    // PgBouncer 1.21+; `geodb pooler` leaves it out for an older one.
+    let _ = writeln!(
+        ini,
+        "max_prepared_statements = {}",
+        pooler.max_prepared_statements
+    );
     // Only keys the schema lists, plain values: nothing here can override the above.
     for (key, value) in &pooler.settings {
         let _ = writeln!(ini, "{key} = {value}");

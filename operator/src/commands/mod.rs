@@ -60,7 +60,17 @@ pub fn pooler(config: &Path, watch: &[std::path::PathBuf]) -> Result<(), String>
         .map_err(|e| e.to_string())?;
     let port = u16::try_from(geodb::names::POOLER_PORT).map_err(|e| e.to_string())?;
     let effective = Path::new(geodb::pooler::console::SOCKET_DIR).join("pgbouncer.ini");
-    let upstream = std::sync::Arc::new(geodb::pooler::upstream::Upstream::new(config, &effective));
+    // Settings this PgBouncer is too old for are left out of what it reads.
+    let version = std::process::Command::new("pgbouncer")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|out| {
+            geodb::pooler::upstream::parse_version(&String::from_utf8_lossy(&out.stdout))
+        });
+    let upstream = std::sync::Arc::new(geodb::pooler::upstream::Upstream::new(
+        config, &effective, version,
+    ));
     let status = runtime
         .block_on(async {
             // The control endpoint lives as long as PgBouncer; it failing to bind is
@@ -78,5 +88,39 @@ pub fn pooler(config: &Path, watch: &[std::path::PathBuf]) -> Result<(), String>
         Ok(())
     } else {
         Err(format!("PgBouncer exited: {status}"))
+    }
+}
+
+/// `geodb healthcheck`: the pooler's own readiness check when the pooler runs here (its
+/// control port answers), else `pg_isready` on the instance's socket.
+pub fn healthcheck() -> Result<(), String> {
+    use std::io::{Read, Write};
+    let port = u16::try_from(geodb::pooler::console::CONTROL_PORT).unwrap_or(8010);
+    let timeout = std::time::Duration::from_secs(3);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    if let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, timeout) {
+        let _ = stream.set_read_timeout(Some(timeout));
+        let request = format!(
+            "GET {} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n",
+            geodb::pooler::console::READY_PATH
+        );
+        let mut answer = String::new();
+        stream
+            .write_all(request.as_bytes())
+            .and_then(|()| stream.read_to_string(&mut answer))
+            .map_err(|e| format!("asking the pooler: {e}"))?;
+        return match answer.split_whitespace().nth(1) {
+            Some("200") => Ok(()),
+            status => Err(format!("the pooler is not ready ({status:?})")),
+        };
+    }
+    let status = std::process::Command::new("pg_isready")
+        .args(["-q", "-h", geodb::pod_contract::SOCKET_DIR])
+        .args(["-p", &geodb::names::POSTGRES_PORT.to_string()])
+        .status()
+        .map_err(|e| format!("running pg_isready: {e}"))?;
+    match status.success() {
+        true => Ok(()),
+        false => Err("PostgreSQL does not accept connections".to_owned()),
     }
 }

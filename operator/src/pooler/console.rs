@@ -22,9 +22,9 @@ pub const SOCKET_DIR: &str = "/var/run/pgbouncer";
 pub const ADMIN_USER: &str = "postgres";
 /// The supervisor's HTTP port.
 pub const CONTROL_PORT: i32 = 8010;
-/// `POST` here (`?primary=<host>` for the read-write pooler): close server connections
-/// once released, so new ones reach the instances that now hold the role, and resume
-/// a paused PgBouncer.
+/// `POST` here: close server connections once released, so new ones reach the instances
+/// that now hold the role; with `?primary=<host>` (the read-write pooler, once a primary is
+/// confirmed) also pin that host (see `upstream`) and resume a paused PgBouncer.
 pub const RECONNECT_PATH: &str = "/reconnect";
 /// `POST` here before a switchover: PgBouncer's `PAUSE` (transactions under way finish,
 /// new ones wait); 200 once no server connection is left.
@@ -132,34 +132,17 @@ fn primary_of(query: Option<&str>) -> Option<&str> {
 
 async fn reconnect(control: Arc<Control>, query: Option<String>) -> StatusCode {
     let port = control.port;
-    control.turns.fetch_add(1, Ordering::SeqCst);
-    let primary = primary_of(query.as_deref());
-    let mut commands = vec!["RECONNECT"];
-    if let Some(host) = primary {
-        if !control.upstream.pin(host) {
-            tracing::warn!(%host, "refused to pin a host that is not one of this cluster's instances");
-            return StatusCode::BAD_REQUEST;
-        }
-        if let Err(e) = control.upstream.write() {
-            tracing::warn!(error = %e, "writing PgBouncer's configuration");
+    let Some(host) = primary_of(query.as_deref()) else {
+        // A role moved with no primary confirmed yet (a failover under way): close what
+        // may reach the wrong instance, and stay paused if paused.
+        if let Err(e) = command(port, "RECONNECT").await {
+            tracing::warn!(error = %e, "RECONNECT on PgBouncer's console");
             return StatusCode::SERVICE_UNAVAILABLE;
         }
-        // RELOAD answers once the new host is in effect, unlike SIGHUP.
-        commands.insert(0, "RELOAD");
-    }
-    if let Err(e) = rows(port, &commands).await {
-        tracing::warn!(error = %e, "RECONNECT on PgBouncer's console");
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    // Not paused is the usual case, and RESUME then only says so.
-    let resumed = command(port, "RESUME").await.is_ok();
-    tracing::info!(
-        event = "reconnect",
-        primary = primary.unwrap_or(""),
-        resumed,
-        "server connections closed once released"
-    );
-    if primary.is_none() {
+        tracing::info!(
+            event = "reconnect",
+            "server connections closed once released"
+        );
         tokio::spawn(async move {
             for wait in AGAIN_AFTER {
                 tokio::time::sleep(wait).await;
@@ -168,7 +151,31 @@ async fn reconnect(control: Arc<Control>, query: Option<String>) -> StatusCode {
                 }
             }
         });
+        return StatusCode::OK;
+    };
+    // The primary is confirmed: pin it, then resume (ending a switchover's pause).
+    control.turns.fetch_add(1, Ordering::SeqCst);
+    if !control.upstream.pin(host) {
+        tracing::warn!(%host, "refused to pin a host that is not one of this cluster's instances");
+        return StatusCode::BAD_REQUEST;
     }
+    if let Err(e) = control.upstream.write() {
+        tracing::warn!(error = %e, "writing PgBouncer's configuration");
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    // RELOAD answers once the new host is in effect, unlike SIGHUP.
+    if let Err(e) = rows(port, &["RELOAD", "RECONNECT"]).await {
+        tracing::warn!(error = %e, "RELOAD and RECONNECT on PgBouncer's console");
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    // Not paused is the usual case, and RESUME then only says so.
+    let resumed = command(port, "RESUME").await.is_ok();
+    tracing::info!(
+        event = "reconnect",
+        primary = host,
+        resumed,
+        "server connections closed once released, new ones to the primary"
+    );
     StatusCode::OK
 }
 

@@ -124,7 +124,7 @@ mod tests {
         .unwrap();
         let watch = vec![dir.join("tls")];
         let mut running = tokio::spawn({
-            let upstream = upstream::Upstream::new(&script, &dir.join("effective.sh"));
+            let upstream = upstream::Upstream::new(&script, &dir.join("effective.sh"), None);
             let watch = watch.clone();
             async move { run(Path::new("/bin/sh"), &upstream, &watch).await }
         });

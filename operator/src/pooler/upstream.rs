@@ -45,19 +45,46 @@ pub fn allowed(ini: &str, host: &str) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The mounted configuration with the `* =` line's host replaced by `host` (pure).
-pub fn render(ini: &str, host: Option<&str>) -> String {
-    let Some(host) = host else {
-        return ini.to_owned();
-    };
+/// Settings the operator writes that older PgBouncers refuse to start with, and the
+/// version that brought each.
+const NEWER_SETTINGS: [(&str, (u32, u32)); 1] = [("max_prepared_statements", (1, 21))];
+
+/// PgBouncer's `major.minor` from `pgbouncer --version` ("PgBouncer 1.24.1 ...").
+pub fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let word = text.split_whitespace().nth(1)?;
+    let mut parts = word.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+/// The settings of `ini` that PgBouncer `version` does not know (pure).
+pub fn unknown_to(ini: &str, version: (u32, u32)) -> Vec<&'static str> {
+    NEWER_SETTINGS
+        .iter()
+        .filter(|(_, since)| version < *since)
+        .map(|(key, _)| *key)
+        .filter(|key| ini.lines().any(|l| setting_of(l) == Some(key)))
+        .collect()
+}
+
+fn setting_of(line: &str) -> Option<&str> {
+    line.split_once('=').map(|(key, _)| key.trim())
+}
+
+/// The mounted configuration with the `* =` line's host replaced by `host` and the
+/// settings in `drop` left out (pure).
+pub fn render(ini: &str, host: Option<&str>, drop: &[&str]) -> String {
     let mut in_databases = false;
-    let mut out = String::with_capacity(ini.len() + host.len());
+    let mut out = String::with_capacity(ini.len() + 64);
     for line in ini.lines() {
         let trimmed = line.trim();
         if trimmed.starts_with('[') {
             in_databases = trimmed == "[databases]";
         }
-        if in_databases && trimmed.starts_with('*') {
+        if !in_databases && setting_of(trimmed).is_some_and(|key| drop.contains(&key)) {
+            continue;
+        }
+        let host = host.filter(|_| in_databases && trimmed.starts_with('*'));
+        if let Some(host) = host {
             let words: Vec<String> = trimmed
                 .split_whitespace()
                 .map(|w| match w.strip_prefix("host=") {
@@ -74,19 +101,22 @@ pub fn render(ini: &str, host: Option<&str>) -> String {
     out
 }
 
-/// The mounted file, the effective copy PgBouncer reads, and the pin.
+/// The mounted file, the effective copy PgBouncer reads, the pin, and the version of the
+/// PgBouncer that reads it.
 pub struct Upstream {
     mounted: PathBuf,
     effective: PathBuf,
     pin: Mutex<Option<(String, Instant)>>,
+    version: Option<(u32, u32)>,
 }
 
 impl Upstream {
-    pub fn new(mounted: &Path, effective: &Path) -> Self {
+    pub fn new(mounted: &Path, effective: &Path, version: Option<(u32, u32)>) -> Self {
         Self {
             mounted: mounted.to_owned(),
             effective: effective.to_owned(),
             pin: Mutex::new(None),
+            version,
         }
     }
 
@@ -122,9 +152,20 @@ impl Upstream {
             }
             Err(_) => None,
         };
-        let wanted = render(&mounted, host.as_deref());
+        let drop = self
+            .version
+            .map(|v| unknown_to(&mounted, v))
+            .unwrap_or_default();
+        let wanted = render(&mounted, host.as_deref(), &drop);
         if std::fs::read_to_string(&self.effective).ok().as_deref() == Some(wanted.as_str()) {
             return Ok(false);
+        }
+        if !drop.is_empty() {
+            tracing::warn!(
+                settings = ?drop,
+                version = ?self.version,
+                "this PgBouncer is too old for these settings: running without them"
+            );
         }
         // Whole or not at all: PgBouncer may read it at any moment.
         let partial = self.effective.with_extension("partial");
@@ -155,9 +196,26 @@ mod tests {
     }
 
     #[test]
+    fn settings_an_old_pgbouncer_lacks_are_left_out() {
+        assert_eq!(
+            parse_version("PgBouncer 1.24.1\nlibevent 2.1"),
+            Some((1, 24))
+        );
+        assert_eq!(parse_version("PgBouncer 1.18.0"), Some((1, 18)));
+        assert_eq!(parse_version("nonsense"), None);
+        let ini = format!("{INI}max_prepared_statements = 200\n");
+        assert_eq!(unknown_to(&ini, (1, 18)), ["max_prepared_statements"]);
+        assert!(unknown_to(&ini, (1, 21)).is_empty());
+        assert!(unknown_to(INI, (1, 18)).is_empty());
+        let old = render(&ini, None, &unknown_to(&ini, (1, 18)));
+        assert_eq!(old, INI);
+        assert_eq!(render(&ini, None, &[]), ini);
+    }
+
+    #[test]
     fn render_swaps_only_the_fallback_host() {
-        assert_eq!(render(INI, None), INI);
-        let pinned = render(INI, Some("geo-2.prod.svc"));
+        assert_eq!(render(INI, None, &[]), INI);
+        let pinned = render(INI, Some("geo-2.prod.svc"), &[]);
         assert!(
             pinned.contains("* = host=geo-2.prod.svc port=5432\n"),
             "{pinned}"
@@ -171,7 +229,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("geodb-upstream-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("mounted.ini"), INI).unwrap();
-        let up = Upstream::new(&dir.join("mounted.ini"), &dir.join("effective.ini"));
+        let up = Upstream::new(&dir.join("mounted.ini"), &dir.join("effective.ini"), None);
         assert!(up.write().unwrap());
         assert!(!up.write().unwrap());
         assert!(!up.pin("elsewhere.prod.svc"));

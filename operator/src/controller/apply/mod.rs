@@ -141,8 +141,12 @@ pub async fn apply(
         .grow_volumes(cluster, &observed.related.pvcs)
         .await?;
     if applier.label_roles(roles, &observed.related.pods).await? {
-        let primary = cluster.service_host(&cluster.primary);
-        poolers::reconnect(&observed.related.pods, &primary).await;
+        // Only a confirmed primary (promoted, no transition under way) has the role.
+        let primary = roles
+            .iter()
+            .find(|(_, r)| r.role == crate::api::Role::Primary)
+            .map(|(instance, _)| cluster.service_host(instance));
+        poolers::reconnect(&observed.related.pods, primary.as_deref()).await;
     }
     Ok(())
 }

@@ -53,15 +53,16 @@ async fn ask(ip: &str, path: &str) -> std::io::Result<String> {
 }
 
 /// Ask every pooler pod to reconnect, all at once, the read-write ones to `primary_host`
-/// (the new primary's own Service); a pod that does not answer is logged (its
+/// (the confirmed primary's own Service; none while a failover or switchover is under
+/// way, which keeps a paused pooler paused); a pod that does not answer is logged (its
 /// connections still end at their lifetime).
-pub async fn reconnect(pods: &[Pod], primary_host: &str) {
+pub async fn reconnect(pods: &[Pod], primary_host: Option<&str>) {
     let asks = pooler_ips(pods)
         .into_iter()
         .map(|(pod, ip, rw)| async move {
-            let path = match rw {
-                true => format!("{RECONNECT_PATH}?primary={primary_host}"),
-                false => RECONNECT_PATH.to_owned(),
+            let path = match primary_host.filter(|_| rw) {
+                Some(host) => format!("{RECONNECT_PATH}?primary={host}"),
+                None => RECONNECT_PATH.to_owned(),
             };
             match tokio::time::timeout(ASK_TIMEOUT, ask(&ip, &path)).await {
                 Ok(Ok(status)) if status == "200" => {

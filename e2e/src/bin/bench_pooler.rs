@@ -1,0 +1,303 @@
+//! `make bench-pooler`: pgbench against the local cluster, through the operator's pooler,
+//! straight at the primary and through a bare PgBouncer with the same settings run on
+//! the node beside it, in one run. Prints a table and writes `target/bench/pooler.json`.
+//!
+//! (a) a connection per transaction (`pgbench -C`, SCRAM over TLS): pooler / direct TPS;
+//! (b) 2,000 clients held through the pooler, select-only: errors;
+//! (c) select-only steady load: pooler / direct and pooler / bare PgBouncer TPS;
+//! (d) a switchover under load through the pooler: client errors and the longest stall.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use geodb::api::{GeoDatabase, Phase};
+use geodb_e2e::drill::{Endpoint, Fault, Target};
+use geodb_e2e::kube_util::wait_for;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const POOL_SIZE: i32 = 20;
+
+fn env_secs(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What one pgbench run reported.
+#[derive(Debug)]
+struct Run {
+    tps: f64,
+    aborted: usize,
+    failed: u64,
+}
+
+fn conninfo(host: &str, port: u16, e: &Endpoint) -> String {
+    format!(
+        "host={host} port={port} user={} dbname={} sslmode=require connect_timeout=10",
+        e.user, e.dbname
+    )
+}
+
+/// Run pgbench with `args` against `conninfo`; its TPS, aborted clients and failed
+/// transactions.
+fn pgbench(conninfo: &str, password: &str, args: &[&str]) -> anyhow::Result<Run> {
+    let out = Command::new("pgbench")
+        .args(args)
+        .arg(conninfo)
+        .env("PGPASSWORD", password)
+        .output()
+        .context("running pgbench (postgresql-client)")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tps = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok());
+    let failed = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let aborted = stderr.matches("aborted").count();
+    let Some(tps) = tps else {
+        bail!("pgbench {args:?}: no tps in its output\n{stdout}\n{stderr}");
+    };
+    if aborted > 0 {
+        eprintln!(
+            "pgbench {args:?}: {aborted} aborted\n{}",
+            stderr.lines().take(10).collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(Run {
+        tps,
+        aborted,
+        failed,
+    })
+}
+
+/// A bare PgBouncer on the node with the operator's pooler settings, in front of `rw`.
+struct Bare {
+    dir: PathBuf,
+    pid: u32,
+}
+
+impl Bare {
+    fn start(rw: &Endpoint, port: u16) -> anyhow::Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("geodb-bench-pgbouncer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let status = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=bench-pgbouncer"])
+            .arg("-keyout")
+            .arg(dir.join("tls.key"))
+            .arg("-out")
+            .arg(dir.join("tls.crt"))
+            .output()?;
+        if !status.status.success() {
+            bail!("openssl: {}", String::from_utf8_lossy(&status.stderr));
+        }
+        std::fs::write(
+            dir.join("userlist.txt"),
+            format!("\"{}\" \"{}\"\n", rw.user, rw.password),
+        )?;
+        let d = dir.display();
+        std::fs::write(
+            dir.join("pgbouncer.ini"),
+            format!(
+                "[databases]\n* = host={host} port={pgport}\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 pidfile = {d}/pgbouncer.pid\nlogfile = {d}/pgbouncer.log\n\
+                 auth_type = scram-sha-256\nauth_file = {d}/userlist.txt\n\
+                 pool_mode = transaction\nmax_client_conn = 3000\n\
+                 default_pool_size = {POOL_SIZE}\nreserve_pool_size = 0\n\
+                 client_tls_sslmode = require\nclient_tls_key_file = {d}/tls.key\n\
+                 client_tls_cert_file = {d}/tls.crt\nserver_tls_sslmode = require\n\
+                 ignore_startup_parameters = extra_float_digits\n",
+                host = rw.host,
+                pgport = rw.port,
+            ),
+        )?;
+        // PgBouncer refuses to run as root.
+        let chown = Command::new("chown")
+            .args(["-R", "nobody"])
+            .arg(&dir)
+            .status()?;
+        if !chown.success() {
+            bail!("chown {}", dir.display());
+        }
+        let child = Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg("pgbouncer")
+            .arg(dir.join("pgbouncer.ini"))
+            .spawn()
+            .context("starting pgbouncer")?;
+        Ok(Self {
+            dir,
+            pid: child.id(),
+        })
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn create_cluster(client: &Client, ns: &str) -> anyhow::Result<Target> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+        )
+        .await?;
+    let db: GeoDatabase = serde_json::from_value(json!({
+        "apiVersion": "geodb.io/v1alpha1", "kind": "GeoDatabase",
+        "metadata": {"name": "bench"},
+        "spec": {"instances": 2, "storage": {"size": "2Gi"},
+                 "postgresql": {"parameters": {"shared_buffers": "64MB", "max_connections": "100"}},
+                 "pooler": {"maxClientConn": 3000, "defaultPoolSize": POOL_SIZE}}
+    }))?;
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &db).await?;
+    wait_for("bench Ready", Duration::from_secs(600), || async {
+        let s = api.get("bench").await.ok()?.status?;
+        (s.phase == Some(Phase::Ready) && s.ready_instances == 2).then_some(())
+    })
+    .await?;
+    let target = Target {
+        client: client.clone(),
+        ns: ns.to_owned(),
+        name: "bench".into(),
+        instances: 2,
+    };
+    target.prepare_tables().await?;
+    Ok(target)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let secs = env_secs("BENCH_SECONDS", 15).to_string();
+    let client = Client::try_default()
+        .await
+        .context("KUBECONFIG must point at the local cluster")?;
+    let ns = format!("bench-pooler-{}", std::process::id());
+    let target = create_cluster(&client, &ns).await?;
+    let rw = Endpoint::of(&client, &ns, "bench-app-rw", "bench-rw").await?;
+    let pooled = Endpoint::of(&client, &ns, "bench-app-pooler", "bench-pooler").await?;
+    let direct = conninfo(&rw.host, rw.port, &rw);
+    let pooler = conninfo(&pooled.host, pooled.port, &pooled);
+    let bare_port = 6499;
+    let _bare = Bare::start(&rw, bare_port)?;
+    let bare = conninfo("127.0.0.1", bare_port, &rw);
+    pgbench(&direct, &rw.password, &["-i", "-q", "-s", "10"])?;
+    wait_for(
+        "the bare PgBouncer answering",
+        Duration::from_secs(20),
+        || async { pgbench(&bare, &rw.password, &["-S", "-c", "1", "-t", "1"]).ok() },
+    )
+    .await?;
+
+    // (c) steady select-only load, the three side by side (interleaved, twice).
+    let steady = ["-S", "-c", "16", "-j", "2", "-T", secs.as_str()];
+    let mut select = [0.0f64; 3];
+    for _ in 0..2 {
+        for (i, (conn, pw)) in [
+            (&pooler, &pooled.password),
+            (&direct, &rw.password),
+            (&bare, &rw.password),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let run = pgbench(conn, pw, &steady)?;
+            eprintln!("select-only {i}: {run:?}");
+            select[i] += run.tps / 2.0;
+        }
+    }
+    // (a) a new connection (TLS + SCRAM) per transaction.
+    let per_txn = ["-C", "-S", "-c", "8", "-j", "2", "-T", secs.as_str()];
+    let connect_pooler = pgbench(&pooler, &pooled.password, &per_txn)?;
+    let connect_direct = pgbench(&direct, &rw.password, &per_txn)?;
+    eprintln!("connection per transaction: pooler {connect_pooler:?}, direct {connect_direct:?}");
+    // (b) 2,000 clients held through the pooler.
+    let held = pgbench(
+        &pooler,
+        &pooled.password,
+        &["-S", "-c", "2000", "-j", "2", "-T", secs.as_str()],
+    )?;
+    eprintln!("2000 clients: {held:?}");
+    // (d) a switchover with pgbench writing through the pooler beside the drill's writers.
+    let load = {
+        let (pooler, pw) = (pooler.clone(), pooled.password.clone());
+        std::thread::spawn(move || pgbench(&pooler, &pw, &["-N", "-c", "8", "-j", "2", "-T", "40"]))
+    };
+    let report = target
+        .drill(Fault::Switchover, 10_000_000, Duration::from_secs(180))
+        .await?;
+    let during = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("pgbench thread"))??;
+    eprintln!("switchover: {report:?}\npgbench during it: {during:?}");
+    let switchover_errors = report.pooler_errors.len() + during.aborted + during.failed as usize;
+
+    let figures = json!({
+        "conn_per_txn_pooler_per_s": connect_pooler.tps,
+        "conn_per_txn_direct_per_s": connect_direct.tps,
+        "conn_per_txn_ratio": connect_pooler.tps / connect_direct.tps,
+        "held_clients_count": 2000,
+        "held_clients_errors_count": held.aborted as u64 + held.failed,
+        "held_clients_per_s": held.tps,
+        "select_pooler_per_s": select[0],
+        "select_direct_per_s": select[1],
+        "select_bare_pgbouncer_per_s": select[2],
+        "select_pooler_vs_direct_ratio": select[0] / select[1],
+        "select_pooler_vs_bare_ratio": select[0] / select[2],
+        "switchover_client_errors_count": switchover_errors,
+        "switchover_longest_stall_s": report.pooler_pause.as_secs_f64(),
+        "switchover_pgbench_per_s": during.tps,
+    });
+    let targets = json!({
+        "conn_per_txn_ratio": {"min": 10},
+        "held_clients_errors_count": {"max": 0},
+        "select_pooler_vs_direct_ratio": {"min": 0.6},
+        "select_pooler_vs_bare_ratio": {"min": 0.9},
+        "switchover_client_errors_count": {"max": 0},
+        "switchover_longest_stall_s": {"max": 2},
+    });
+    let context = json!({
+        "pgbench_seconds": secs,
+        "scale": 10,
+        "pool_size": POOL_SIZE,
+        "max_connections": 100,
+        "tls": "required on every path (sslmode=require)",
+        "auth": "SCRAM-SHA-256; the pooler looks roles up with auth_query, the bare PgBouncer reads an auth_file",
+        "machine": "2 cores, the cluster, pgbench and the bare PgBouncer on one node",
+        "switchover": {"from": report.old_primary, "to": report.new_primary, "pooler_errors": report.pooler_errors},
+    });
+    geodb_e2e::bench::write_report(
+        "pooler",
+        &json!({"figures": figures, "targets": targets, "context": context}),
+    )?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.delete(&ns, &DeleteParams::default()).await?;
+    Ok(())
+}
