@@ -422,6 +422,7 @@ async fn cluster_suite() {
         pooler::scenario_pooler_reload(&client, &ns).await;
         pooler::scenario_pooler_roles(&client, &ns).await;
         pooler::scenario_pooler_load(&client, &ns).await;
+        pooler::scenario_pooler_prepared(&client, &ns).await;
         pooler::scenario_pooler_pod_deleted(&client, &ns).await;
         scenario_archiving(&client, &ns).await;
         scenario_reload_and_restart(&client, &ns).await;

@@ -427,3 +427,41 @@ pub async fn scenario_pooler_pod_deleted(client: &Client, ns: &str) {
         acks.len()
     );
 }
+
+/// Protocol-level prepared statements (named, as tokio-postgres, JDBC and asyncpg make
+/// them) work through the transaction pooler: more clients than server connections, each
+/// preparing and running its statements, which therefore hop between server connections.
+pub async fn scenario_pooler_prepared(client: &Client, ns: &str) {
+    let pooler = connection_for(client, ns, "geo-app-pooler", "geo-pooler").await;
+    let mut sessions = Vec::new();
+    for _ in 0..30 {
+        sessions.push(connect(&pooler).await);
+    }
+    let runs = sessions.iter().enumerate().map(|(i, session)| async move {
+        let add = session.prepare("SELECT $1::int4 + 1").await?;
+        let name = session
+            .prepare("SELECT $1::text || '-' || pg_backend_pid()")
+            .await?;
+        for round in 0..10i32 {
+            let sum: i32 = session.query_one(&add, &[&round]).await?.get(0);
+            assert_eq!(sum, round + 1, "client {i}");
+            let tag: String = session.query_one(&name, &[&format!("c{i}")]).await?.get(0);
+            assert!(tag.starts_with(&format!("c{i}-")), "client {i}: {tag}");
+        }
+        Ok::<_, tokio_postgres::Error>(())
+    });
+    let results = futures::future::join_all(runs).await;
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(|e| {
+            e.as_db_error()
+                .map(|d| d.message().to_owned())
+                .unwrap_or_else(|| e.to_string())
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "prepared statements failed through the transaction pooler: {failed:?}"
+    );
+}

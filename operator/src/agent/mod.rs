@@ -28,6 +28,7 @@ pub mod reaper;
 mod recover;
 mod report;
 mod roles;
+mod scram;
 pub mod settings;
 mod standby_floor;
 mod stop;

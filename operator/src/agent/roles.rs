@@ -127,6 +127,42 @@ pub async fn sync(settings: Settings) {
     }
 }
 
+/// The roles of `known` whose stored verifier is not of their mounted password (all of
+/// them when the verifiers cannot be read).
+async fn stale_roles<'a>(
+    client: &tokio_postgres::Client,
+    known: Vec<(&'a str, String)>,
+) -> Vec<(&'a str, String)> {
+    let names: Vec<&str> = known.iter().map(|(role, _)| *role).collect();
+    let stored = match client
+        .query(
+            "SELECT rolname::text, rolpassword FROM pg_catalog.pg_authid WHERE rolname = ANY($1)",
+            &[&names],
+        )
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1)))
+            .collect::<Vec<_>>(),
+        Err(error) => {
+            warn!(%error, "reading the roles' verifiers");
+            Vec::new()
+        }
+    };
+    known
+        .into_iter()
+        .filter(|(role, password)| {
+            !stored.iter().any(|(name, verifier)| {
+                name == role
+                    && verifier
+                        .as_deref()
+                        .is_some_and(|v| super::scram::verifies(v, password))
+            })
+        })
+        .collect()
+}
+
 /// Set the passwords of the superuser, replication, application and pooler lookup roles
 /// from the mounted Secrets (creating the lookup role first), once the server accepts
 /// connections; the session, for what follows.
@@ -157,10 +193,17 @@ async fn sync_passwords(settings: &Settings) -> Option<tokio_postgres::Client> {
             }
         }
     };
-    let sql = lookup_role_sql() + &password_sql(&known);
-    match client.batch_execute(&sql).await {
+    if let Err(error) = client.batch_execute(&lookup_role_sql()).await {
+        warn!(%error, "could not create the pooler's lookup role");
+    }
+    let stale = stale_roles(&client, known).await;
+    if stale.is_empty() {
+        info!("roles' passwords already match the mounted Secrets");
+        return Some(client);
+    }
+    match client.batch_execute(&password_sql(&stale)).await {
         Ok(()) => info!(
-            roles = known.len(),
+            roles = stale.len(),
             "roles' passwords set from the mounted Secrets"
         ),
         Err(error) => warn!(%error, "could not set the roles' passwords"),
