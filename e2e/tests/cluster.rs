@@ -15,6 +15,8 @@ use kube::{Api, Client, ResourceExt};
 
 #[path = "cluster/pooler.rs"]
 mod pooler;
+#[path = "cluster/postgis.rs"]
+mod postgis;
 #[path = "cluster/tls.rs"]
 mod tls;
 
@@ -417,6 +419,7 @@ async fn cluster_suite() {
     let ns = format!("e2e-postgis-{}", std::process::id());
     let passed = geodb_e2e::kube_util::run_in_namespace(&client, &ns, |client, ns| async move {
         scenario_postgis_cluster(&client, &ns).await;
+        postgis::scenario_postgis_extensions(&client, &ns).await;
         tls::scenario_tls(&client, &ns).await;
         tls::scenario_provided_tls(&client, &ns).await;
         pooler::scenario_pooler_reload(&client, &ns).await;

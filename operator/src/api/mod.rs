@@ -9,6 +9,7 @@ mod backup;
 mod bootstrap;
 mod network;
 mod pooler;
+mod postgis;
 mod postgresql;
 mod replication;
 mod scheduling;
@@ -21,6 +22,7 @@ pub use backup::{
 pub use bootstrap::{BootstrapSpec, RecoverySpec, RecoveryTarget};
 pub use network::{NetworkSpec, TlsSpec};
 pub use pooler::{PoolMode, PoolerSpec};
+pub use postgis::{ExtensionStatus, PostgisSpec, PostgisStatus};
 pub use postgresql::{
     is_reserved, unknown_preload_libraries, unwritable_value, PostgresqlSpec, PRELOAD_LIBRARIES,
 };
@@ -96,6 +98,10 @@ pub struct GeoDatabaseSpec {
     /// PgBouncer in front of the primary.
     #[serde(default)]
     pub pooler: PoolerSpec,
+
+    /// The extensions kept in the application database (PostGIS and others).
+    #[serde(default)]
+    pub postgis: PostgisSpec,
 
     /// Spreading of the instances and the poolers over nodes and zones.
     #[serde(default)]

@@ -53,6 +53,9 @@ pub struct GeoDatabaseStatus {
     /// The base backups in the object store (`spec.backup`), as last read from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backups: Option<BackupsStatus>,
+    /// The extensions of the application database, as last checked on the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgis: Option<super::PostgisStatus>,
 }
 
 /// What the bucket holds: complete base backups (those with a manifest) and the WAL.

@@ -29,6 +29,7 @@ pub(crate) mod certificates;
 pub mod claims;
 mod credentials;
 mod events;
+mod extensions;
 mod finalizer;
 pub mod health;
 pub mod owned;

@@ -438,6 +438,9 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     let changes = applier.into_changes();
     let applied_in = applying.elapsed();
     let backups = catalog::backups_status(ctx, &db, &observed).await;
+    let login = super::certificates::login(&cluster).ok();
+    let postgis =
+        super::extensions::step(ctx, &db, &cluster, &health, login.as_ref(), steady).await;
     let computed = status::converged(status::Converged {
         db: &db,
         cluster: &cluster,
@@ -447,6 +450,7 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         transition,
         rollout: &rollout,
         backups,
+        postgis,
         now: &now(),
     });
     // The status says what the rollout does before it does it.

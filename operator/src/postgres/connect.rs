@@ -123,6 +123,16 @@ pub async fn connect(
     address: &str,
     login: &Login,
 ) -> Result<tokio_postgres::Client, PgError> {
+    connect_to(instance, address, login, "postgres").await
+}
+
+/// As [`connect`], to `dbname`.
+pub async fn connect_to(
+    instance: &str,
+    address: &str,
+    login: &Login,
+    dbname: &str,
+) -> Result<tokio_postgres::Client, PgError> {
     if address.is_empty() {
         return Err(PgError::NoAddress);
     }
@@ -135,7 +145,7 @@ pub async fn connect(
         .port(POSTGRES_PORT as u16)
         .user(SUPERUSER)
         .password(&login.password)
-        .dbname("postgres")
+        .dbname(dbname)
         .application_name("geodb-operator")
         .ssl_mode(tokio_postgres::config::SslMode::Require)
         .connect_timeout(TIMEOUT);

@@ -4,10 +4,13 @@
 
 pub mod admin;
 pub mod connect;
+pub mod extensions;
 pub mod lsn;
 pub mod probe;
 pub mod programs;
 pub mod sql;
 pub mod tls;
 
-pub use connect::{connect, connect_socket, connect_socket_to, Login, PgError, TIMEOUT};
+pub use connect::{
+    connect, connect_socket, connect_socket_to, connect_to, Login, PgError, TIMEOUT,
+};

@@ -38,6 +38,9 @@ spelled! {
         KeptData,
         /// With `spec.backup`: True while the primary's WAL reaches the object store.
         ContinuousArchiving,
+        /// True once the primary answered `postgis_full_version()` and a `geometry` cast
+        /// with every extension of `spec.postgis` in place.
+        PostGISReady,
     }
 }
 
@@ -103,6 +106,14 @@ spelled! {
         DataKept,
         /// KeptData: no volume keeps one.
         NoKeptData,
+        /// PostGISReady: every extension in place, PostGIS answered.
+        PostGISVerified,
+        /// PostGISReady: the image lacks an extension of `spec.postgis`.
+        ExtensionUnavailable,
+        /// PostGISReady: creating, updating or checking an extension failed.
+        ExtensionFailed,
+        /// PostGISReady: the primary has not been checked yet.
+        NotChecked,
     }
 }
 

@@ -7,10 +7,12 @@
 //! | `conditions` | condition types, typed reasons, the condition builder |
 //! | `instances` | `status.instances[]` |
 //! | `summary` | phase, Ready / Progressing / Degraded / PrimaryTransition, names |
+//! | `archiving`, `postgis` | the ContinuousArchiving and PostGISReady conditions |
 
 pub mod archiving;
 pub mod conditions;
 mod instances;
+mod postgis;
 mod summary;
 
 use kube::api::PostParams;

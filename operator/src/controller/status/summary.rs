@@ -8,7 +8,9 @@ use kube::ResourceExt;
 
 use super::conditions::{condition, Reason, TransitionState, Type};
 use super::instances::statuses;
-use crate::api::{BackupsStatus, GeoDatabase, GeoDatabaseStatus, Phase, SecretNames, ServiceNames};
+use crate::api::{
+    BackupsStatus, GeoDatabase, GeoDatabaseStatus, Phase, PostgisStatus, SecretNames, ServiceNames,
+};
 use crate::builders::Cluster;
 use crate::controller::read::Observed;
 use crate::controller::rollout::Rollout;
@@ -28,6 +30,8 @@ pub struct Converged<'a> {
     pub rollout: &'a Rollout,
     /// What the backup bucket holds, when `spec.backup` is set.
     pub backups: Option<BackupsStatus>,
+    /// The last check of the application database's extensions.
+    pub postgis: Option<PostgisStatus>,
     pub now: &'a Time,
 }
 
@@ -289,6 +293,7 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
         transition,
         rollout,
         backups,
+        postgis,
         now,
     } = input;
     let kept = db.status.clone().unwrap_or_default();
@@ -332,6 +337,12 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
             previous, archiver, generation, now,
         ));
     }
+    conditions.push(super::postgis::condition_for(
+        previous,
+        postgis.as_ref(),
+        generation,
+        now,
+    ));
     let phase = phase_of(all_ready, switching);
     let timeline = health
         .sample(&current)
@@ -355,6 +366,7 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
         secrets: Some(secret_names(cluster)),
         services: Some(service_names(&cluster.names, cluster.spec.pooler.enabled)),
         backups,
+        postgis,
         ..kept
     }
 }
