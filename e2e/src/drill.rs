@@ -210,10 +210,11 @@ impl Writer {
                     }
                     failed => {
                         note(match failed {
-                            // "db: " marks what a server refused, apart from lost connections.
+                            // "db: <SQLSTATE>: " marks what a server refused, apart from lost
+                            // connections.
                             Ok(Err(e)) => e
                                 .as_db_error()
-                                .map(|d| format!("db: {}", d.message()))
+                                .map(|d| format!("db: {}: {}", d.code().code(), d.message()))
                                 .unwrap_or_else(|| e.to_string()),
                             _ => format!("no answer within {answer_within:?}"),
                         });
