@@ -7,6 +7,7 @@
 //! | `builders` | pure functions from a `Cluster` to the objects it should have |
 //! | `agent` | `geodb instance`, the manager of PostgreSQL inside each database pod |
 //! | `pooler` | `geodb pooler`, PgBouncer's supervisor in each pooler pod |
+//! | `jobs` | one-shot Job commands: `geodb migrate`, `geodb seed` |
 //! | `pod_contract` | every name the instance StatefulSet and the agent share |
 //! | `archive`, `backup` | WAL archiving, base backups and restores in S3 |
 //! | `postgres` | connections, the health probe, promotion, slots, LSNs, quoting |
@@ -27,6 +28,7 @@ pub mod certs;
 pub mod controller;
 pub mod crdgen;
 pub mod error;
+pub mod jobs;
 pub mod names;
 pub mod pod_contract;
 pub mod pooler;

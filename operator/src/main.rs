@@ -1,6 +1,7 @@
 //! The `geodb` binary, one subcommand per duty: `operator` runs the controller,
 //! `instance` the agent in a database pod,
-//! `pooler` PgBouncer's supervisor, `crdgen` writes the CRDs.
+//! `pooler` PgBouncer's supervisor, `crdgen` writes the CRDs; `migrate` and `seed` are
+//! one-shot Jobs.
 
 // A function longer than a screen (clippy.toml: 80 lines) is split by what it does.
 #![deny(clippy::too_many_lines)]
@@ -77,6 +78,12 @@ enum Command {
     },
     /// List the complete logical dumps, one JSON manifest a line, oldest first.
     DumpList,
+    /// Apply the pending versioned SQL files, each once, in its own transaction; the
+    /// last stdout line is the outcome as JSON (`PGHOST`, `GEODB_DATABASE`, ...).
+    Migrate(commands::jobs::MigrateArgs),
+    /// Load random locations in Ho Chi Minh City and Hanoi, with images and
+    /// moderation logs, into the sample schema (after `geodb migrate`).
+    Seed(commands::jobs::SeedArgs),
     /// Unpack the base backup a recovery target starts from into an empty directory.
     Restore {
         /// `latest`, `time:<RFC 3339>`, `lsn:<X/Y>` or `name:<restore point>`.
@@ -122,6 +129,8 @@ fn main() -> ExitCode {
             globals: _,
         } => commands::backup::dump_fetch(id.as_deref(), database),
         Command::DumpList => commands::backup::dump_list(),
+        Command::Migrate(args) => return commands::jobs::migrate(args),
+        Command::Seed(args) => commands::jobs::seed(args),
         Command::Restore {
             target,
             pgdata,

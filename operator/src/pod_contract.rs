@@ -148,6 +148,18 @@ pub mod env {
     /// superuser) and keeps this many complete dumps.
     pub const DUMP_KEEP: &str = "GEODB_DUMP_KEEP";
 
+    /// The one-shot Job commands (`geodb migrate`, `geodb seed`) connect with
+    /// [`PGHOST`] (a host name, or a socket directory when it starts with `/`),
+    /// [`PGPORT`], [`DATABASE`] and these: libpq's names where libpq has one, so `psql`
+    /// in the same container reaches the same server.
+    pub const PGUSER: &str = "PGUSER";
+    /// `verify-full` (the default over TCP) or `disable`.
+    pub const PGSSLMODE: &str = "PGSSLMODE";
+    /// The CA a `verify-full` connection trusts; `<TLS_DIR>/ca.crt` when unset.
+    pub const PGSSLROOTCERT: &str = "PGSSLROOTCERT";
+    /// The login's password, in a file (a mounted Secret key), never in the environment.
+    pub const JOB_PASSWORD_FILE: &str = "GEODB_PASSWORD_FILE";
+
     /// The recovery target of a cluster bootstrapped from another's backups
     /// (`spec.bootstrap.recovery`): `latest`, `time:<RFC 3339>`, `lsn:<X/Y>` or
     /// `name:<restore point>`.

@@ -2,6 +2,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod jobs;
 pub mod operator;
 
 use std::path::Path;

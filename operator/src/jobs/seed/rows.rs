@@ -1,0 +1,326 @@
+//! The rows of one seed batch, written straight into `COPY ... (FORMAT binary)` buffers:
+//! the server parses no text, and the points arrive as EWKB, which PostGIS's binary
+//! input reads as is.
+
+use rand::rngs::StdRng;
+use rand::Rng;
+
+/// A city's bounds: longitudes, latitudes (WGS 84).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    pub name: &'static str,
+    pub lon: (f64, f64),
+    pub lat: (f64, f64),
+}
+
+pub const HO_CHI_MINH_CITY: Bounds = Bounds {
+    name: "Ho Chi Minh City",
+    lon: (106.60, 106.80),
+    lat: (10.70, 10.88),
+};
+pub const HANOI: Bounds = Bounds {
+    name: "Hanoi",
+    lon: (105.78, 105.90),
+    lat: (20.98, 21.07),
+};
+pub const CITIES: [Bounds; 2] = [HO_CHI_MINH_CITY, HANOI];
+
+pub const CATEGORIES: [&str; 8] = [
+    "restaurant",
+    "cafe",
+    "park",
+    "museum",
+    "market",
+    "temple",
+    "shop",
+    "hotel",
+];
+/// The statuses of `V2__locations.sql`'s CHECK, with their weights out of 100.
+pub const STATUSES: [(&str, u32); 3] = [("approved", 60), ("pending", 25), ("rejected", 15)];
+
+const ADJECTIVES: [&str; 12] = [
+    "Quiet",
+    "Golden",
+    "Old",
+    "Little",
+    "Green",
+    "Riverside",
+    "Hidden",
+    "Lotus",
+    "Red",
+    "Lucky",
+    "Bamboo",
+    "Sunny",
+];
+const KINDS: [&str; 12] = [
+    "Pho",
+    "Coffee",
+    "Banh Mi",
+    "Garden",
+    "Pagoda",
+    "Gallery",
+    "Market",
+    "Bookstore",
+    "Bakery",
+    "Noodle House",
+    "Tea House",
+    "Night Market",
+];
+const STREETS: [&str; 10] = [
+    "Nguyen Hue",
+    "Le Loi",
+    "Dong Khoi",
+    "Hang Bac",
+    "Ly Thai To",
+    "Pasteur",
+    "Hai Ba Trung",
+    "Tran Hung Dao",
+    "Ba Trieu",
+    "Pham Ngu Lao",
+];
+const PRAISE: [&str; 10] = [
+    "famous for its broth",
+    "with strong iced coffee",
+    "shaded by old trees",
+    "open late every night",
+    "near the lake",
+    "loved by students",
+    "with a rooftop view",
+    "serving fresh spring rolls",
+    "quiet in the morning",
+    "crowded on weekends",
+];
+const REASONS: [&str; 4] = [
+    "looks good",
+    "duplicate of another place",
+    "photos do not match",
+    "verified by a visit",
+];
+
+/// Owners `user0`..`user{OWNERS-1}`, moderators `mod0`.. likewise.
+const OWNERS: u32 = 5_000;
+const MODERATORS: u32 = 20;
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+const YEAR_US: i64 = 365 * 86_400 * 1_000_000;
+
+/// The binary COPY buffers of one batch, for `COLUMNS` of each table.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub locations: Vec<u8>,
+    pub images: Vec<u8>,
+    pub moderation_logs: Vec<u8>,
+    pub image_count: u64,
+    pub log_count: u64,
+}
+
+/// The columns each buffer holds, in order.
+pub const LOCATION_COLUMNS: &str =
+    "id, name, description, category, status, owner, geom, created_at";
+pub const IMAGE_COLUMNS: &str = "location_id, url, owner, created_at";
+pub const LOG_COLUMNS: &str = "location_id, action, moderator, reason, created_at";
+
+/// Rows for the locations `ids` (each with 0-2 images, about one on average, and a
+/// moderation log when it was approved or rejected); the first id goes to Ho Chi Minh
+/// City when `ids[0]` is even, and cities alternate from there. Times are spread over
+/// the year before `now_us` (Unix microseconds).
+pub fn generate(rng: &mut StdRng, ids: &[i64], now_us: i64) -> Batch {
+    let mut batch = Batch {
+        locations: header(ids.len() * 220),
+        images: header(ids.len() * 90),
+        moderation_logs: header(ids.len() * 60),
+        ..Batch::default()
+    };
+    let now = now_us - PG_EPOCH_US;
+    for &id in ids {
+        let city = CITIES[usize::from(id % 2 != 0)];
+        let created = now - rng.random_range(0..YEAR_US);
+        let owner = rng.random_range(0..OWNERS);
+        let status = pick_status(rng.random_range(0..100));
+        location(&mut batch.locations, rng, id, city, status, owner, created);
+        for n in 0..rng.random_range(0..3u32) {
+            let at = created + rng.random_range(0..(now - created).max(1));
+            row(&mut batch.images, 4);
+            int8(&mut batch.images, id);
+            text(&mut batch.images, |b| {
+                write(b, format_args!("https://img.geodb.example/{id}/{n}.jpg"))
+            });
+            text(&mut batch.images, |b| write(b, format_args!("user{owner}")));
+            int8(&mut batch.images, at);
+            batch.image_count += 1;
+        }
+        if status != "pending" {
+            moderation(&mut batch.moderation_logs, rng, id, status, created, now);
+            batch.log_count += 1;
+        }
+    }
+    for buf in [
+        &mut batch.locations,
+        &mut batch.images,
+        &mut batch.moderation_logs,
+    ] {
+        buf.extend_from_slice(&(-1i16).to_be_bytes());
+    }
+    batch
+}
+
+fn pick_status(roll: u32) -> &'static str {
+    let mut left = roll;
+    for (status, weight) in STATUSES {
+        if left < weight {
+            return status;
+        }
+        left -= weight;
+    }
+    STATUSES[0].0
+}
+
+fn location(
+    buf: &mut Vec<u8>,
+    rng: &mut StdRng,
+    id: i64,
+    city: Bounds,
+    status: &str,
+    owner: u32,
+    created: i64,
+) {
+    let adjective = ADJECTIVES[rng.random_range(0..ADJECTIVES.len())];
+    let kind = KINDS[rng.random_range(0..KINDS.len())];
+    let street = STREETS[rng.random_range(0..STREETS.len())];
+    let praise = PRAISE[rng.random_range(0..PRAISE.len())];
+    let category = CATEGORIES[rng.random_range(0..CATEGORIES.len())];
+    let lon = rng.random_range(city.lon.0..city.lon.1);
+    let lat = rng.random_range(city.lat.0..city.lat.1);
+    row(buf, 8);
+    int8(buf, id);
+    text(buf, |b| {
+        write(b, format_args!("{adjective} {kind} {street}"))
+    });
+    text(buf, |b| {
+        write(
+            b,
+            format_args!("{kind} on {street} street in {}, {praise}", city.name),
+        )
+    });
+    text(buf, |b| b.extend_from_slice(category.as_bytes()));
+    text(buf, |b| b.extend_from_slice(status.as_bytes()));
+    text(buf, |b| write(b, format_args!("user{owner}")));
+    point(buf, lon, lat);
+    int8(buf, created);
+}
+
+fn moderation(buf: &mut Vec<u8>, rng: &mut StdRng, id: i64, status: &str, created: i64, now: i64) {
+    let at = created + rng.random_range(0..(now - created).max(1));
+    let action = if status == "approved" {
+        "approve"
+    } else {
+        "reject"
+    };
+    let moderator = rng.random_range(0..MODERATORS);
+    let reason = REASONS[rng.random_range(0..REASONS.len())];
+    row(buf, 5);
+    int8(buf, id);
+    text(buf, |b| b.extend_from_slice(action.as_bytes()));
+    text(buf, |b| write(b, format_args!("mod{moderator}")));
+    text(buf, |b| b.extend_from_slice(reason.as_bytes()));
+    int8(buf, at);
+}
+
+/// The binary COPY signature, no flags, no header extension.
+fn header(capacity: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(capacity + 19);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    buf
+}
+
+fn row(buf: &mut Vec<u8>, fields: i16) {
+    buf.extend_from_slice(&fields.to_be_bytes());
+}
+
+/// An int8, or a timestamptz (microseconds since 2000-01-01).
+fn int8(buf: &mut Vec<u8>, value: i64) {
+    buf.extend_from_slice(&8i32.to_be_bytes());
+    buf.extend_from_slice(&value.to_be_bytes());
+}
+
+/// A text field written by `fill`, its length set afterwards.
+fn text(buf: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) {
+    let at = buf.len();
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    fill(buf);
+    let len = i32::try_from(buf.len() - at - 4).unwrap_or(i32::MAX);
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn write(buf: &mut Vec<u8>, args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    // Writing into a Vec cannot fail.
+    let _ = buf.write_fmt(args);
+}
+
+/// `SRID=4326;POINT(lon lat)` as little-endian EWKB.
+fn point(buf: &mut Vec<u8>, lon: f64, lat: f64) {
+    buf.extend_from_slice(&25i32.to_be_bytes());
+    buf.push(1);
+    buf.extend_from_slice(&0x2000_0001u32.to_le_bytes());
+    buf.extend_from_slice(&4326u32.to_le_bytes());
+    buf.extend_from_slice(&lon.to_le_bytes());
+    buf.extend_from_slice(&lat.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn statuses_follow_their_weights() {
+        assert_eq!(pick_status(0), "approved");
+        assert_eq!(pick_status(59), "approved");
+        assert_eq!(pick_status(60), "pending");
+        assert_eq!(pick_status(85), "rejected");
+        assert_eq!(pick_status(99), "rejected");
+        assert_eq!(STATUSES.iter().map(|s| s.1).sum::<u32>(), 100);
+    }
+
+    #[test]
+    fn a_point_is_ewkb_with_srid_4326() {
+        let mut buf = Vec::new();
+        point(&mut buf, 106.7, 10.8);
+        assert_eq!(&buf[..4], &25i32.to_be_bytes());
+        assert_eq!(&buf[4..13], &[1, 1, 0, 0, 0x20, 0xe6, 0x10, 0, 0]);
+        assert_eq!(f64::from_le_bytes(buf[13..21].try_into().unwrap()), 106.7);
+        assert_eq!(f64::from_le_bytes(buf[21..29].try_into().unwrap()), 10.8);
+    }
+
+    #[test]
+    fn a_batch_is_framed_and_about_one_image_a_location() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let ids: Vec<i64> = (1..=2_000).collect();
+        let batch = generate(&mut rng, &ids, 1_780_000_000_000_000);
+        for buf in [&batch.locations, &batch.images, &batch.moderation_logs] {
+            assert!(buf.starts_with(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0"));
+            assert!(buf.ends_with(&[0xff, 0xff]));
+        }
+        assert_eq!(&batch.locations[19..21], &8i16.to_be_bytes());
+        assert!(
+            (1_800..2_200).contains(&batch.image_count),
+            "{}",
+            batch.image_count
+        );
+        assert!(
+            (1_400..1_600).contains(&batch.log_count),
+            "{}",
+            batch.log_count
+        );
+    }
+
+    #[test]
+    fn text_fields_carry_their_length() {
+        let mut buf = Vec::new();
+        text(&mut buf, |b| write(b, format_args!("user{}", 42)));
+        assert_eq!(buf, [0, 0, 0, 6, b'u', b's', b'e', b'r', b'4', b'2']);
+    }
+}
