@@ -51,6 +51,7 @@ pub const COMPONENT_POOLER: &str = "pooler";
 pub const COMPONENT_POOLER_RO: &str = "pooler-ro";
 pub const COMPONENT_BACKUP: &str = "backup";
 pub const COMPONENT_DUMP: &str = "dump";
+pub const COMPONENT_MIGRATION: &str = "migration";
 
 pub const POSTGRES_PORT: i32 = 5432;
 pub const POOLER_PORT: i32 = 6432;
@@ -127,6 +128,10 @@ impl Names {
     /// The dump that one value of the dump-request annotation asked for.
     pub fn requested_dump_job(&self, request_hash: &str) -> String {
         format!("{}-dump-{request_hash}", self.cluster)
+    }
+    /// The run of schema migrations for inputs with this digest.
+    pub fn migration_job(&self, inputs_hash: &str) -> String {
+        format!("{}-migrate-{inputs_hash}", self.cluster)
     }
     pub fn app_pooler_ro_secret(&self) -> String {
         format!("{}-app-pooler-ro", self.cluster)

@@ -182,6 +182,8 @@ pub const ARCHIVE_ERROR_FILE: &str = "geodb-archive-error";
 
 /// Keys of a TLS Secret (the usual `kubernetes.io/tls` names, plus the CA's), which are
 /// also the file names under [`TLS_DIR`].
+/// Where a container's termination message is read from (the kubelet's default path).
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
 pub const TLS_CERT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
 pub const CA_CERT: &str = "ca.crt";

@@ -137,8 +137,7 @@ enum Pass {
     Again,
 }
 
-/// Where the kubelet reads a container's termination message.
-const TERMINATION_LOG: &str = "/dev/termination-log";
+use crate::pod_contract::TERMINATION_LOG;
 
 /// Restarts of a PostgreSQL that keeps exiting before it accepts connections wait longer
 /// each time (1 s, 2 s, 4 s, ... 30 s); a server that had started (a crash, a kill)

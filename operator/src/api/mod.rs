@@ -7,6 +7,7 @@
 
 mod backup;
 mod bootstrap;
+mod migrations;
 mod network;
 mod pooler;
 mod postgis;
@@ -20,6 +21,7 @@ pub use backup::{
     SecretKey,
 };
 pub use bootstrap::{BootstrapSpec, RecoverySpec, RecoveryTarget};
+pub use migrations::{MigrationImage, MigrationOutcome, MigrationsSpec, MigrationsStatus};
 pub use network::{NetworkSpec, TlsSpec};
 pub use pooler::{PoolMode, PoolerSpec};
 pub use postgis::{ExtensionStatus, PostgisSpec, PostgisStatus};
@@ -102,6 +104,10 @@ pub struct GeoDatabaseSpec {
     /// The extensions kept in the application database (PostGIS and others).
     #[serde(default)]
     pub postgis: PostgisSpec,
+
+    /// Schema migrations, run as a Job against the primary when their inputs change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<MigrationsSpec>,
 
     /// Spreading of the instances and the poolers over nodes and zones.
     #[serde(default)]

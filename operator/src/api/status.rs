@@ -56,6 +56,9 @@ pub struct GeoDatabaseStatus {
     /// The extensions of the application database, as last checked on the primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgis: Option<super::PostgisStatus>,
+    /// The last schema migration run (`spec.migrations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<super::MigrationsStatus>,
 }
 
 /// What the bucket holds: complete base backups (those with a manifest) and the WAL.

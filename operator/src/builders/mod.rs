@@ -5,6 +5,7 @@ pub mod archive;
 pub mod backup;
 pub mod config;
 pub mod instance;
+pub mod migrations;
 pub mod network;
 pub mod pooler;
 pub mod rbac;
@@ -69,6 +70,9 @@ pub struct Cluster {
     pub operator_namespace: Option<String>,
     /// The CA and the server certificate, once the decide step has them.
     pub tls: Option<Tls>,
+    /// The digest of `spec.migrations` and its ConfigMaps' contents, once their Job may
+    /// run (a confirmed primary) or runs already.
+    pub migrations: Option<String>,
 }
 
 /// A cluster's CA and its current server certificate (see `certs`), and the user's
@@ -122,6 +126,7 @@ impl Cluster {
             dump_request: request(db, crate::names::ANNOTATION_DUMP_REQUEST),
             operator_namespace: None,
             tls: None,
+            migrations: None,
         })
     }
 
@@ -224,6 +229,7 @@ pub fn build(cluster: &Cluster) -> Resources {
         jobs: backup::Task::ALL
             .iter()
             .filter_map(|task| backup::requested_job(cluster, *task))
+            .chain(migrations::job(cluster))
             .collect(),
         network_policies: network::network_policy(cluster).into_iter().collect(),
         pod_disruption_budgets: spread::disruption_budgets(cluster),

@@ -51,6 +51,16 @@ pub fn migrate(args: MigrateArgs) -> ExitCode {
         format!(r#"{{"outcome":"failed","version":null,"applied":[],"error":"encoding the outcome: {e}","reason":"runtime"}}"#)
     });
     last_line(&line);
+    // In a pod the kubelet hands the same line to the operator as the container's
+    // termination message (the log is not needed).
+    // Only where the kubelet made the file: never created elsewhere.
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(geodb::pod_contract::TERMINATION_LOG)
+    {
+        let _ = file.write_all(line.as_bytes());
+    }
     if outcome.succeeded() {
         ExitCode::SUCCESS
     } else {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
@@ -31,7 +31,12 @@ pub struct Observed {
     pub parked: BTreeMap<String, String>,
     /// The keys of the user's Secrets that `spec.backup` names.
     pub named_secrets: SecretKeys,
+    /// The data of the ConfigMaps `spec.migrations.configMaps` names (`None`: missing).
+    pub migration_sources: MigrationSources,
 }
+
+/// ConfigMap name to its data, `None` when it does not exist.
+pub type MigrationSources = BTreeMap<String, Option<BTreeMap<String, String>>>;
 
 /// The cluster's objects, from the watch caches.
 pub async fn observe(ctx: &Context, db: &GeoDatabase) -> Result<Observed> {
@@ -55,13 +60,36 @@ pub async fn observe(ctx: &Context, db: &GeoDatabase) -> Result<Observed> {
     let related = ctx.caches.related(&namespace, &cluster);
     let parked = parked(ctx, db, &namespace, &related.pods).await?;
     let named_secrets = named_secrets(ctx, db, &namespace).await?;
+    let migration_sources = migration_sources(ctx, db, &namespace).await?;
     Ok(Observed {
         owned: ctx.caches.owned(&namespace, &cluster, &uid),
         related,
         storage_class_exists,
         parked,
         named_secrets,
+        migration_sources,
     })
+}
+
+/// The ConfigMaps of built-in migrations: their contents are part of the run's inputs.
+async fn migration_sources(
+    ctx: &Context,
+    db: &GeoDatabase,
+    namespace: &str,
+) -> Result<MigrationSources> {
+    let Some(migrations) = db.spec.migrations.as_ref().filter(|m| m.image.is_none()) else {
+        return Ok(MigrationSources::new());
+    };
+    let api = Api::<ConfigMap>::namespaced(ctx.client.clone(), namespace);
+    let mut sources = MigrationSources::new();
+    for name in &migrations.config_maps {
+        let found = api
+            .get_opt(name)
+            .await
+            .map_err(Error::kube("reading a migrations ConfigMap"))?;
+        sources.insert(name.clone(), found.map(|c| c.data.unwrap_or_default()));
+    }
+    Ok(sources)
 }
 
 /// The key names (never the values) of the Secrets `spec.backup`,

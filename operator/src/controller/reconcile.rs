@@ -17,6 +17,7 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{info, warn, Instrument};
 
 use super::apply::{self, Applier};
+use super::chores;
 use super::finalizer::{cleanup, has_finalizer, set_finalizer};
 use super::health::Targets;
 use super::read::Observed;
@@ -40,9 +41,6 @@ const INVALID_RECHECK: Duration = Duration::from_secs(60);
 const AWAITING_RECHECK: Duration = Duration::from_secs(5);
 /// A reconcile that hangs (an API call that never answers) must not hold its object.
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Reconciles slower than this log where their time went.
-const SLOW_RECONCILE: Duration = Duration::from_millis(500);
-
 /// One reconciliation of a GeoDatabase, wrapped in the finalizer that honours its
 /// deletion policy.
 pub async fn reconcile(db: Arc<GeoDatabase>, ctx: Arc<Context>) -> Result<Action> {
@@ -249,6 +247,10 @@ async fn problems(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Vec<S
     ));
     problems.extend(validate::validate_backup(&db.spec, &observed.named_secrets));
     problems.extend(validate::validate_tls(&db.spec, &observed.named_secrets));
+    problems.extend(super::migrations::problems(
+        db.spec.migrations.as_ref(),
+        &observed.migration_sources,
+    ));
     problems.extend(validate::validate_recovery(
         &db.spec,
         &db.namespace().unwrap_or_default(),
@@ -408,6 +410,7 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         cluster.primary = target.to_owned();
     }
     let roles = roles_now(&cluster, &db, &health);
+    let migration_hash = chores::migrations_gate(&mut cluster, &db, &observed, &health, &plan);
 
     let applying = Instant::now();
     let applier = Applier::new(
@@ -429,18 +432,20 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     }
     applied?;
     let steady = matches!(plan, Plan::Steady | Plan::Acknowledge { .. });
-    let rollout = if steady {
-        replication::converge_slots(ctx, &cluster, &db, &health).await;
-        rollout::plan(&cluster, &observed, &health)
-    } else {
-        rollout::Rollout::default()
-    };
+    let rollout = plan_rollout(ctx, steady, (&cluster, &db, &observed), &health).await;
     let changes = applier.into_changes();
     let applied_in = applying.elapsed();
     let backups = catalog::backups_status(ctx, &db, &observed).await;
-    let login = super::certificates::login(&cluster).ok();
-    let postgis =
-        super::extensions::step(ctx, &db, &cluster, &health, login.as_ref(), steady).await;
+    let (postgis, migrations) = chores::step(
+        ctx,
+        &db,
+        &cluster,
+        &observed,
+        &health,
+        steady,
+        migration_hash,
+    )
+    .await;
     let computed = status::converged(status::Converged {
         db: &db,
         cluster: &cluster,
@@ -451,6 +456,7 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         rollout: &rollout,
         backups,
         postgis,
+        migrations,
         now: &now(),
     });
     // The status says what the rollout does before it does it.
@@ -458,16 +464,24 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     rollout::execute(ctx, &db, &cluster, &rollout).await?;
     let status_in = applying.elapsed() - applied_in;
     events::report_changes(&db, ctx, &changes, generated).await;
-    if applying.elapsed() > SLOW_RECONCILE {
-        info!(
-            apply_ms = applied_in.as_millis() as u64,
-            status_ms = status_in.as_millis() as u64,
-            events_ms = (applying.elapsed() - applied_in - status_in).as_millis() as u64,
-            "slow reconcile"
-        );
-    }
+    chores::log_slow(applying.elapsed(), applied_in, status_in);
     let changing = changes.requeue_soon || rollout.rolling();
     Ok(next_look(&plan, changing, observed.awaiting_pods()))
+}
+
+/// With no transition under way: the replication slots converge, and the rollout of a
+/// changed pod template is planned.
+async fn plan_rollout(
+    ctx: &Context,
+    steady: bool,
+    (cluster, db, observed): (&Cluster, &GeoDatabase, &Observed),
+    health: &crate::postgres::probe::ClusterHealth,
+) -> rollout::Rollout {
+    if !steady {
+        return rollout::Rollout::default();
+    }
+    replication::converge_slots(ctx, cluster, db, health).await;
+    rollout::plan(cluster, observed, health)
 }
 
 /// When to look again: as the plan says, soon while objects or pods change, within

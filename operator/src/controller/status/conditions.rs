@@ -41,6 +41,8 @@ spelled! {
         /// True once the primary answered `postgis_full_version()` and a `geometry` cast
         /// with every extension of `spec.postgis` in place.
         PostGISReady,
+        /// With `spec.migrations`: True once the run of the current inputs succeeded.
+        Migrated,
     }
 }
 
@@ -114,6 +116,13 @@ spelled! {
         ExtensionFailed,
         /// PostGISReady: the primary has not been checked yet.
         NotChecked,
+        /// Migrated: the run of the current inputs succeeded.
+        MigrationsApplied,
+        MigrationRunning,
+        /// Migrated: the run failed; the error names the file.
+        MigrationFailed,
+        /// Migrated: the run waits for a confirmed primary.
+        MigrationPending,
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod archiving;
 pub mod conditions;
 mod instances;
+mod migrations;
 mod postgis;
 mod summary;
 

@@ -9,7 +9,8 @@ use kube::ResourceExt;
 use super::conditions::{condition, Reason, TransitionState, Type};
 use super::instances::statuses;
 use crate::api::{
-    BackupsStatus, GeoDatabase, GeoDatabaseStatus, Phase, PostgisStatus, SecretNames, ServiceNames,
+    BackupsStatus, GeoDatabase, GeoDatabaseStatus, MigrationsStatus, Phase, PostgisStatus,
+    SecretNames, ServiceNames,
 };
 use crate::builders::Cluster;
 use crate::controller::read::Observed;
@@ -32,6 +33,8 @@ pub struct Converged<'a> {
     pub backups: Option<BackupsStatus>,
     /// The last check of the application database's extensions.
     pub postgis: Option<PostgisStatus>,
+    /// With `spec.migrations`: the digest of its inputs and how their run stands.
+    pub migrations: Option<(String, Option<MigrationsStatus>)>,
     pub now: &'a Time,
 }
 
@@ -294,6 +297,7 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
         rollout,
         backups,
         postgis,
+        migrations,
         now,
     } = input;
     let kept = db.status.clone().unwrap_or_default();
@@ -306,12 +310,8 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
     let switching = transition.as_ref().is_some_and(|t| t.active);
     let rolling = rollout.describe(&current);
     let all_ready = ready_instances == wanted && pooler_ok && !switching && rolling.is_none();
-    let pooler_note = match (cluster.spec.pooler.enabled, pooler_ok) {
-        (false, _) => "",
-        (true, true) => ", pooler ready",
-        (true, false) => ", pooler not ready",
-    };
-    let summary = format!("{ready_instances}/{wanted} instances ready{pooler_note}");
+    let pooler = (cluster.spec.pooler.enabled, pooler_ok);
+    let summary = summary_line(ready_instances, wanted, pooler);
     let generation = db.metadata.generation;
     let previous = &kept.conditions;
     let mut conditions =
@@ -329,27 +329,21 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
         now,
     ));
     if cluster.spec.backup.is_some() {
-        let archiver = health
-            .sample(&current)
-            .and_then(Sample::primary)
-            .map(|s| &s.archiver);
+        let archiver = health.sample(&current).and_then(Sample::primary);
+        let archiver = archiver.map(|s| &s.archiver);
         conditions.push(super::archiving::condition_for(
             previous, archiver, generation, now,
         ));
     }
-    conditions.push(super::postgis::condition_for(
-        previous,
+    let last_run = chore_conditions(
+        &mut conditions,
+        (previous, generation, now),
         postgis.as_ref(),
-        generation,
-        now,
-    ));
+        &migrations,
+        kept.migrations.clone(),
+    );
     let phase = phase_of(all_ready, switching);
-    let timeline = health
-        .sample(&current)
-        .and_then(Sample::primary)
-        .and_then(|s| s.timeline)
-        .filter(|_| confirmed)
-        .or(kept.timeline);
+    let timeline = timeline_of(health, &current, confirmed, kept.timeline);
     GeoDatabaseStatus {
         phase: Some(phase),
         conditions,
@@ -367,8 +361,59 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
         services: Some(service_names(&cluster.names, cluster.spec.pooler.enabled)),
         backups,
         postgis,
+        migrations: last_run,
         ..kept
     }
+}
+
+/// The primary's timeline as probed once it is confirmed, else the one recorded.
+fn timeline_of(
+    health: &ClusterHealth,
+    current: &str,
+    confirmed: bool,
+    kept: Option<i64>,
+) -> Option<i64> {
+    health
+        .sample(current)
+        .and_then(Sample::primary)
+        .and_then(|s| s.timeline)
+        .filter(|_| confirmed)
+        .or(kept)
+}
+
+/// "2/3 instances ready, pooler ready".
+fn summary_line(ready: i32, wanted: i32, pooler: (bool, bool)) -> String {
+    let pooler_note = match pooler {
+        (false, _) => "",
+        (true, true) => ", pooler ready",
+        (true, false) => ", pooler not ready",
+    };
+    format!("{ready}/{wanted} instances ready{pooler_note}")
+}
+
+/// `PostGISReady`, and `Migrated` with `spec.migrations`; the migration run to keep in
+/// the status (the current inputs' once it started, else the last one).
+fn chore_conditions(
+    conditions: &mut Vec<Condition>,
+    (previous, generation, now): (&[Condition], Option<i64>, &Time),
+    postgis: Option<&PostgisStatus>,
+    migrations: &Option<(String, Option<MigrationsStatus>)>,
+    last_run: Option<MigrationsStatus>,
+) -> Option<MigrationsStatus> {
+    conditions.push(super::postgis::condition_for(
+        previous, postgis, generation, now,
+    ));
+    let Some((hash, run)) = migrations else {
+        return last_run;
+    };
+    conditions.push(super::migrations::condition_for(
+        previous,
+        hash,
+        run.as_ref(),
+        generation,
+        now,
+    ));
+    run.clone().or(last_run)
 }
 
 /// Status of a GeoDatabase created over volumes whose primary is not known yet: Creating,
@@ -500,6 +545,8 @@ mod tests {
             transition: None,
             rollout: &Rollout::default(),
             backups: None,
+            postgis: None,
+            migrations: None,
             now: &at(seconds),
         })
     }
