@@ -10,6 +10,7 @@
 //! | `archiving`, `postgis` | the ContinuousArchiving and PostGISReady conditions |
 
 pub mod archiving;
+mod chores;
 pub mod conditions;
 mod instances;
 mod migrations;

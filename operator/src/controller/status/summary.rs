@@ -335,7 +335,7 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
             previous, archiver, generation, now,
         ));
     }
-    let last_run = chore_conditions(
+    let last_run = super::chores::conditions(
         &mut conditions,
         (previous, generation, now),
         postgis.as_ref(),
@@ -389,31 +389,6 @@ fn summary_line(ready: i32, wanted: i32, pooler: (bool, bool)) -> String {
         (true, false) => ", pooler not ready",
     };
     format!("{ready}/{wanted} instances ready{pooler_note}")
-}
-
-/// `PostGISReady`, and `Migrated` with `spec.migrations`; the migration run to keep in
-/// the status (the current inputs' once it started, else the last one).
-fn chore_conditions(
-    conditions: &mut Vec<Condition>,
-    (previous, generation, now): (&[Condition], Option<i64>, &Time),
-    postgis: Option<&PostgisStatus>,
-    migrations: &Option<(String, Option<MigrationsStatus>)>,
-    last_run: Option<MigrationsStatus>,
-) -> Option<MigrationsStatus> {
-    conditions.push(super::postgis::condition_for(
-        previous, postgis, generation, now,
-    ));
-    let Some((hash, run)) = migrations else {
-        return last_run;
-    };
-    conditions.push(super::migrations::condition_for(
-        previous,
-        hash,
-        run.as_ref(),
-        generation,
-        now,
-    ));
-    run.clone().or(last_run)
 }
 
 /// Status of a GeoDatabase created over volumes whose primary is not known yet: Creating,
