@@ -13,6 +13,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
+#[path = "cluster/migrations.rs"]
+mod migrations;
 #[path = "cluster/pooler.rs"]
 mod pooler;
 #[path = "cluster/postgis.rs"]
@@ -420,6 +422,7 @@ async fn cluster_suite() {
     let passed = geodb_e2e::kube_util::run_in_namespace(&client, &ns, |client, ns| async move {
         scenario_postgis_cluster(&client, &ns).await;
         postgis::scenario_postgis_extensions(&client, &ns).await;
+        migrations::scenario_migrations(&client, &ns).await;
         tls::scenario_tls(&client, &ns).await;
         tls::scenario_provided_tls(&client, &ns).await;
         pooler::scenario_pooler_reload(&client, &ns).await;
