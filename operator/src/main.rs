@@ -84,6 +84,11 @@ enum Command {
     /// Load random locations in Ho Chi Minh City and Hanoi, with images and
     /// moderation logs, into the sample schema (after `geodb migrate`).
     Seed(commands::jobs::SeedArgs),
+    /// Maintenance of the application database (the maintenance CronJob's command).
+    Maintain {
+        #[command(subcommand)]
+        task: commands::jobs::MaintainTask,
+    },
     /// Unpack the base backup a recovery target starts from into an empty directory.
     Restore {
         /// `latest`, `time:<RFC 3339>`, `lsn:<X/Y>` or `name:<restore point>`.
@@ -131,6 +136,7 @@ fn main() -> ExitCode {
         Command::DumpList => commands::backup::dump_list(),
         Command::Migrate(args) => return commands::jobs::migrate(args),
         Command::Seed(args) => commands::jobs::seed(args),
+        Command::Maintain { task } => return commands::jobs::maintain(task),
         Command::Restore {
             target,
             pgdata,

@@ -33,6 +33,8 @@ pub const ANNOTATION_LAST_PRIMARY: &str = "geodb.io/last-primary";
 pub const ANNOTATION_LAST_TIMELINE: &str = "geodb.io/last-timeline";
 /// On a GeoDatabase: every new value runs one base backup now (a Job of its own).
 pub const ANNOTATION_BACKUP_REQUEST: &str = "geodb.io/backup-request";
+/// A new value starts one VACUUM run (`spec.maintenance.vacuum`).
+pub const ANNOTATION_VACUUM_REQUEST: &str = "geodb.io/vacuum-request";
 /// A new value asks for one logical dump (`spec.backup.dumps`).
 pub const ANNOTATION_DUMP_REQUEST: &str = "geodb.io/dump-request";
 /// On a credentials Secret kept by a deleted GeoDatabase: a GeoDatabase created again
@@ -52,6 +54,7 @@ pub const COMPONENT_POOLER_RO: &str = "pooler-ro";
 pub const COMPONENT_BACKUP: &str = "backup";
 pub const COMPONENT_DUMP: &str = "dump";
 pub const COMPONENT_MIGRATION: &str = "migration";
+pub const COMPONENT_VACUUM: &str = "vacuum";
 
 pub const POSTGRES_PORT: i32 = 5432;
 pub const POOLER_PORT: i32 = 6432;
@@ -128,6 +131,12 @@ impl Names {
     /// The dump that one value of the dump-request annotation asked for.
     pub fn requested_dump_job(&self, request_hash: &str) -> String {
         format!("{}-dump-{request_hash}", self.cluster)
+    }
+    pub fn vacuum_cron_job(&self) -> String {
+        format!("{}-vacuum", self.cluster)
+    }
+    pub fn requested_vacuum_job(&self, request_hash: &str) -> String {
+        format!("{}-vacuum-{request_hash}", self.cluster)
     }
     /// The run of schema migrations for inputs with this digest.
     pub fn migration_job(&self, inputs_hash: &str) -> String {

@@ -26,8 +26,14 @@ fn sample_files() -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `Migrated` once its status and reason are these, with `status.migrations` then.
-async fn migrated(api: &Api<GeoDatabase>, status: &str, reason: &str, after: &str) -> String {
+/// `Migrated` once its status and reason are these for a run other than `not_job`:
+/// its message and the run's Job.
+async fn migrated(
+    api: &Api<GeoDatabase>,
+    (status, reason): (&str, &str),
+    after: &str,
+    not_job: Option<&str>,
+) -> (String, String) {
     let last = std::sync::Mutex::new(None);
     wait_for(
         &format!("Migrated {status} ({reason}) after {after}"),
@@ -36,7 +42,9 @@ async fn migrated(api: &Api<GeoDatabase>, status: &str, reason: &str, after: &st
             let s = api.get("geo").await.ok()?.status?;
             let c = geodb::api::find_condition(&s.conditions, "Migrated")?.clone();
             *last.lock().unwrap() = Some((c.clone(), s.migrations.clone()));
-            (c.status == status && c.reason == reason).then_some(c.message)
+            let job = s.migrations?.job;
+            (c.status == status && c.reason == reason && Some(job.as_str()) != not_job)
+                .then_some((c.message, job))
         },
     )
     .await
@@ -75,7 +83,8 @@ pub async fn scenario_migrations(client: &Client, ns: &str) {
     api.patch("geo", &PatchParams::default(), &Patch::Merge(&spec))
         .await
         .unwrap();
-    let message = migrated(&api, "True", "MigrationsApplied", "the first run").await;
+    let (message, first) =
+        migrated(&api, ("True", "MigrationsApplied"), "the first run", None).await;
     assert!(
         message.contains("applied 1, 2, 3, 4, 5 at version 5"),
         "{message}"
@@ -120,7 +129,13 @@ pub async fn scenario_migrations(client: &Client, ns: &str) {
     api.patch("geo", &PatchParams::default(), &Patch::Merge(&again))
         .await
         .unwrap();
-    let message = migrated(&api, "True", "MigrationsApplied", "a run with nothing new").await;
+    let (message, second) = migrated(
+        &api,
+        ("True", "MigrationsApplied"),
+        "a run with nothing new",
+        Some(&first),
+    )
+    .await;
     assert!(
         message.contains("schema up to date at version 5"),
         "{message}"
@@ -133,7 +148,13 @@ pub async fn scenario_migrations(client: &Client, ns: &str) {
         "CREATE TABLE half_applied (id int);\nCREATE TABLEE nonsense (id int);\n".into(),
     );
     put_files(&config_maps, broken).await;
-    let message = migrated(&api, "False", "MigrationFailed", "a broken file").await;
+    let (message, third) = migrated(
+        &api,
+        ("False", "MigrationFailed"),
+        "a broken file",
+        Some(&second),
+    )
+    .await;
     assert!(message.contains("V6__broken.sql"), "{message}");
     let half: Option<String> = rw
         .query_one("SELECT to_regclass('half_applied')::text", &[])
@@ -154,6 +175,12 @@ pub async fn scenario_migrations(client: &Client, ns: &str) {
         "CREATE TABLE half_applied (id int);\n".into(),
     );
     put_files(&config_maps, fixed).await;
-    let message = migrated(&api, "True", "MigrationsApplied", "the fixed file").await;
+    let (message, _) = migrated(
+        &api,
+        ("True", "MigrationsApplied"),
+        "the fixed file",
+        Some(&third),
+    )
+    .await;
     assert!(message.contains("applied 6 at version 6"), "{message}");
 }

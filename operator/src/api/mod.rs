@@ -7,6 +7,7 @@
 
 mod backup;
 mod bootstrap;
+mod maintenance;
 mod migrations;
 mod network;
 mod pooler;
@@ -21,6 +22,9 @@ pub use backup::{
     SecretKey,
 };
 pub use bootstrap::{BootstrapSpec, RecoverySpec, RecoveryTarget};
+pub use maintenance::{
+    MaintenanceSpec, MaintenanceStatus, VacuumRun, VacuumSpec, VacuumTable, AUTOVACUUM_SETTINGS,
+};
 pub use migrations::{MigrationImage, MigrationOutcome, MigrationsSpec, MigrationsStatus};
 pub use network::{NetworkSpec, TlsSpec};
 pub use pooler::{PoolMode, PoolerSpec};
@@ -104,6 +108,10 @@ pub struct GeoDatabaseSpec {
     /// The extensions kept in the application database (PostGIS and others).
     #[serde(default)]
     pub postgis: PostgisSpec,
+
+    /// Scheduled maintenance of the application database (VACUUM).
+    #[serde(default)]
+    pub maintenance: MaintenanceSpec,
 
     /// Schema migrations, run as a Job against the primary when their inputs change.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -24,7 +24,7 @@ use crate::pod_contract::{
 /// Where the ConfigMaps are mounted, one directory each.
 const MIGRATIONS_DIR: &str = "/migrations";
 
-fn volume_mount(name: &str, path: &str) -> VolumeMount {
+pub(super) fn volume_mount(name: &str, path: &str) -> VolumeMount {
     VolumeMount {
         name: name.into(),
         mount_path: path.into(),
@@ -33,13 +33,13 @@ fn volume_mount(name: &str, path: &str) -> VolumeMount {
     }
 }
 
-/// libpq's variables for the primary (both modes read them).
-fn connection_env(cluster: &Cluster) -> Vec<EnvVar> {
+/// libpq's variables for the primary as `user` (every one-shot Job reads them).
+pub(super) fn connection_env(cluster: &Cluster, user: &str) -> Vec<EnvVar> {
     let rw = cluster.service_host(&cluster.names.rw_service());
     vec![
         env(var::PGHOST, rw),
         env(var::PGPORT, POSTGRES_PORT.to_string()),
-        env(var::PGUSER, cluster.spec.database.owner.clone()),
+        env(var::PGUSER, user),
         env("PGDATABASE", cluster.spec.database.name.clone()),
         env(var::DATABASE, cluster.spec.database.name.clone()),
         env(var::PGSSLMODE, "verify-full"),
@@ -52,7 +52,7 @@ fn connection_env(cluster: &Cluster) -> Vec<EnvVar> {
 }
 
 fn container(cluster: &Cluster, spec: &MigrationsSpec) -> Container {
-    let mut env_vars = connection_env(cluster);
+    let mut env_vars = connection_env(cluster, &cluster.spec.database.owner);
     let mut mounts = vec![volume_mount("secrets", SECRETS_DIR)];
     let (image, command, args) = match &spec.image {
         Some(own) => {
@@ -109,13 +109,14 @@ fn container(cluster: &Cluster, spec: &MigrationsSpec) -> Container {
     }
 }
 
-fn volumes(cluster: &Cluster, spec: &MigrationsSpec) -> Vec<Volume> {
-    let mut volumes = vec![
+/// The login's password file and the CA under `SECRETS_DIR`, and a scratch `/tmp`.
+pub(super) fn job_volumes(secret: String, login: Credential, cluster: &Cluster) -> Vec<Volume> {
+    vec![
         Volume {
             name: "secrets".into(),
             projected: Some(ProjectedVolumeSource {
                 sources: Some(vec![
-                    password_projection(cluster.names.app_secret(), Credential::App),
+                    password_projection(secret, login),
                     tls_projection(cluster, &[CA_CERT]),
                 ]),
                 ..ProjectedVolumeSource::default()
@@ -127,7 +128,11 @@ fn volumes(cluster: &Cluster, spec: &MigrationsSpec) -> Vec<Volume> {
             empty_dir: Some(Default::default()),
             ..Volume::default()
         },
-    ];
+    ]
+}
+
+fn volumes(cluster: &Cluster, spec: &MigrationsSpec) -> Vec<Volume> {
+    let mut volumes = job_volumes(cluster.names.app_secret(), Credential::App, cluster);
     if spec.image.is_none() {
         for (index, name) in spec.config_maps.iter().enumerate() {
             volumes.push(Volume {

@@ -5,6 +5,7 @@ pub mod archive;
 pub mod backup;
 pub mod config;
 pub mod instance;
+pub mod maintenance;
 pub mod migrations;
 pub mod network;
 pub mod pooler;
@@ -64,6 +65,8 @@ pub struct Cluster {
     pub standby_ready: bool,
     /// The value of the backup-request annotation: one base backup per value.
     pub backup_request: Option<String>,
+    /// The value of the vacuum-request annotation: one VACUUM run per value.
+    pub vacuum_request: Option<String>,
     /// The value of the dump-request annotation: one logical dump per value.
     pub dump_request: Option<String>,
     /// The operator's own namespace, when known: the NetworkPolicy admits its pods.
@@ -123,6 +126,7 @@ impl Cluster {
             bootstrapped: false,
             standby_ready: false,
             backup_request: request(db, crate::names::ANNOTATION_BACKUP_REQUEST),
+            vacuum_request: request(db, crate::names::ANNOTATION_VACUUM_REQUEST),
             dump_request: request(db, crate::names::ANNOTATION_DUMP_REQUEST),
             operator_namespace: None,
             tls: None,
@@ -225,11 +229,13 @@ pub fn build(cluster: &Cluster) -> Resources {
         cron_jobs: backup::Task::ALL
             .iter()
             .filter_map(|task| backup::cron_job(cluster, *task))
+            .chain(maintenance::cron_job(cluster))
             .collect(),
         jobs: backup::Task::ALL
             .iter()
             .filter_map(|task| backup::requested_job(cluster, *task))
             .chain(migrations::job(cluster))
+            .chain(maintenance::requested_job(cluster))
             .collect(),
         network_policies: network::network_policy(cluster).into_iter().collect(),
         pod_disruption_budgets: spread::disruption_budgets(cluster),

@@ -32,6 +32,27 @@ pub struct SeedArgs {
     pub seed: Option<u64>,
 }
 
+#[derive(clap::Subcommand)]
+pub enum MaintainTask {
+    /// VACUUM (ANALYZE) the tables, never queued behind application locks.
+    Vacuum(VacuumArgs),
+}
+
+#[derive(clap::Args)]
+pub struct VacuumArgs {
+    /// A table (`name` or `schema.name`) to vacuum (repeatable); every user table when
+    /// none is given.
+    #[arg(long = "table")]
+    pub tables: Vec<String>,
+    /// How long a table's VACUUM waits for its lock before the table is skipped.
+    #[arg(long, default_value_t = 5000)]
+    pub lock_timeout_ms: u64,
+    /// A per-table autovacuum setting, `TABLE:KEY=VALUE` (repeatable), set before the
+    /// table is vacuumed.
+    #[arg(long = "autovacuum")]
+    pub autovacuum: Vec<String>,
+}
+
 /// Print `line` as the last stdout line.
 fn last_line(line: &str) {
     let mut stdout = std::io::stdout().lock();
@@ -51,16 +72,7 @@ pub fn migrate(args: MigrateArgs) -> ExitCode {
         format!(r#"{{"outcome":"failed","version":null,"applied":[],"error":"encoding the outcome: {e}","reason":"runtime"}}"#)
     });
     last_line(&line);
-    // In a pod the kubelet hands the same line to the operator as the container's
-    // termination message (the log is not needed).
-    // Only where the kubelet made the file: never created elsewhere.
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(geodb::pod_contract::TERMINATION_LOG)
-    {
-        let _ = file.write_all(line.as_bytes());
-    }
+    termination_message(&line);
     if outcome.succeeded() {
         ExitCode::SUCCESS
     } else {
@@ -88,4 +100,47 @@ pub fn seed(args: SeedArgs) -> Result<(), String> {
     );
     last_line(&serde_json::to_string(&summary).map_err(|e| e.to_string())?);
     Ok(())
+}
+
+/// In a pod the kubelet hands `line` to the operator as the container's termination
+/// message (the log is not needed). Only where the kubelet made the file: never created
+/// elsewhere.
+fn termination_message(line: &str) {
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(geodb::pod_contract::TERMINATION_LOG)
+    {
+        let _ = file.write_all(line.as_bytes());
+    }
+}
+
+/// `geodb maintain vacuum`: exit 0 unless the run failed as a whole (a skipped table is
+/// reported, not an error).
+pub fn maintain(task: MaintainTask) -> ExitCode {
+    init_tracing("json");
+    let MaintainTask::Vacuum(args) = task;
+    let settings = match geodb::jobs::vacuum::parse_settings(&args.autovacuum) {
+        Ok(settings) => settings,
+        Err(error) => {
+            tracing::error!(%error, "bad --autovacuum");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = geodb::jobs::vacuum::command(&geodb::jobs::vacuum::Args {
+        tables: args.tables,
+        lock_timeout: std::time::Duration::from_millis(args.lock_timeout_ms),
+        settings,
+    });
+    let line = serde_json::to_string(&report).unwrap_or_else(|e| {
+        format!(
+            r#"{{"outcome":"failed","seconds":0,"tables":[],"error":"encoding the report: {e}"}}"#
+        )
+    });
+    last_line(&line);
+    termination_message(&line);
+    match report.outcome {
+        "failed" => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    }
 }

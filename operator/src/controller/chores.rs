@@ -84,3 +84,107 @@ pub fn migrations_gate(
     }
     Some(hash)
 }
+
+/// The newest finished VACUUM run, from the termination messages of the vacuum pods
+/// (scheduled or requested); the one recorded when no pod is left.
+pub fn maintenance_status(
+    db: &GeoDatabase,
+    observed: &Observed,
+) -> Option<crate::api::MaintenanceStatus> {
+    let previous = db.status.as_ref().and_then(|s| s.maintenance.clone());
+    let newest = observed
+        .related
+        .pods
+        .iter()
+        .filter(|p| {
+            p.labels()
+                .get(crate::names::LABEL_COMPONENT)
+                .map(String::as_str)
+                == Some(crate::names::COMPONENT_VACUUM)
+        })
+        .filter_map(vacuum_run)
+        .max_by(|a, b| a.finished_at.cmp(&b.finished_at));
+    match (newest, previous) {
+        (Some(run), previous) => {
+            let newer = previous
+                .as_ref()
+                .and_then(|p| p.last_vacuum.as_ref())
+                .is_none_or(|last| last.finished_at <= run.finished_at);
+            match newer {
+                true => Some(crate::api::MaintenanceStatus {
+                    last_vacuum: Some(run),
+                }),
+                false => previous,
+            }
+        }
+        (None, previous) => previous,
+    }
+}
+
+/// A finished vacuum pod's report (pure).
+pub fn vacuum_run(pod: &k8s_openapi::api::core::v1::Pod) -> Option<crate::api::VacuumRun> {
+    let terminated = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find_map(|c| c.state.as_ref()?.terminated.clone())?;
+    let message = terminated.message.unwrap_or_default();
+    let line = message.lines().last().unwrap_or_default();
+    let mut run: crate::api::VacuumRun =
+        serde_json::from_str(line).unwrap_or_else(|_| crate::api::VacuumRun {
+            outcome: "failed".into(),
+            error: Some(message.clone()),
+            ..crate::api::VacuumRun::default()
+        });
+    run.pod = pod.name_any();
+    run.finished_at = terminated.finished_at.map(|t| t.0.to_string());
+    Some(run)
+}
+
+/// An Event for a run not seen before.
+pub async fn tell_vacuum(
+    ctx: &Context,
+    db: &GeoDatabase,
+    now: Option<&crate::api::MaintenanceStatus>,
+) {
+    let run = now.and_then(|m| m.last_vacuum.as_ref());
+    let before = db
+        .status
+        .as_ref()
+        .and_then(|s| s.maintenance.as_ref())
+        .and_then(|m| m.last_vacuum.as_ref());
+    let Some(run) = run.filter(|r| before.is_none_or(|b| b.pod != r.pod)) else {
+        return;
+    };
+    let (dead_before, dead_after) = run.tables.iter().fold((0, 0), |(b, a), t| {
+        (b + t.dead_before.max(0), a + t.dead_after.max(0))
+    });
+    let skipped: Vec<&str> = run
+        .tables
+        .iter()
+        .filter(|t| t.outcome != "vacuumed")
+        .map(|t| t.table.as_str())
+        .collect();
+    let note = format!(
+        "{}: {} ({} tables in {:.1}s; dead tuples {dead_before} -> {dead_after}{}){}",
+        run.pod,
+        run.outcome,
+        run.tables.len(),
+        run.seconds,
+        match skipped.is_empty() {
+            true => String::new(),
+            false => format!("; not vacuumed: {}", skipped.join(", ")),
+        },
+        run.error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+    let kind = match run.outcome.as_str() {
+        "vacuumed" => kube::runtime::events::EventType::Normal,
+        _ => kube::runtime::events::EventType::Warning,
+    };
+    ctx.event(db, kind, "VacuumFinished", note).await;
+}

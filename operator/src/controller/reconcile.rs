@@ -27,7 +27,7 @@ use super::{
     adopt, catalog, certificates, claims, credentials, events, policy, read, rollout, status,
     topology, validate, Context,
 };
-use crate::api::{GeoDatabase, Role};
+use crate::api::{GeoDatabase, GeoDatabaseStatus, Role};
 use crate::builders::{self, Cluster};
 use crate::error::{Error, Result};
 use crate::names::Names;
@@ -459,8 +459,18 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         migrations,
         now: &now(),
     });
+    let maintenance = chores::maintenance_status(&db, &observed);
+    chores::tell_vacuum(ctx, &db, maintenance.as_ref()).await;
     // The status says what the rollout does before it does it.
-    write_status(ctx, &db, computed).await?;
+    write_status(
+        ctx,
+        &db,
+        GeoDatabaseStatus {
+            maintenance,
+            ..computed
+        },
+    )
+    .await?;
     rollout::execute(ctx, &db, &cluster, &rollout).await?;
     let status_in = applying.elapsed() - applied_in;
     events::report_changes(&db, ctx, &changes, generated).await;
