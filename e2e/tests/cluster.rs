@@ -13,6 +13,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
+#[path = "cluster/maintenance.rs"]
+mod maintenance;
 #[path = "cluster/migrations.rs"]
 mod migrations;
 #[path = "cluster/pooler.rs"]
@@ -423,6 +425,7 @@ async fn cluster_suite() {
         scenario_postgis_cluster(&client, &ns).await;
         postgis::scenario_postgis_extensions(&client, &ns).await;
         migrations::scenario_migrations(&client, &ns).await;
+        maintenance::scenario_vacuum(&client, &ns).await;
         tls::scenario_tls(&client, &ns).await;
         tls::scenario_provided_tls(&client, &ns).await;
         pooler::scenario_pooler_reload(&client, &ns).await;

@@ -37,10 +37,7 @@ pub async fn step(
     health: &crate::postgres::probe::ClusterHealth,
     steady: bool,
     migration_hash: Option<String>,
-) -> (
-    Option<crate::api::PostgisStatus>,
-    Option<(String, Option<crate::api::MigrationsStatus>)>,
-) {
+) -> super::status::Chores {
     let login = super::certificates::login(cluster).ok();
     let postgis = super::extensions::step(ctx, db, cluster, health, login.as_ref(), steady).await;
     let migrations = migration_hash.map(|hash| {
@@ -51,7 +48,13 @@ pub async fn step(
     if let Some((_, run)) = &migrations {
         super::migrations::tell(ctx, db, run.as_ref()).await;
     }
-    (postgis, migrations)
+    let maintenance = maintenance_status(db, observed);
+    tell_vacuum(ctx, db, maintenance.as_ref()).await;
+    super::status::Chores {
+        postgis,
+        migrations,
+        maintenance,
+    }
 }
 
 /// The digest of the migrations' inputs (with `spec.migrations`); their Job is built

@@ -27,7 +27,7 @@ use super::{
     adopt, catalog, certificates, claims, credentials, events, policy, read, rollout, status,
     topology, validate, Context,
 };
-use crate::api::{GeoDatabase, GeoDatabaseStatus, Role};
+use crate::api::{GeoDatabase, Role};
 use crate::builders::{self, Cluster};
 use crate::error::{Error, Result};
 use crate::names::Names;
@@ -432,11 +432,11 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     }
     applied?;
     let steady = matches!(plan, Plan::Steady | Plan::Acknowledge { .. });
-    let rollout = plan_rollout(ctx, steady, (&cluster, &db, &observed), &health).await;
+    let rollout = rollout::plan_after_slots(ctx, steady, (&cluster, &db, &observed), &health).await;
     let changes = applier.into_changes();
     let applied_in = applying.elapsed();
     let backups = catalog::backups_status(ctx, &db, &observed).await;
-    let (postgis, migrations) = chores::step(
+    let chores = chores::step(
         ctx,
         &db,
         &cluster,
@@ -455,43 +455,17 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         transition,
         rollout: &rollout,
         backups,
-        postgis,
-        migrations,
+        chores,
         now: &now(),
     });
-    let maintenance = chores::maintenance_status(&db, &observed);
-    chores::tell_vacuum(ctx, &db, maintenance.as_ref()).await;
     // The status says what the rollout does before it does it.
-    write_status(
-        ctx,
-        &db,
-        GeoDatabaseStatus {
-            maintenance,
-            ..computed
-        },
-    )
-    .await?;
+    write_status(ctx, &db, computed).await?;
     rollout::execute(ctx, &db, &cluster, &rollout).await?;
     let status_in = applying.elapsed() - applied_in;
     events::report_changes(&db, ctx, &changes, generated).await;
     chores::log_slow(applying.elapsed(), applied_in, status_in);
     let changing = changes.requeue_soon || rollout.rolling();
     Ok(next_look(&plan, changing, observed.awaiting_pods()))
-}
-
-/// With no transition under way: the replication slots converge, and the rollout of a
-/// changed pod template is planned.
-async fn plan_rollout(
-    ctx: &Context,
-    steady: bool,
-    (cluster, db, observed): (&Cluster, &GeoDatabase, &Observed),
-    health: &crate::postgres::probe::ClusterHealth,
-) -> rollout::Rollout {
-    if !steady {
-        return rollout::Rollout::default();
-    }
-    replication::converge_slots(ctx, cluster, db, health).await;
-    rollout::plan(cluster, observed, health)
 }
 
 /// When to look again: as the plan says, soon while objects or pods change, within

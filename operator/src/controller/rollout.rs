@@ -184,6 +184,21 @@ pub async fn execute(
     Ok(())
 }
 
+/// With no transition under way: the replication slots converge, and the rollout of a
+/// changed pod template is planned.
+pub async fn plan_after_slots(
+    ctx: &Context,
+    steady: bool,
+    (cluster, db, observed): (&Cluster, &crate::api::GeoDatabase, &super::read::Observed),
+    health: &crate::postgres::probe::ClusterHealth,
+) -> Rollout {
+    if !steady {
+        return Rollout::default();
+    }
+    super::replication::converge_slots(ctx, cluster, db, health).await;
+    plan(cluster, observed, health)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,18 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{MigrationsStatus, PostgisStatus};
+use crate::api::{MaintenanceStatus, MigrationsStatus, PostgisStatus};
+
+/// What the database chores found this reconcile.
+#[derive(Clone, Debug, Default)]
+pub struct Chores {
+    /// The last check of the application database's extensions.
+    pub postgis: Option<PostgisStatus>,
+    /// With `spec.migrations`: the digest of its inputs and how their run stands.
+    pub migrations: Option<(String, Option<MigrationsStatus>)>,
+    /// The newest finished maintenance runs.
+    pub maintenance: Option<MaintenanceStatus>,
+}
 
 /// `PostGISReady`, and `Migrated` with `spec.migrations`; the migration run to keep in
 /// the status (the current inputs' once it started, else the last one).

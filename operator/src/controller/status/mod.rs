@@ -10,7 +10,7 @@
 //! | `archiving`, `postgis` | the ContinuousArchiving and PostGISReady conditions |
 
 pub mod archiving;
-mod chores;
+pub mod chores;
 pub mod conditions;
 mod instances;
 mod migrations;
@@ -22,6 +22,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::api::{GeoDatabase, GeoDatabaseStatus};
 use crate::error::{Error, Result};
+pub use chores::Chores;
 pub use summary::{choosing, converged, deleting, invalid, refused, Converged};
 
 /// Replace the status of `db` with `status`. The resourceVersion of `db` makes a status

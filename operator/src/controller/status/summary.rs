@@ -8,10 +8,7 @@ use kube::ResourceExt;
 
 use super::conditions::{condition, Reason, TransitionState, Type};
 use super::instances::statuses;
-use crate::api::{
-    BackupsStatus, GeoDatabase, GeoDatabaseStatus, MigrationsStatus, Phase, PostgisStatus,
-    SecretNames, ServiceNames,
-};
+use crate::api::{BackupsStatus, GeoDatabase, GeoDatabaseStatus, Phase, SecretNames, ServiceNames};
 use crate::builders::Cluster;
 use crate::controller::read::Observed;
 use crate::controller::rollout::Rollout;
@@ -31,10 +28,8 @@ pub struct Converged<'a> {
     pub rollout: &'a Rollout,
     /// What the backup bucket holds, when `spec.backup` is set.
     pub backups: Option<BackupsStatus>,
-    /// The last check of the application database's extensions.
-    pub postgis: Option<PostgisStatus>,
-    /// With `spec.migrations`: the digest of its inputs and how their run stands.
-    pub migrations: Option<(String, Option<MigrationsStatus>)>,
+    /// Extensions, migrations and maintenance.
+    pub chores: super::Chores,
     pub now: &'a Time,
 }
 
@@ -296,8 +291,7 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
         transition,
         rollout,
         backups,
-        postgis,
-        migrations,
+        chores,
         now,
     } = input;
     let kept = db.status.clone().unwrap_or_default();
@@ -338,8 +332,8 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
     let last_run = super::chores::conditions(
         &mut conditions,
         (previous, generation, now),
-        postgis.as_ref(),
-        &migrations,
+        chores.postgis.as_ref(),
+        &chores.migrations,
         kept.migrations.clone(),
     );
     let phase = phase_of(all_ready, switching);
@@ -360,8 +354,9 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
         secrets: Some(secret_names(cluster)),
         services: Some(service_names(&cluster.names, cluster.spec.pooler.enabled)),
         backups,
-        postgis,
+        postgis: chores.postgis,
         migrations: last_run,
+        maintenance: chores.maintenance.or(kept.maintenance.clone()),
         ..kept
     }
 }
@@ -520,8 +515,7 @@ mod tests {
             transition: None,
             rollout: &Rollout::default(),
             backups: None,
-            postgis: None,
-            migrations: None,
+            chores: Default::default(),
             now: &at(seconds),
         })
     }
