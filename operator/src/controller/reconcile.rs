@@ -39,6 +39,8 @@ const RESYNC: Duration = Duration::from_secs(300);
 const INVALID_RECHECK: Duration = Duration::from_secs(60);
 /// How soon to look again while a pod runs unready.
 const AWAITING_RECHECK: Duration = Duration::from_secs(5);
+/// How soon a change of a migrations ConfigMap is seen.
+const SOURCES_RECHECK: Duration = Duration::from_secs(20);
 /// A reconcile that hangs (an API call that never answers) must not hold its object.
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// One reconciliation of a GeoDatabase, wrapped in the finalizer that honours its
@@ -465,17 +467,20 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     events::report_changes(&db, ctx, &changes, generated).await;
     chores::log_slow(applying.elapsed(), applied_in, status_in);
     let changing = changes.requeue_soon || rollout.rolling();
-    Ok(next_look(&plan, changing, observed.awaiting_pods()))
+    let sources = !observed.migration_sources.is_empty();
+    Ok(next_look(&plan, changing, observed.awaiting_pods(), sources))
 }
 
 /// When to look again: as the plan says, soon while objects or pods change, within
 /// `AWAITING_RECHECK` while a pod runs unready (its agent may park it, which only an
-/// Event says), else at the periodic resync.
-fn next_look(plan: &Plan, changing: bool, awaiting: bool) -> Action {
+/// Event says), within `SOURCES_RECHECK` while migrations read ConfigMaps (not watched:
+/// any ConfigMap of the namespace could be one), else at the periodic resync.
+fn next_look(plan: &Plan, changing: bool, awaiting: bool, sources: bool) -> Action {
     match plan.requeue() {
         Some(soon) => Action::requeue(soon),
         None if changing => Action::requeue(Duration::from_secs(2)),
         None if awaiting => Action::requeue(AWAITING_RECHECK),
+        None if sources => Action::requeue(SOURCES_RECHECK),
         None => Action::requeue(RESYNC),
     }
 }
