@@ -3,15 +3,15 @@
 //! primary as the superuser (it may vacuum every table), through the `-rw` Service.
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
-use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, VolumeMount};
+use k8s_openapi::api::core::v1::{Container, VolumeMount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::instance::{restricted_container_security, restricted_pod_security};
-use super::migrations::{connection_env, job_volumes, volume_mount};
+use super::instance::restricted_container_security;
+use super::migrations::{connection_env, job_volumes, one_shot, volume_mount};
 use super::{content_hash, env, Cluster};
 use crate::api::VacuumSpec;
 use crate::names::{cluster_labels, COMPONENT_VACUUM, SUPERUSER};
-use crate::pod_contract::{env as var, Credential, POSTGRES_UID, SECRETS_DIR};
+use crate::pod_contract::{env as var, Credential, SECRETS_DIR};
 
 /// How long one run may take.
 const DEADLINE_SECONDS: i64 = 6 * 3600;
@@ -43,47 +43,31 @@ fn job_spec(cluster: &Cluster, vacuum: &VacuumSpec) -> JobSpec {
         format!("{SECRETS_DIR}/{}", Credential::Superuser.password_path()),
     ));
     let labels = cluster_labels(&cluster.names.cluster, COMPONENT_VACUUM);
-    JobSpec {
-        // A run that failed waits for the next schedule.
-        backoff_limit: Some(0),
-        active_deadline_seconds: Some(DEADLINE_SECONDS),
-        template: PodTemplateSpec {
-            metadata: Some(ObjectMeta {
-                labels: Some(labels),
-                ..ObjectMeta::default()
-            }),
-            spec: Some(PodSpec {
-                restart_policy: Some("Never".into()),
-                automount_service_account_token: Some(false),
-                security_context: Some(restricted_pod_security(POSTGRES_UID)),
-                containers: vec![Container {
-                    name: "vacuum".into(),
-                    image: Some(cluster.spec.image().to_owned()),
-                    image_pull_policy: Some(cluster.spec.image_pull_policy.as_str().to_owned()),
-                    command: Some(command(vacuum)),
-                    env: Some(env_vars),
-                    volume_mounts: Some(vec![
-                        volume_mount("secrets", SECRETS_DIR),
-                        VolumeMount {
-                            name: "tmp".into(),
-                            mount_path: "/tmp".into(),
-                            ..VolumeMount::default()
-                        },
-                    ]),
-                    security_context: Some(restricted_container_security()),
-                    termination_message_policy: Some("FallbackToLogsOnError".into()),
-                    ..Container::default()
-                }],
-                volumes: Some(job_volumes(
-                    cluster.names.superuser_secret(),
-                    Credential::Superuser,
-                    cluster,
-                )),
-                ..PodSpec::default()
-            }),
-        },
-        ..JobSpec::default()
-    }
+    let container = Container {
+        name: "vacuum".into(),
+        image: Some(cluster.spec.image().to_owned()),
+        image_pull_policy: Some(cluster.spec.image_pull_policy.as_str().to_owned()),
+        command: Some(command(vacuum)),
+        env: Some(env_vars),
+        volume_mounts: Some(vec![
+            volume_mount("secrets", SECRETS_DIR),
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        security_context: Some(restricted_container_security()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    };
+    let volumes = job_volumes(
+        cluster.names.superuser_secret(),
+        Credential::Superuser,
+        cluster,
+    );
+    // A run that failed waits for the next schedule.
+    one_shot(labels, DEADLINE_SECONDS, container, volumes)
 }
 
 /// The scheduled runs, once a first primary has run.

@@ -149,6 +149,34 @@ fn volumes(cluster: &Cluster, spec: &MigrationsSpec) -> Vec<Volume> {
     volumes
 }
 
+/// A Job that runs `container` once, with no retry, as the restricted `postgres` user.
+pub(super) fn one_shot(
+    labels: std::collections::BTreeMap<String, String>,
+    deadline_seconds: i64,
+    container: Container,
+    volumes: Vec<Volume>,
+) -> JobSpec {
+    JobSpec {
+        backoff_limit: Some(0),
+        active_deadline_seconds: Some(deadline_seconds),
+        template: PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(labels),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(PodSpec {
+                restart_policy: Some("Never".into()),
+                automount_service_account_token: Some(false),
+                security_context: Some(restricted_pod_security(POSTGRES_UID)),
+                containers: vec![container],
+                volumes: Some(volumes),
+                ..PodSpec::default()
+            }),
+        },
+        ..JobSpec::default()
+    }
+}
+
 /// The Job of the current inputs, once `cluster.migrations` holds their digest.
 pub fn job(cluster: &Cluster) -> Option<Job> {
     let spec = cluster.spec.migrations.as_ref()?;
@@ -156,26 +184,13 @@ pub fn job(cluster: &Cluster) -> Option<Job> {
     let labels = cluster_labels(&cluster.names.cluster, COMPONENT_MIGRATION);
     Some(Job {
         metadata: cluster.component_meta(cluster.names.migration_job(hash), COMPONENT_MIGRATION),
-        spec: Some(JobSpec {
-            // A failed migration is reported, not retried: the same inputs fail the same way.
-            backoff_limit: Some(0),
-            active_deadline_seconds: Some(i64::from(spec.deadline_seconds)),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    automount_service_account_token: Some(false),
-                    security_context: Some(restricted_pod_security(POSTGRES_UID)),
-                    containers: vec![container(cluster, spec)],
-                    volumes: Some(volumes(cluster, spec)),
-                    ..PodSpec::default()
-                }),
-            },
-            ..JobSpec::default()
-        }),
+        // A failed migration is reported, not retried: the same inputs fail the same way.
+        spec: Some(one_shot(
+            labels,
+            i64::from(spec.deadline_seconds),
+            container(cluster, spec),
+            volumes(cluster, spec),
+        )),
         ..Job::default()
     })
 }

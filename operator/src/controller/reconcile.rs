@@ -468,14 +468,21 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     chores::log_slow(applying.elapsed(), applied_in, status_in);
     let changing = changes.requeue_soon || rollout.rolling();
     let sources = !observed.migration_sources.is_empty();
-    Ok(next_look(&plan, changing, observed.awaiting_pods(), sources))
+    Ok(next_look(
+        &plan,
+        changing,
+        observed.awaiting_pods(),
+        sources,
+    ))
 }
 
 /// When to look again: as the plan says, soon while objects or pods change, within
 /// `AWAITING_RECHECK` while a pod runs unready (its agent may park it, which only an
 /// Event says), within `SOURCES_RECHECK` while migrations read ConfigMaps (not watched:
 /// any ConfigMap of the namespace could be one), else at the periodic resync.
-fn next_look(plan: &Plan, changing: bool, awaiting: bool, sources: bool) -> Action {
+fn next_look(plan: &Plan, changing: bool, observed: &Observed) -> Action {
+    let awaiting = observed.awaiting_pods();
+    let sources = !observed.migration_sources.is_empty();
     match plan.requeue() {
         Some(soon) => Action::requeue(soon),
         None if changing => Action::requeue(Duration::from_secs(2)),
