@@ -467,13 +467,7 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     events::report_changes(&db, ctx, &changes, generated).await;
     chores::log_slow(applying.elapsed(), applied_in, status_in);
     let changing = changes.requeue_soon || rollout.rolling();
-    let sources = !observed.migration_sources.is_empty();
-    Ok(next_look(
-        &plan,
-        changing,
-        observed.awaiting_pods(),
-        sources,
-    ))
+    Ok(next_look(&plan, changing, &observed))
 }
 
 /// When to look again: as the plan says, soon while objects or pods change, within
