@@ -69,7 +69,7 @@ pub async fn scenario_vacuum(client: &Client, ns: &str) {
 
     let spec = serde_json::json!({
         "metadata": {"annotations": {"geodb.io/vacuum-request": "e2e-1"}},
-        "spec": {"maintenance": {"vacuum": {"schedule": "* * * * *",
+        "spec": {"maintenance": {"vacuum": {"schedule": "0 3 * * *",
             "tables": ["locations", "images"], "lockTimeoutSeconds": 2,
             "autovacuum": {"locations": {"autovacuum_vacuum_scale_factor": "0.05"}}}}}});
     api.patch("geo", &PatchParams::default(), &Patch::Merge(&spec))
@@ -98,6 +98,11 @@ pub async fn scenario_vacuum(client: &Client, ns: &str) {
     );
 
     // On schedule: a Job of the CronJob completes.
+    let every_minute =
+        serde_json::json!({"spec": {"maintenance": {"vacuum": {"schedule": "* * * * *"}}}});
+    api.patch("geo", &PatchParams::default(), &Patch::Merge(&every_minute))
+        .await
+        .unwrap();
     let jobs = Api::<Job>::namespaced(client.clone(), ns);
     wait_for(
         "a scheduled VACUUM run",

@@ -102,7 +102,9 @@ pub struct MaintenanceStatus {
 #[serde(rename_all = "camelCase")]
 pub struct VacuumRun {
     /// The pod that ran it.
+    #[serde(default)]
     pub pod: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
     /// `vacuumed`, `partial` (a table skipped or failed) or `failed`.
     pub outcome: String,

@@ -17,6 +17,7 @@ pub const APPLICATION_NAME: &str = "geodb-vacuum";
 
 /// One table's run.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct TableRun {
     pub table: String,
     /// `vacuumed`, or `skipped` when its lock was not granted in time.
@@ -28,8 +29,9 @@ pub struct TableRun {
     pub error: Option<String>,
 }
 
-/// The command's outcome.
+/// The command's outcome (read back as `status.maintenance.lastVacuum`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     /// `vacuumed` (every table), `partial` (some skipped or failed) or `failed`.
     pub outcome: &'static str,
@@ -223,6 +225,28 @@ mod tests {
         assert!(parse_settings(&["t:fillfactor=50".into()]).is_err());
         assert!(parse_settings(&["t:autovacuum_enabled=yes; DROP".into()]).is_err());
         assert!(parse_settings(&["nocolon".into()]).is_err());
+    }
+
+    #[test]
+    fn the_report_reads_back_as_the_status() {
+        let report = Report {
+            outcome: "partial",
+            seconds: 1.5,
+            tables: vec![TableRun {
+                table: "locations".into(),
+                outcome: "skipped",
+                seconds: 2.0,
+                dead_before: 10,
+                dead_after: 10,
+                error: Some("canceling statement due to lock timeout".into()),
+            }],
+            error: None,
+        };
+        let line = serde_json::to_string(&report).unwrap();
+        let run: crate::api::VacuumRun = serde_json::from_str(&line).unwrap();
+        assert_eq!(run.outcome, "partial");
+        assert_eq!(run.tables[0].dead_before, 10);
+        assert_eq!(run.tables[0].outcome, "skipped");
     }
 
     #[test]
