@@ -42,6 +42,7 @@ pub struct VacuumSpec {
     /// `autovacuum_vacuum_cost_limit`; values are numbers (or true/false).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "autovacuum_schema")]
+    #[x_kube(validation = Rule::new("self.all(t, t.matches('^[a-z_][a-z0-9_$]*([.][a-z_][a-z0-9_$]*)?$') && self[t].all(k, k in ['autovacuum_enabled', 'autovacuum_vacuum_threshold', 'autovacuum_vacuum_scale_factor', 'autovacuum_vacuum_insert_threshold', 'autovacuum_vacuum_insert_scale_factor', 'autovacuum_analyze_threshold', 'autovacuum_analyze_scale_factor', 'autovacuum_vacuum_cost_delay', 'autovacuum_vacuum_cost_limit']))").message("maintenance.vacuum.autovacuum: keys are table names (name or schema.name) and each table's settings are autovacuum settings only (autovacuum_enabled, autovacuum_vacuum_threshold, autovacuum_vacuum_scale_factor, autovacuum_vacuum_insert_threshold, autovacuum_vacuum_insert_scale_factor, autovacuum_analyze_threshold, autovacuum_analyze_scale_factor, autovacuum_vacuum_cost_delay, autovacuum_vacuum_cost_limit)"))]
     pub autovacuum: BTreeMap<String, BTreeMap<String, String>>,
 }
 
@@ -72,11 +73,9 @@ fn autovacuum_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "maxProperties": 100,
-        "propertyNames": {"maxLength": 127, "pattern": TABLE_PATTERN},
         "additionalProperties": {
             "type": "object",
             "maxProperties": 9,
-            "propertyNames": {"enum": AUTOVACUUM_SETTINGS},
             "additionalProperties": {
                 "type": "string",
                 "maxLength": 20,
