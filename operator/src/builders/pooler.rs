@@ -63,8 +63,8 @@ pub const PGBOUNCER_INI: &str = "pgbouncer.ini";
 pub const USERLIST: &str = "userlist.txt";
 pub const PGBOUNCER_HBA: &str = "pgbouncer_hba.conf";
 const CONFIG_DIR: &str = "/etc/pgbouncer";
-const AUTH_DIR: &str = "/etc/pgbouncer/auth";
-const TLS_DIR: &str = "/etc/pgbouncer/tls";
+pub const AUTH_DIR: &str = "/etc/pgbouncer/auth";
+pub const TLS_DIR: &str = "/etc/pgbouncer/tls";
 
 pub fn pgbouncer_ini(cluster: &Cluster, access: Access) -> String {
     let pooler = &cluster.spec.pooler;

@@ -24,7 +24,8 @@ pub const ADMIN_USER: &str = "postgres";
 pub const CONTROL_PORT: i32 = 8010;
 /// `POST` here: close server connections once released, so new ones reach the instances
 /// that now hold the role; with `?primary=<host>` (the read-write pooler, once a primary is
-/// confirmed) also pin that host (see `upstream`) and resume a paused PgBouncer.
+/// confirmed) first wait until the `-rw` Service reaches it (see `primary`), then resume a
+/// paused PgBouncer.
 pub const RECONNECT_PATH: &str = "/reconnect";
 /// `POST` here before a switchover: PgBouncer's `PAUSE` (transactions under way finish,
 /// new ones wait); 200 once no server connection is left.
@@ -153,30 +154,34 @@ async fn reconnect(control: Arc<Control>, query: Option<String>) -> StatusCode {
         });
         return StatusCode::OK;
     };
-    // The primary is confirmed: pin it, then resume (ending a switchover's pause).
+    // A primary is confirmed: once the -rw Service reaches it, reconnect and resume
+    // (ending a switchover's pause). Detached from the request, which the operator does
+    // not hold open that long; never longer than `primary::WAIT`: past it, clients are
+    // let through anyway.
     control.turns.fetch_add(1, Ordering::SeqCst);
-    if !control.upstream.pin(host) {
-        tracing::warn!(%host, "refused to pin a host that is not one of this cluster's instances");
-        return StatusCode::BAD_REQUEST;
-    }
-    if let Err(e) = control.upstream.write() {
-        tracing::warn!(error = %e, "writing PgBouncer's configuration");
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    // RELOAD answers once the new host is in effect, unlike SIGHUP.
-    if let Err(e) = rows(port, &["RELOAD", "RECONNECT"]).await {
-        tracing::warn!(error = %e, "RELOAD and RECONNECT on PgBouncer's console");
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    // Not paused is the usual case, and RESUME then only says so.
-    let resumed = command(port, "RESUME").await.is_ok();
-    tracing::info!(
-        event = "reconnect",
-        primary = host,
-        resumed,
-        "server connections closed once released, new ones to the primary"
-    );
-    StatusCode::OK
+    let (host, service) = (host.to_owned(), control.upstream.fallback());
+    tokio::spawn(async move {
+        let reached = match &service {
+            Some(service) => super::primary::wait_writable(service).await,
+            None => Err("no -rw host in the configuration".to_owned()),
+        };
+        if let Err(e) = &reached {
+            tracing::warn!(primary = %host, error = %e, "resuming without seeing the primary through the Service");
+        }
+        if let Err(e) = rows(port, &["RECONNECT"]).await {
+            tracing::warn!(error = %e, "RECONNECT on PgBouncer's console");
+        }
+        // Not paused is the usual case, and RESUME then only says so.
+        let resumed = command(port, "RESUME").await.is_ok();
+        tracing::info!(
+            event = "reconnect",
+            primary = %host,
+            resumed,
+            waited_ms = reached.map(|d| d.as_millis() as u64).unwrap_or_default(),
+            "server connections closed once released; the -rw Service reaches the primary"
+        );
+    });
+    StatusCode::ACCEPTED
 }
 
 async fn pause(control: Arc<Control>) -> StatusCode {

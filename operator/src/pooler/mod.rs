@@ -7,6 +7,7 @@
 
 pub mod console;
 pub mod metrics;
+pub mod primary;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -56,7 +57,7 @@ fn send(pid: Option<u32>, sig: i32) {
 }
 
 /// Run `pgbouncer <effective config>` until it exits, reloading it when a file in `watch`
-/// changes or the pin of its upstream ends.
+/// changes.
 pub async fn run(
     program: &Path,
     upstream: &Upstream,

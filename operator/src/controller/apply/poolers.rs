@@ -2,8 +2,8 @@
 //! instance that no longer has the role their Service selects (a demoted primary taking
 //! writes as "read-only transaction" errors, until PgBouncer's server lifetime). Each
 //! pooler pod's `geodb pooler` is asked to `RECONNECT`: connections close once released,
-//! and new ones follow the Service; the read-write ones are pointed straight at the new
-//! primary's own Service for a while (see `pooler::upstream`) and resumed if paused.
+//! and new ones follow the Service; the read-write ones, once a primary is confirmed,
+//! resume when the Service reaches it (see `pooler::primary`).
 //! Before a switchover the read-write poolers are paused: clients wait instead of
 //! failing while the primary changes.
 
@@ -52,10 +52,10 @@ async fn ask(ip: &str, path: &str) -> std::io::Result<String> {
         .to_owned())
 }
 
-/// Ask every pooler pod to reconnect, all at once, the read-write ones to `primary_host`
-/// (the confirmed primary's own Service; none while a failover or switchover is under
-/// way, which keeps a paused pooler paused); a pod that does not answer is logged (its
-/// connections still end at their lifetime).
+/// Ask every pooler pod to reconnect, all at once, telling the read-write ones the
+/// confirmed primary (none while a failover or switchover is under way, which keeps a
+/// paused pooler paused); a pod that does not answer is logged (its connections still end
+/// at their lifetime).
 pub async fn reconnect(pods: &[Pod], primary_host: Option<&str>) {
     let asks = pooler_ips(pods)
         .into_iter()
@@ -65,7 +65,7 @@ pub async fn reconnect(pods: &[Pod], primary_host: Option<&str>) {
                 None => RECONNECT_PATH.to_owned(),
             };
             match tokio::time::timeout(ASK_TIMEOUT, ask(&ip, &path)).await {
-                Ok(Ok(status)) if status == "200" => {
+                Ok(Ok(status)) if status.starts_with('2') => {
                     info!(%pod, "pooler reconnecting to the new roles")
                 }
                 Ok(Ok(status)) => warn!(%pod, %status, "pooler refused to reconnect"),
