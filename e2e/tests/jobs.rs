@@ -18,8 +18,8 @@
 //! against the server's CA; a CA that did not sign the server's certificate fails at
 //! once.
 //!
-//! `seed_a_million` (ignored; `GEODB_SEED_COUNT` to change the count): the timing of a
-//! large seed.
+//! `seed_a_million` (ignored; `GEODB_SEED_COUNT` to change the count, `GEODB_SEED_BIN`
+//! for a release build): the timing of a large seed.
 //!
 //! Skips with a message without PostgreSQL 15's server programs or PostGIS
 //! (`apt-get install postgresql-15 postgresql-15-postgis-3`).
@@ -629,9 +629,14 @@ async fn seed_a_million() {
         "max_wal_size=4GB".to_owned(),
         "shared_buffers=512MB".to_owned(),
     ];
-    let Some(world) = start("jobs-seed-bench", &settings).await else {
+    let Some(mut world) = start("jobs-seed-bench", &settings).await else {
         return;
     };
+    // A debug build spends seconds generating rows: time a release build with
+    // GEODB_SEED_BIN=target/release/geodb.
+    if let Some(bin) = std::env::var_os("GEODB_SEED_BIN") {
+        world.bin = PathBuf::from(bin);
+    }
     let count = std::env::var("GEODB_SEED_COUNT").unwrap_or_else(|_| "1000000".into());
     let summary = seed(&world, &["--count", &count]).await;
     eprintln!(
