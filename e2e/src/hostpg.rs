@@ -1,6 +1,7 @@
 //! The harness of the tests that run a real PostgreSQL 15 and SeaweedFS on this host
-//! (`tests/archive.rs`, `tests/backup.rs`): finding the programs, the `geodb` binary,
-//! the user PostgreSQL runs as, a test's directory, and a PostgreSQL server.
+//! (`tests/archive.rs`, `tests/backup.rs`, `tests/jobs.rs`): finding the programs, the
+//! `geodb` binary, the user PostgreSQL runs as, a test's directory, and a PostgreSQL
+//! server.
 //!
 //! A failure here is a failed test, so it panics rather than returning errors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -250,12 +250,22 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A server that answered with an error means it: only "starting up" passes (57P03).
+/// What may pass by waiting: nothing listens yet, the name does not resolve yet, the
+/// server is starting (57P03). A server that answered with any other error, or a
+/// certificate that does not check out, means it.
 fn retryable(error: &tokio_postgres::Error) -> bool {
-    match error.code() {
-        Some(code) => *code == tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW,
-        None => true,
+    use std::error::Error as _;
+    if let Some(code) = error.code() {
+        return *code == tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW;
     }
+    let io = error
+        .source()
+        .and_then(|source| source.downcast_ref::<std::io::Error>());
+    // rustls reports a refused certificate as invalid data.
+    !matches!(
+        io.map(std::io::Error::kind),
+        Some(std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput)
+    )
 }
 
 #[cfg(test)]

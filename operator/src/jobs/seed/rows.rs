@@ -9,17 +9,21 @@ use rand::Rng;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bounds {
     pub name: &'static str,
+    /// What the descriptions call it (one word: a word less to index per row).
+    pub label: &'static str,
     pub lon: (f64, f64),
     pub lat: (f64, f64),
 }
 
 pub const HO_CHI_MINH_CITY: Bounds = Bounds {
     name: "Ho Chi Minh City",
+    label: "Saigon",
     lon: (106.60, 106.80),
     lat: (10.70, 10.88),
 };
 pub const HANOI: Bounds = Bounds {
     name: "Hanoi",
+    label: "Hanoi",
     lon: (105.78, 105.90),
     lat: (20.98, 21.07),
 };
@@ -52,19 +56,24 @@ const ADJECTIVES: [&str; 12] = [
     "Bamboo",
     "Sunny",
 ];
-const KINDS: [&str; 12] = [
-    "Pho",
-    "Coffee",
-    "Banh Mi",
-    "Garden",
-    "Pagoda",
-    "Gallery",
-    "Market",
-    "Bookstore",
-    "Bakery",
-    "Noodle House",
-    "Tea House",
-    "Night Market",
+/// Kinds of places, each with its category.
+const KINDS: [(&str, &str); 16] = [
+    ("Pho", "restaurant"),
+    ("Banh Mi", "restaurant"),
+    ("Noodle House", "restaurant"),
+    ("Coffee", "cafe"),
+    ("Tea House", "cafe"),
+    ("Garden", "park"),
+    ("Park", "park"),
+    ("Gallery", "museum"),
+    ("Museum", "museum"),
+    ("Market", "market"),
+    ("Night Market", "market"),
+    ("Pagoda", "temple"),
+    ("Temple", "temple"),
+    ("Bookstore", "shop"),
+    ("Bakery", "shop"),
+    ("Guesthouse", "hotel"),
 ];
 const STREETS: [&str; 10] = [
     "Nguyen Hue",
@@ -79,16 +88,16 @@ const STREETS: [&str; 10] = [
     "Pham Ngu Lao",
 ];
 const PRAISE: [&str; 10] = [
-    "famous for its broth",
-    "with strong iced coffee",
-    "shaded by old trees",
-    "open late every night",
-    "near the lake",
-    "loved by students",
-    "with a rooftop view",
-    "serving fresh spring rolls",
-    "quiet in the morning",
-    "crowded on weekends",
+    "famous broth",
+    "strong iced coffee",
+    "old shade trees",
+    "open late",
+    "lake view",
+    "student favourite",
+    "rooftop view",
+    "fresh spring rolls",
+    "quiet mornings",
+    "busy weekends",
 ];
 const REASONS: [&str; 4] = [
     "looks good",
@@ -120,24 +129,56 @@ pub const LOCATION_COLUMNS: &str =
 pub const IMAGE_COLUMNS: &str = "location_id, url, owner, created_at";
 pub const LOG_COLUMNS: &str = "location_id, action, moderator, reason, created_at";
 
+/// Where a batch sits in the whole seed: creation times grow with the position over
+/// the year before now, as a real table's do with its ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// The position of the batch's first location.
+    pub first: u64,
+    /// How many locations the seed loads.
+    pub count: u64,
+}
+
+/// A place before it is written: its city, its point, its order in the batch.
+struct Place {
+    key: u64,
+    city: Bounds,
+    lon: f64,
+    lat: f64,
+}
+
 /// Rows for the locations `ids` (each with 0-2 images, about one on average, and a
-/// moderation log when it was approved or rejected); the first id goes to Ho Chi Minh
-/// City when `ids[0]` is even, and cities alternate from there. Times are spread over
-/// the year before `now_us` (Unix microseconds).
-pub fn generate(rng: &mut StdRng, ids: &[i64], now_us: i64) -> Batch {
+/// moderation log when it was approved or rejected), half in each city. Within a batch
+/// the places are ordered along a Z-curve (each GIST insert lands near the previous
+/// one) and `created_at` grows with the id (B-Tree inserts append); `now_us` is Unix
+/// microseconds.
+pub fn generate(rng: &mut StdRng, ids: &[i64], span: Span, now_us: i64) -> Batch {
     let mut batch = Batch {
-        locations: header(ids.len() * 220),
+        locations: header(ids.len() * 160),
         images: header(ids.len() * 90),
         moderation_logs: header(ids.len() * 60),
         ..Batch::default()
     };
     let now = now_us - PG_EPOCH_US;
-    for &id in ids {
-        let city = CITIES[usize::from(id % 2 != 0)];
-        let created = now - rng.random_range(0..YEAR_US);
+    let step = YEAR_US / i64::try_from(span.count.max(1)).unwrap_or(i64::MAX);
+    let first = i64::try_from(span.first).unwrap_or(0);
+    let mut places: Vec<Place> = (0..ids.len()).map(|i| place(rng, i % 2)).collect();
+    places.sort_unstable_by_key(|p| p.key);
+    for (i, (&id, place)) in ids.iter().zip(places).enumerate() {
+        let position = first + i64::try_from(i).unwrap_or(0);
+        let created =
+            now - YEAR_US + position.saturating_mul(step) + rng.random_range(0..step.max(1));
         let owner = rng.random_range(0..OWNERS);
         let status = pick_status(rng.random_range(0..100));
-        location(&mut batch.locations, rng, id, city, status, owner, created);
+        location(
+            &mut batch.locations,
+            rng,
+            id,
+            &place,
+            status,
+            owner,
+            created,
+        );
         for n in 0..rng.random_range(0..3u32) {
             let at = created + rng.random_range(0..(now - created).max(1));
             row(&mut batch.images, 4);
@@ -164,6 +205,33 @@ pub fn generate(rng: &mut StdRng, ids: &[i64], now_us: i64) -> Batch {
     batch
 }
 
+/// A random point in city `which`, keyed by the city, then its Z-order.
+fn place(rng: &mut StdRng, which: usize) -> Place {
+    let city = CITIES[which];
+    let (x, y) = (rng.random::<f64>(), rng.random::<f64>());
+    let lon = (city.lon.0 + x * (city.lon.1 - city.lon.0)).min(city.lon.1);
+    let lat = (city.lat.0 + y * (city.lat.1 - city.lat.0)).min(city.lat.1);
+    let quantize = |v: f64| (v * 65_535.0) as u32;
+    Place {
+        key: ((which as u64) << 32) | u64::from(z_order(quantize(x), quantize(y))),
+        city,
+        lon,
+        lat,
+    }
+}
+
+/// The bits of `x` and `y` (16 each) interleaved.
+fn z_order(x: u32, y: u32) -> u32 {
+    let spread = |v: u32| {
+        let mut v = v & 0xffff;
+        v = (v | (v << 8)) & 0x00ff_00ff;
+        v = (v | (v << 4)) & 0x0f0f_0f0f;
+        v = (v | (v << 2)) & 0x3333_3333;
+        (v | (v << 1)) & 0x5555_5555
+    };
+    spread(x) | (spread(y) << 1)
+}
+
 fn pick_status(roll: u32) -> &'static str {
     let mut left = roll;
     for (status, weight) in STATUSES {
@@ -179,33 +247,25 @@ fn location(
     buf: &mut Vec<u8>,
     rng: &mut StdRng,
     id: i64,
-    city: Bounds,
+    place: &Place,
     status: &str,
     owner: u32,
     created: i64,
 ) {
     let adjective = ADJECTIVES[rng.random_range(0..ADJECTIVES.len())];
-    let kind = KINDS[rng.random_range(0..KINDS.len())];
+    let (kind, category) = KINDS[rng.random_range(0..KINDS.len())];
     let street = STREETS[rng.random_range(0..STREETS.len())];
     let praise = PRAISE[rng.random_range(0..PRAISE.len())];
-    let category = CATEGORIES[rng.random_range(0..CATEGORIES.len())];
-    let lon = rng.random_range(city.lon.0..city.lon.1);
-    let lat = rng.random_range(city.lat.0..city.lat.1);
     row(buf, 8);
     int8(buf, id);
+    text(buf, |b| write(b, format_args!("{adjective} {kind}")));
     text(buf, |b| {
-        write(b, format_args!("{adjective} {kind} {street}"))
-    });
-    text(buf, |b| {
-        write(
-            b,
-            format_args!("{kind} on {street} street in {}, {praise}", city.name),
-        )
+        write(b, format_args!("{street}, {}: {praise}", place.city.label))
     });
     text(buf, |b| b.extend_from_slice(category.as_bytes()));
     text(buf, |b| b.extend_from_slice(status.as_bytes()));
     text(buf, |b| write(b, format_args!("user{owner}")));
-    point(buf, lon, lat);
+    point(buf, place.lon, place.lat);
     int8(buf, created);
 }
 
@@ -276,6 +336,14 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
+    fn every_category_has_kinds() {
+        for category in CATEGORIES {
+            assert!(KINDS.iter().any(|(_, c)| *c == category), "{category}");
+        }
+        assert!(KINDS.iter().all(|(_, c)| CATEGORIES.contains(c)));
+    }
+
+    #[test]
     fn statuses_follow_their_weights() {
         assert_eq!(pick_status(0), "approved");
         assert_eq!(pick_status(59), "approved");
@@ -299,7 +367,11 @@ mod tests {
     fn a_batch_is_framed_and_about_one_image_a_location() {
         let mut rng = StdRng::seed_from_u64(7);
         let ids: Vec<i64> = (1..=2_000).collect();
-        let batch = generate(&mut rng, &ids, 1_780_000_000_000_000);
+        let span = Span {
+            first: 0,
+            count: 2_000,
+        };
+        let batch = generate(&mut rng, &ids, span, 1_780_000_000_000_000);
         for buf in [&batch.locations, &batch.images, &batch.moderation_logs] {
             assert!(buf.starts_with(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0"));
             assert!(buf.ends_with(&[0xff, 0xff]));
@@ -315,6 +387,26 @@ mod tests {
             "{}",
             batch.log_count
         );
+    }
+
+    #[test]
+    fn z_order_interleaves() {
+        assert_eq!(z_order(0, 0), 0);
+        assert_eq!(z_order(1, 0), 1);
+        assert_eq!(z_order(0, 1), 2);
+        assert_eq!(z_order(3, 3), 15);
+        assert_eq!(z_order(0xffff, 0xffff), u32::MAX);
+    }
+
+    #[test]
+    fn places_stay_in_their_city() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for i in 0..10_000 {
+            let p = place(&mut rng, i % 2);
+            assert!(p.lon >= p.city.lon.0 && p.lon <= p.city.lon.1, "{}", p.lon);
+            assert!(p.lat >= p.city.lat.0 && p.lat <= p.city.lat.1, "{}", p.lat);
+            assert_eq!(p.key >> 32, (i % 2) as u64);
+        }
     }
 
     #[test]
