@@ -38,7 +38,8 @@ pub const CATEGORIES: [&str; 8] = [
 /// The statuses of `V2__locations.sql`'s CHECK, with their weights out of 100.
 pub const STATUSES: [(&str, u32); 3] = [("approved", 60), ("pending", 25), ("rejected", 15)];
 
-const ADJECTIVES: [&str; 12] = [
+/// The words of a name, `{adjective} {kind} {street}` (what searches look for).
+pub const ADJECTIVES: [&str; 12] = [
     "Quiet",
     "Golden",
     "Old",
@@ -52,7 +53,7 @@ const ADJECTIVES: [&str; 12] = [
     "Bamboo",
     "Sunny",
 ];
-const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 12] = [
     "Pho",
     "Coffee",
     "Banh Mi",
@@ -66,7 +67,7 @@ const KINDS: [&str; 12] = [
     "Tea House",
     "Night Market",
 ];
-const STREETS: [&str; 10] = [
+pub const STREETS: [&str; 10] = [
     "Nguyen Hue",
     "Le Loi",
     "Dong Khoi",
