@@ -1,7 +1,7 @@
 //! The `geodb` binary, one subcommand per duty: `operator` runs the controller,
 //! `instance` the agent in a database pod,
-//! `pooler` PgBouncer's supervisor, `crdgen` writes the CRDs; `migrate` and `seed` are
-//! one-shot Jobs.
+//! `pooler` PgBouncer's supervisor, `crdgen` writes the CRDs; `migrate`, `seed`,
+//! `maintain` and `bench` are one-shot Jobs.
 
 // A function longer than a screen (clippy.toml: 80 lines) is split by what it does.
 #![deny(clippy::too_many_lines)]
@@ -89,6 +89,11 @@ enum Command {
         #[command(subcommand)]
         task: commands::jobs::MaintainTask,
     },
+    /// Benchmarks against the application database.
+    Bench {
+        #[command(subcommand)]
+        task: commands::jobs::BenchTask,
+    },
     /// Unpack the base backup a recovery target starts from into an empty directory.
     Restore {
         /// `latest`, `time:<RFC 3339>`, `lsn:<X/Y>` or `name:<restore point>`.
@@ -137,6 +142,7 @@ fn main() -> ExitCode {
         Command::Migrate(args) => return commands::jobs::migrate(args),
         Command::Seed(args) => commands::jobs::seed(args),
         Command::Maintain { task } => return commands::jobs::maintain(task),
+        Command::Bench { task } => commands::jobs::bench(task),
         Command::Restore {
             target,
             pgdata,

@@ -1,4 +1,5 @@
-//! `geodb migrate` and `geodb seed`: the one-shot Job commands. Each ends its output
+//! `geodb migrate`, `geodb seed`, `geodb maintain` and `geodb bench`: the one-shot Job
+//! commands. Each ends its output
 //! with one JSON line on stdout, after every log line, for the operator to read back
 //! from the Job's log.
 
@@ -53,6 +54,43 @@ pub struct VacuumArgs {
     pub autovacuum: Vec<String>,
 }
 
+#[derive(clap::Subcommand)]
+pub enum BenchTask {
+    /// The latencies of the sample schema's spatial and full-text searches (after
+    /// `geodb seed`), each query's plan checked for its index first.
+    Spatial(BenchSpatialArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BenchSpatialArgs {
+    /// Another server to measure, `NAME=HOST:PORT[:SERVERNAME]` (repeatable), with the
+    /// environment's user, password, database and TLS; SERVERNAME is the name
+    /// verify-full checks while dialling HOST. The environment's server, as `direct`,
+    /// when none is given.
+    #[arg(long = "target")]
+    pub targets: Vec<String>,
+    /// Timed runs of each query on each target.
+    #[arg(long, default_value_t = geodb::jobs::bench_spatial::DEFAULT_ITERATIONS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub iterations: usize,
+    /// Untimed runs of each query first.
+    #[arg(long, default_value_t = geodb::jobs::bench_spatial::DEFAULT_WARMUP)]
+    pub warmup: usize,
+    /// Also time the radius search with index scans off in its session.
+    #[arg(long)]
+    pub compare_no_index: bool,
+    /// Timed runs of the radius search without index scans.
+    #[arg(long, default_value_t = geodb::jobs::bench_spatial::DEFAULT_NO_INDEX_ITERATIONS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub no_index_iterations: usize,
+    /// Write the JSON object (the last stdout line) to this file too.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+    /// Draw the same parameters every time.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
 /// Print `line` as the last stdout line.
 fn last_line(line: &str) {
     let mut stdout = std::io::stdout().lock();
@@ -99,6 +137,28 @@ pub fn seed(args: SeedArgs) -> Result<(), String> {
         "seeded"
     );
     last_line(&serde_json::to_string(&summary).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+/// `geodb bench spatial`: the table, then the JSON object as the last stdout line; a
+/// plan without its index fails the run, printing the plan.
+pub fn bench(task: BenchTask) -> Result<(), String> {
+    init_tracing("text");
+    let BenchTask::Spatial(args) = task;
+    let report = geodb::jobs::bench_spatial::command(&geodb::jobs::bench_spatial::Args {
+        targets: args.targets,
+        iterations: args.iterations,
+        warmup: args.warmup,
+        no_index_iterations: args.compare_no_index.then_some(args.no_index_iterations),
+        json_out: args.json_out,
+        seed: args.seed,
+    })
+    .map_err(|e| {
+        tracing::error!(reason = e.label(), "bench failed");
+        e.to_string()
+    })?;
+    print!("{}", report.table());
+    last_line(&report.json().to_string());
     Ok(())
 }
 

@@ -58,6 +58,9 @@ pub struct Target {
     pub database: String,
     pub password_file: Option<PathBuf>,
     pub tls: Tls,
+    /// The name verify-full checks when it is not `host`: `host` is then only the
+    /// address dialled (e.g. a pod or a pooler reached past its Service's name).
+    pub server_name: Option<String>,
 }
 
 impl std::fmt::Debug for Target {
@@ -73,7 +76,11 @@ impl std::fmt::Display for Target {
             f,
             "{}@{}:{}/{}",
             self.user, self.host, self.port, self.database
-        )
+        )?;
+        match &self.server_name {
+            Some(name) => write!(f, " (verifying {name})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -125,6 +132,7 @@ impl Target {
             database: get(env::DATABASE).ok_or(ConnectionError::MissingEnv(env::DATABASE))?,
             password_file: get(env::JOB_PASSWORD_FILE).map(PathBuf::from),
             tls,
+            server_name: None,
         })
     }
 
@@ -142,6 +150,9 @@ impl Target {
         let mut config = tokio_postgres::Config::new();
         if self.host.starts_with('/') {
             config.host_path(&self.host);
+        } else if let Some(name) = &self.server_name {
+            // tokio-postgres checks `host` and dials `hostaddr`, which must be an IP.
+            config.host(name).hostaddr(self.address().await?);
         } else {
             config.host(&self.host);
         }
@@ -165,6 +176,20 @@ impl Target {
             config.ssl_mode(SslMode::Require);
         }
         Ok(config)
+    }
+
+    /// `host` as an IP address, resolved when it is a name.
+    async fn address(&self) -> Result<std::net::IpAddr, ConnectionError> {
+        if let Ok(ip) = self.host.parse() {
+            return Ok(ip);
+        }
+        let mut found = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| self.connect_error(format!("resolving {}: {e}", self.host)))?;
+        found
+            .next()
+            .map(|a| a.ip())
+            .ok_or_else(|| self.connect_error(format!("{} has no address", self.host)))
     }
 
     /// The TLS of the connection, its CA read and checked before the first attempt.

@@ -14,7 +14,9 @@
 
 mod rows;
 
-pub use rows::{Bounds, CATEGORIES, CITIES, HANOI, HO_CHI_MINH_CITY, STATUSES};
+pub use rows::{
+    Bounds, ADJECTIVES, CATEGORIES, CITIES, HANOI, HO_CHI_MINH_CITY, KINDS, STATUSES, STREETS,
+};
 
 use std::io::{IsTerminal as _, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};

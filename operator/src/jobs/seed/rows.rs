@@ -42,7 +42,8 @@ pub const CATEGORIES: [&str; 8] = [
 /// The statuses of `V2__locations.sql`'s CHECK, with their weights out of 100.
 pub const STATUSES: [(&str, u32); 3] = [("approved", 60), ("pending", 25), ("rejected", 15)];
 
-const ADJECTIVES: [&str; 12] = [
+/// The words of a name, `{adjective} {kind} {street}` (what searches look for).
+pub const ADJECTIVES: [&str; 12] = [
     "Quiet",
     "Golden",
     "Old",
@@ -57,7 +58,7 @@ const ADJECTIVES: [&str; 12] = [
     "Sunny",
 ];
 /// Kinds of places, each with its category.
-const KINDS: [(&str, &str); 16] = [
+pub const KINDS: [(&str, &str); 16] = [
     ("Pho", "restaurant"),
     ("Banh Mi", "restaurant"),
     ("Noodle House", "restaurant"),
@@ -75,7 +76,7 @@ const KINDS: [(&str, &str); 16] = [
     ("Bakery", "shop"),
     ("Guesthouse", "hotel"),
 ];
-const STREETS: [&str; 10] = [
+pub const STREETS: [&str; 10] = [
     "Nguyen Hue",
     "Le Loi",
     "Dong Khoi",
