@@ -15,11 +15,23 @@
       watchNamespaces one Role (the ClusterRole's rules of CONFIG_ROLE_YAML without the
       reads of cluster-scoped objects, and only "bind" on the instances' ClusterRole)
       bound to the chart's ServiceAccount.
+  check-rendered.py prometheusrule RENDERED NAMESPACE ALERTS_YAML RULES_OUT [VALUES_YAML]
+      A rendering made with the PrometheusRule API available: with
+      monitoring.prometheusRule.enabled (the default) one PrometheusRule whose groups are
+      those of ALERTS_YAML (config/monitoring/alerts.yaml), with the extra labels of
+      VALUES_YAML; its spec is written to RULES_OUT for `promtool check rules`. Disabled:
+      none.
+
+defaults, full and namespaced also check the dashboard ConfigMap (or its absence when
+monitoring.dashboard.enabled is false): its label, and its geodb.json equal to
+config/monitoring/dashboard.json.
 
 Each prints what does not hold and exits 1 then. Needs PyYAML (python3-yaml).
 """
 
 import difflib
+import json
+import os
 import sys
 
 try:
@@ -27,6 +39,7 @@ try:
 except ImportError:
     sys.exit("check-rendered: the python3 module 'yaml' is missing (apt-get install python3-yaml or pip install pyyaml)")
 
+DASHBOARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "config", "monitoring", "dashboard.json")
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Namespace"}
 problems = []
 
@@ -128,6 +141,62 @@ def deployment_checks(docs, namespace, watched=()):
     return pod, container
 
 
+def dashboard_checks(docs, values):
+    """The dashboard ConfigMap as `values` (the chart's defaults where unset) asks."""
+    dashboard = values.get("monitoring", {}).get("dashboard", {})
+    label = dashboard.get("label", {})
+    key, value = label.get("key", "grafana_dashboard"), label.get("value", "1")
+    maps = [d for d in docs if d["kind"] == "ConfigMap"]
+    if not dashboard.get("enabled", True):
+        check(not maps, f"monitoring.dashboard.enabled is false, yet ConfigMaps {[m['metadata']['name'] for m in maps]}")
+        return
+    check(len(maps) == 1, f"want one ConfigMap (the dashboard), found {len(maps)}")
+    if not maps:
+        return
+    cm = maps[0]
+    check(cm["metadata"]["labels"].get(key) == value,
+          f"ConfigMap {cm['metadata']['name']}: label {key}={cm['metadata']['labels'].get(key)!r}, want {value!r}")
+    check(list(cm.get("data", {})) == ["geodb.json"], f"ConfigMap data keys {list(cm.get('data', {}))}: want geodb.json")
+    with open(DASHBOARD, encoding="utf-8") as f:
+        want = json.load(f)
+    try:
+        got = json.loads(cm.get("data", {}).get("geodb.json", ""))
+    except ValueError as e:
+        problems.append(f"ConfigMap geodb.json is not JSON: {e}")
+        return
+    check(got == want, "ConfigMap geodb.json differs from config/monitoring/dashboard.json (run `make chart-monitoring`)")
+
+
+def prometheus_rule(path, namespace, alerts_path, out_path, values_path=None):
+    values = {}
+    if values_path:
+        with open(values_path, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    wanted = values.get("monitoring", {}).get("prometheusRule", {})
+    docs = load(path)
+    rules = [d for d in docs if d.get("kind") == "PrometheusRule"]
+    if not wanted.get("enabled", True):
+        check(not rules, "monitoring.prometheusRule.enabled is false, yet a PrometheusRule is rendered")
+        return
+    rule = one(docs, "PrometheusRule", "helm template --api-versions monitoring.coreos.com/v1/PrometheusRule")
+    if rule is None:
+        return
+    check(rule["apiVersion"] == "monitoring.coreos.com/v1", f"PrometheusRule apiVersion {rule['apiVersion']}")
+    check(rule["metadata"].get("namespace") == namespace, f"PrometheusRule namespace {rule['metadata'].get('namespace')!r}")
+    labels = rule["metadata"].get("labels", {})
+    for k, v in dict(wanted.get("labels") or {}, **{"app.kubernetes.io/name": "geodb-operator"}).items():
+        check(labels.get(k) == v, f"PrometheusRule label {k}={labels.get(k)!r}, want {v!r}")
+    with open(alerts_path, encoding="utf-8") as f:
+        want = {"groups": yaml.safe_load(f)["groups"]}
+    if rule.get("spec") != want:
+        diff = difflib.unified_diff(yaml.safe_dump(want, sort_keys=True).splitlines(),
+                                    yaml.safe_dump(rule.get("spec"), sort_keys=True).splitlines(),
+                                    alerts_path, "PrometheusRule spec", lineterm="")
+        problems.append("PrometheusRule spec differs from the alerts (run `make chart-monitoring`):\n" + "\n".join(diff))
+    with open(out_path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(rule.get("spec"), f, sort_keys=False)
+
+
 def env_of(container):
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
 
@@ -146,7 +215,7 @@ def defaults(path, namespace):
     found = rendered(path, namespace)
     if found is None:
         return
-    _, pod, container, dep, svc = found
+    docs, pod, container, dep, svc = found
     check(dep["spec"]["replicas"] == 2, "replicas: want 2")
     check(container["image"] == "geodb/operator:dev", f"image {container['image']}: want geodb/operator:dev")
     check(container["imagePullPolicy"] == "IfNotPresent", "imagePullPolicy: want IfNotPresent")
@@ -157,6 +226,9 @@ def defaults(path, namespace):
     check("annotations" not in svc["metadata"], "prometheus annotations are off by default")
     check(not any(k in pod for k in ("nodeSelector", "tolerations", "affinity")),
           "no nodeSelector, tolerations or affinity by default")
+    dashboard_checks(docs, {})
+    check(not [d for d in docs if d["kind"] == "PrometheusRule"],
+          "a PrometheusRule without the monitoring.coreos.com/v1 API")
 
 
 def full(path, namespace, values_path):
@@ -183,6 +255,7 @@ def full(path, namespace, values_path):
     check(svc["metadata"].get("annotations") == {
         "prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"},
         f"metrics Service annotations {svc['metadata'].get('annotations')}")
+    dashboard_checks(docs, values)
 
 
 def namespaced_rules(rules):
@@ -222,6 +295,7 @@ def namespaced(path, namespace, values_path, role_path):
     for rule in want:
         check(not {"customresourcedefinitions", "storageclasses", "nodes", "namespaces"} & set(rule["resources"]),
               f"a namespaced rule on a cluster-scoped resource: {rule}")
+    dashboard_checks(docs, values)
 
 
 def main():
@@ -236,6 +310,8 @@ def main():
         full(sys.argv[2], sys.argv[3], sys.argv[4])
     elif command == "namespaced" and len(sys.argv) == 6:
         namespaced(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+    elif command == "prometheusrule" and len(sys.argv) in (6, 7):
+        prometheus_rule(*sys.argv[2:])
     else:
         sys.exit(__doc__)
     for p in problems:

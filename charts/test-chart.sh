@@ -10,7 +10,13 @@
 #      and instance-role.yaml (the chart renders them from files/rbac-role.yaml and
 #      files/rbac-instance-role.yaml, copied by `make chart-rbac`);
 #   5. every file in charts/tests/bad/ is rejected by values.schema.json: `helm template`
-#      fails and its error names the field given on the file's `# expect:` line.
+#      fails and its error names the field given on the file's `# expect:` line;
+#   6. files/dashboard.json and files/alerts.yaml are copies of config/monitoring/'s (`make
+#      chart-monitoring`); the dashboard ConfigMap is checked in step 3. The PrometheusRule
+#      is rendered only where its CRD is served, so the renderings are made once more with
+#      `--api-versions monitoring.coreos.com/v1/PrometheusRule`: kubeconform has no schema
+#      for it (it validates the rest, skipping that kind), check-rendered.py compares its
+#      groups with config/monitoring/alerts.yaml and promtool checks its spec.
 #
 # helm and kubeconform are built from pinned Go modules by e2e/tools/build-tools.sh into
 # ${GEODB_CACHE:-$HOME/.cache/geodb} when missing or stale.
@@ -59,6 +65,7 @@ HELM="$CACHE/helm-$HELM_VERSION/helm"
 KUBECONFORM="$CACHE/kubeconform-$KUBECONFORM_VERSION/kubeconform"
 
 command -v python3 >/dev/null 2>&1 || die "python3 is needed"
+command -v promtool >/dev/null 2>&1 || die "promtool is needed (apt-get install prometheus)"
 python3 -c 'import yaml' 2>/dev/null ||
 	die "the python3 module 'yaml' is needed (apt-get install python3-yaml or pip install pyyaml)"
 
@@ -193,6 +200,45 @@ for f in "$TESTS"/bad/*.yaml; do
 	fi
 done
 [ "$bad_count" -ge 3 ] || fail "charts/tests/bad/ holds $bad_count files; want at least 3"
+
+# ---- 6. monitoring: the copies, and the PrometheusRule --------------------------------
+for f in dashboard.json alerts.yaml; do
+	if cmp -s "$ROOT/config/monitoring/$f" "$CHART/files/$f"; then
+		pass "charts/geodb/files/$f is a copy of config/monitoring/$f"
+	else
+		fail "charts/geodb/files/$f differs from config/monitoring/$f (run \`make chart-monitoring\`)"
+	fi
+done
+PROMETHEUS_RULE_API=monitoring.coreos.com/v1/PrometheusRule
+# NAME RELEASE NAMESPACE [VALUES]: the rendering with that API available.
+render_with_rule_api() {
+	local name="$1" release="$2" namespace="$3" out="$WORK/rule-$1" values=()
+	[ -z "${4:-}" ] || values=(-f "$4")
+	if ! "$HELM" template "$release" "$CHART" --namespace "$namespace" --api-versions "$PROMETHEUS_RULE_API" \
+		"${values[@]}" >"$out.yaml"; then
+		fail "helm template --api-versions $PROMETHEUS_RULE_API ($name values)"
+		return
+	fi
+	if kubeconform -skip PrometheusRule "$out.yaml"; then
+		pass "kubeconform -strict, PrometheusRule skipped ($name values, PrometheusRule API)"
+	else
+		fail "kubeconform -strict on the $name rendering with the PrometheusRule API"
+	fi
+	if ! python3 "$ROOT/charts/check-rendered.py" prometheusrule "$out.yaml" "$namespace" \
+		"$ROOT/config/monitoring/alerts.yaml" "$out.rules.yaml" ${4:+"$4"}; then
+		fail "PrometheusRule ($name values; charts/check-rendered.py prometheusrule)"
+	elif [ ! -e "$out.rules.yaml" ]; then
+		pass "no PrometheusRule with monitoring.prometheusRule.enabled false ($name values)"
+	elif promtool check rules "$out.rules.yaml" >"$out.promtool.log" 2>&1; then
+		pass "PrometheusRule ($name values): the alerts of config/monitoring/alerts.yaml, promtool check rules"
+	else
+		cat "$out.promtool.log" >&2
+		fail "promtool check rules on the PrometheusRule's spec ($name values)"
+	fi
+}
+render_with_rule_api defaults geodb geodb-system
+render_with_rule_api full prod databases "$TESTS/values-full.yaml"
+render_with_rule_api namespaced prod databases "$TESTS/values-namespaced.yaml"
 
 # ---- result ----------------------------------------------------------------------------
 echo "chart-test: $passes passed, ${#failures[@]} failed"
