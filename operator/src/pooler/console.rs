@@ -11,10 +11,10 @@ use axum::extract::RawQuery;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
-use tokio_postgres::SimpleQueryMessage;
 
 use super::metrics::{render, Row, Scrape};
 use super::upstream::Upstream;
+use crate::runtime::exposition::rows_of;
 
 /// Where PgBouncer's Unix socket lives (an emptyDir: the root filesystem is read-only).
 pub const SOCKET_DIR: &str = "/var/run/pgbouncer";
@@ -85,23 +85,7 @@ pub async fn rows(port: u16, commands: &[&str]) -> Result<Vec<Vec<Row>>, tokio_p
                 return Err(e);
             }
         };
-        answers.push(
-            messages
-                .iter()
-                .filter_map(|m| match m {
-                    SimpleQueryMessage::Row(row) => Some(
-                        row.columns()
-                            .iter()
-                            .enumerate()
-                            .filter_map(|(i, c)| {
-                                Some((c.name().to_owned(), row.get(i)?.to_owned()))
-                            })
-                            .collect(),
-                    ),
-                    _ => None,
-                })
-                .collect(),
-        );
+        answers.push(rows_of(&messages));
     }
     drop(client);
     let _ = driver.await;
