@@ -17,6 +17,8 @@ use kube::{Api, Client, ResourceExt};
 mod maintenance;
 #[path = "cluster/migrations.rs"]
 mod migrations;
+#[path = "cluster/monitoring.rs"]
+mod monitoring;
 #[path = "cluster/pooler.rs"]
 mod pooler;
 #[path = "cluster/postgis.rs"]
@@ -434,6 +436,7 @@ async fn cluster_suite() {
         pooler::scenario_pooler_prepared(&client, &ns).await;
         pooler::scenario_pooler_pod_deleted(&client, &ns).await;
         scenario_archiving(&client, &ns).await;
+        monitoring::scenario_monitoring(&client, &ns).await;
         scenario_reload_and_restart(&client, &ns).await;
         scenario_chart_upgrade(&client, &ns).await;
     })
