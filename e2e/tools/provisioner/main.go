@@ -96,7 +96,8 @@ func (p *dirProvisioner) Provision(ctx context.Context, opts controller.Provisio
 		return nil, controller.ProvisioningInBackground, fmt.Errorf("creating %s: %v", path, err)
 	}
 	if sized {
-		if err := mountSized(path, pvc.Spec.Resources.Requests[v1.ResourceStorage].Value(), false); err != nil {
+		request := pvc.Spec.Resources.Requests[v1.ResourceStorage]
+		if err := mountSized(path, request.Value(), false); err != nil {
 			return nil, controller.ProvisioningInBackground, err
 		}
 	}
