@@ -5,8 +5,8 @@ use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
 /// Metrics of the GeoDatabase. Every instance pod serves `/metrics` on its `agent` port
-/// (8008) and every pooler pod on its `control` port (8010); the `<name>-metrics` Service
-/// selects both. Slow statements are those slower than the `log_min_duration_statement`
+/// (8008), selected by the headless `<name>-metrics` Service, and every pooler pod on its
+/// `metrics` port (9127). Slow statements are those slower than the `log_min_duration_statement`
 /// parameter (`postgresql.parameters`, default `100ms`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -23,7 +23,8 @@ pub struct MonitoringSpec {
     pub custom_queries: Option<String>,
 
     /// Keep a `PodMonitor` (monitoring.coreos.com/v1) for the instance and pooler pods
-    /// when the Prometheus Operator's CRDs are installed.
+    /// when the Prometheus Operator's CRDs are installed. With `network.policy`, the
+    /// Prometheus pods' namespace must be in `network.metricsNamespaces`.
     #[serde(default = "default_true")]
     pub pod_monitor: bool,
 }

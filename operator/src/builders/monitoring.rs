@@ -1,5 +1,5 @@
 //! The Prometheus Operator's `PodMonitor` (monitoring.coreos.com/v1) of a GeoDatabase:
-//! the instance pods' `agent` port and the pooler pods' `control` port, with the labels
+//! the instance pods' `agent` port and the pooler pods' `metrics` port, with the labels
 //! the shipped alerts and dashboard use (`cluster`, `instance` = the pod, `job`).
 
 use serde_json::{json, Value};
@@ -38,7 +38,7 @@ pub fn pod_monitor(cluster: &Cluster) -> Value {
             }},
             "podMetricsEndpoints": [
                 endpoint("agent", "geodb-instance"),
-                endpoint("control", "geodb-pooler"),
+                endpoint("metrics", "geodb-pooler"),
             ],
         },
     })
@@ -62,7 +62,7 @@ mod tests {
         );
         let endpoints = pm["spec"]["podMetricsEndpoints"].as_array().unwrap();
         assert_eq!(endpoints[0]["port"], "agent");
-        assert_eq!(endpoints[1]["port"], "control");
+        assert_eq!(endpoints[1]["port"], "metrics");
         assert_eq!(
             endpoints[1]["relabelings"][2]["replacement"],
             "geodb-pooler"

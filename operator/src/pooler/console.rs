@@ -2,6 +2,7 @@
 //! (`peer`; TCP logins as that user are rejected), and the supervisor's control endpoint
 //! the operator calls after a role change, its readiness check and its metrics.
 
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,8 +21,10 @@ use crate::runtime::exposition::rows_of;
 pub const SOCKET_DIR: &str = "/var/run/pgbouncer";
 /// The console's user: the pod's OS user, so `peer` admits the supervisor only.
 pub const ADMIN_USER: &str = "postgres";
-/// The supervisor's HTTP port.
+/// The supervisor's HTTP port (the operator's: it pauses and reconnects PgBouncer).
 pub const CONTROL_PORT: i32 = 8010;
+/// `/metrics` alone, for Prometheus: a scraper admitted here cannot pause the pooler.
+pub const METRICS_PORT: i32 = 9127;
 /// `POST` here: close server connections once released, so new ones reach the instances
 /// that now hold the role; with `?primary=<host>` (the read-write pooler, once a primary is
 /// confirmed) first wait until the `-rw` Service reaches it (see `primary`), then resume a
@@ -229,6 +232,17 @@ pub async fn serve(pooler_port: u16, upstream: Arc<Upstream>) -> std::io::Result
             METRICS_PATH,
             get(move || async move { metrics(pooler_port).await }),
         );
+    let scrape = Router::new().route(
+        METRICS_PATH,
+        get(move || async move { metrics(pooler_port).await }),
+    );
+    let metrics_port = u16::try_from(METRICS_PORT).unwrap_or(9127);
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
-    axum::serve(listener, router).await
+    let metrics_listener =
+        tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], metrics_port))).await?;
+    tokio::try_join!(
+        axum::serve(listener, router).into_future(),
+        axum::serve(metrics_listener, scrape).into_future()
+    )
+    .map(drop)
 }
