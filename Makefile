@@ -5,12 +5,12 @@ GEODB_CACHE ?= $(HOME)/.cache/geodb
 export GEODB_CACHE
 
 .PHONY: help build crds fmt fmt-check clippy structure-check tools unit-test apiserver-test test up up-apiserver down e2e kind-up bench-reconcile bench-failover bench-backup bench-pooler bench-metrics \
-	chart-crds chart-rbac chart-test
+	chart-crds chart-rbac chart-monitoring chart-test monitoring-test
 
 help:
 	@echo "make up               run geodb on a local cluster and apply config/samples/geodatabase.yaml"
 	@echo "make down             stop it and remove its state"
-	@echo "make test             fmt check, clippy, unit tests, API-server tests, e2e on the local cluster"
+	@echo "make test             fmt check, clippy, unit tests, API-server tests, chart and monitoring checks, e2e on the local cluster"
 	@echo "make e2e              only the end-to-end suite (CLUSTER=current for the KUBECONFIG cluster)"
 	@echo "make kind-up          a kind cluster with geodb (needs Docker and the internet)"
 	@echo "make bench-reconcile  200 GeoDatabases against a local API server"
@@ -22,6 +22,8 @@ help:
 	@echo "make chart-test       lint, render and validate the Helm chart charts/geodb"
 	@echo "make chart-crds       copy crds/ into charts/geodb/crds/"
 	@echo "make chart-rbac       copy config/rbac/ rules into charts/geodb/files/"
+	@echo "make chart-monitoring copy the dashboard and alerts of config/monitoring/ into charts/geodb/files/"
+	@echo "make monitoring-test  promtool checks and tests of the alerts, scrape configs and dashboard"
 
 build:
 	$(CARGO) build --workspace
@@ -52,7 +54,7 @@ apiserver-test: tools
 
 # Everything: static checks, unit and API-server tests, then the end-to-end suite on the
 # local cluster (brought up and torn down here unless it was already up).
-test: fmt-check clippy structure-check tools chart-test
+test: fmt-check clippy structure-check tools chart-test monitoring-test
 	$(CARGO) test --workspace
 	bash e2e/run-e2e.sh
 
@@ -73,10 +75,23 @@ chart-rbac:
 	cp config/rbac/role.yaml charts/geodb/files/rbac-role.yaml
 	cp config/rbac/instance-role.yaml charts/geodb/files/rbac-instance-role.yaml
 
+# The chart's dashboard ConfigMap and PrometheusRule are read from copies of
+# config/monitoring/'s; chart-test fails when a copy is stale.
+chart-monitoring:
+	cp config/monitoring/dashboard.json charts/geodb/files/dashboard.json
+	cp config/monitoring/alerts.yaml charts/geodb/files/alerts.yaml
+
 # helm lint, helm template + kubeconform (offline schemas), values.schema.json rejects bad
-# values, drift of the CRD and RBAC copies (helm and kubeconform built by build-tools.sh).
+# values, drift of the CRD, RBAC and monitoring copies, the PrometheusRule checked by
+# promtool (helm and kubeconform built by build-tools.sh).
 chart-test:
 	bash charts/test-chart.sh
+
+# Alerts (promtool check and unit tests), runbook anchors, scrape configs (relabelling run by
+# a local Prometheus against fake pods) and the dashboard's queries; offline, needs
+# promtool and prometheus (Debian's prometheus package).
+monitoring-test:
+	bash config/monitoring/test-monitoring.sh
 
 # A local single-node cluster (or CLUSTER=current with KUBECONFIG), geodb installed, the
 # sample GeoDatabase applied and Ready.
