@@ -436,7 +436,6 @@ async fn cluster_suite() {
         pooler::scenario_pooler_prepared(&client, &ns).await;
         pooler::scenario_pooler_pod_deleted(&client, &ns).await;
         scenario_archiving(&client, &ns).await;
-        monitoring::scenario_monitoring(&client, &ns).await;
         scenario_reload_and_restart(&client, &ns).await;
         scenario_chart_upgrade(&client, &ns).await;
     })
@@ -445,4 +444,17 @@ async fn cluster_suite() {
         passed,
         "scenario postgis_cluster failed (diagnostics above)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitoring_suite() {
+    let client = Client::try_default()
+        .await
+        .expect("KUBECONFIG must point at a cluster with geodb installed");
+    let ns = format!("e2e-monitoring-{}", std::process::id());
+    let passed = geodb_e2e::kube_util::run_in_namespace(&client, &ns, |client, ns| async move {
+        monitoring::scenario_monitoring(&client, &ns).await;
+    })
+    .await;
+    assert!(passed, "scenario monitoring failed (diagnostics above)");
 }
