@@ -124,6 +124,9 @@ pub mod env {
     /// PostgreSQL's own variables, so `psql` in the container needs no arguments.
     pub const PGDATA: &str = "PGDATA";
     pub const PGHOST: &str = "PGHOST";
+    /// As libpq's: the address dialled, [`PGHOST`] then only the name verify-full checks
+    /// (a client outside cluster DNS reaching a Service by its ClusterIP).
+    pub const PGHOSTADDR: &str = "PGHOSTADDR";
     pub const PGPORT: &str = "PGPORT";
 
     /// The WAL archive (`spec.backup`), read by `geodb wal-push` and `geodb wal-fetch`.
