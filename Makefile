@@ -4,7 +4,7 @@ CARGO ?= cargo
 GEODB_CACHE ?= $(HOME)/.cache/geodb
 export GEODB_CACHE
 
-.PHONY: help build crds fmt fmt-check clippy structure-check tools unit-test apiserver-test test up up-apiserver down e2e kind-up bench-reconcile bench-failover bench-backup bench-pooler \
+.PHONY: help build crds fmt fmt-check clippy structure-check tools unit-test apiserver-test test up up-apiserver down e2e kind-up bench-reconcile bench-failover bench-backup bench-pooler bench-metrics bench-spatial \
 	chart-crds chart-rbac chart-monitoring chart-test monitoring-test
 
 help:
@@ -16,6 +16,8 @@ help:
 	@echo "make bench-reconcile  200 GeoDatabases against a local API server"
 	@echo "make bench-failover   every failover drill 5 times on the local cluster"
 	@echo "make bench-pooler     pgbench through the pooler, direct and a bare PgBouncer on the local cluster"
+	@echo "make bench-metrics    scrape cost under pgbench on the local cluster, operator /metrics with 200 GeoDatabases"
+	@echo "make bench-spatial    the sample schema's searches through the pooler and direct, 1k and 1M locations"
 	@echo "make bench-backup     WAL push, base backup, restore and RPO against pgBackRest (no cluster)"
 	@echo "make crds             regenerate crds/ from the Rust API types"
 	@echo "make chart-test       lint, render and validate the Helm chart charts/geodb"
@@ -125,6 +127,12 @@ bench-backup:
 
 bench-pooler:
 	bash e2e/bench-pooler.sh
+
+bench-metrics:
+	bash e2e/bench-metrics.sh
+
+bench-spatial:
+	bash e2e/bench-spatial.sh
 
 bench-reconcile: tools
 	$(CARGO) build --release -p geodb -p geodb-e2e

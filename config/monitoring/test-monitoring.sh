@@ -146,9 +146,10 @@ targets = [
     pod(other, "shop", "geo-backup-1-x7k2p", dict(db, **{"app.kubernetes.io/component": "backup"}), "agent"),
     pod(other, "shop", "geo-2-0", db, "agent", phase="Failed"),
     pod(other, "shop", "other-db-0", {"app.kubernetes.io/component": "database"}, "agent"),
-    pod(bouncer, "shop", "geo-pooler-5f7c9-x2k4q", pooler, "control"),
+    pod(bouncer, "shop", "geo-pooler-5f7c9-x2k4q", pooler, "metrics"),
     pod(other, "shop", "geo-pooler-5f7c9-x2k4q", pooler, "pgbouncer"),
-    pod(bouncer, "shop", "geo-pooler-ro-7d9c4-m4n8b", pooler_ro, "control"),
+    pod(other, "shop", "geo-pooler-5f7c9-x2k4q", pooler, "control"),
+    pod(bouncer, "shop", "geo-pooler-ro-7d9c4-m4n8b", pooler_ro, "metrics"),
     pod(op, "geodb-system", "geodb-operator-6b8d4-q7wzx", operator, "http"),
 ]
 with open(os.path.join(workdir, "targets.json"), "w") as f:

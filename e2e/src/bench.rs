@@ -1,6 +1,11 @@
 //! What every `make bench-<area>` shares: percentiles and the report (a table on stdout
 //! and `target/bench/<area>.json` with `figures`, `targets` and `context`).
 
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+use crate::drill::Endpoint;
 use crate::kube_util::repo_root;
 
 /// Nearest-rank percentile of values (sorted here).
@@ -47,4 +52,78 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 100.0);
         assert!(percentile(&[], 50.0).is_nan());
     }
+}
+
+// pgbench, shared by the benchmarks that load the local cluster.
+
+pub fn env_secs(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What one pgbench run reported.
+#[derive(Debug)]
+pub struct Run {
+    pub tps: f64,
+    pub aborted: usize,
+    pub failed: u64,
+}
+
+pub fn conninfo(host: &str, port: u16, e: &Endpoint) -> String {
+    format!(
+        "host={host} port={port} user={} dbname={} sslmode=require connect_timeout=10",
+        e.user, e.dbname
+    )
+}
+
+/// Run pgbench with `args` against `conninfo`; its TPS, aborted clients and failed
+/// transactions.
+pub fn pgbench(conninfo: &str, password: &str, args: &[&str]) -> anyhow::Result<Run> {
+    let out = Command::new("pgbench")
+        .args(args)
+        .arg(conninfo)
+        .env("PGPASSWORD", password)
+        .output()
+        .context("running pgbench (postgresql-client)")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if args.first() == Some(&"-i") {
+        // Initialisation reports no rate.
+        if !out.status.success() {
+            bail!("pgbench -i failed\n{stdout}\n{stderr}");
+        }
+        return Ok(Run {
+            tps: 0.0,
+            aborted: 0,
+            failed: 0,
+        });
+    }
+    let tps = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok());
+    let failed = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let aborted = stderr.matches("aborted").count();
+    let Some(tps) = tps else {
+        bail!("pgbench {args:?}: no tps in its output\n{stdout}\n{stderr}");
+    };
+    if aborted > 0 {
+        eprintln!(
+            "pgbench {args:?}: {aborted} aborted\n{}",
+            stderr.lines().take(10).collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(Run {
+        tps,
+        aborted,
+        failed,
+    })
 }

@@ -11,6 +11,7 @@ pub mod kept;
 pub mod kube_util;
 pub mod outage;
 pub mod partition;
+pub mod prometheus;
 pub mod recreate;
 pub mod s3;
 pub mod tls;

@@ -17,6 +17,8 @@ use kube::{Api, Client, ResourceExt};
 mod maintenance;
 #[path = "cluster/migrations.rs"]
 mod migrations;
+#[path = "cluster/monitoring.rs"]
+mod monitoring;
 #[path = "cluster/pooler.rs"]
 mod pooler;
 #[path = "cluster/postgis.rs"]
@@ -442,4 +444,17 @@ async fn cluster_suite() {
         passed,
         "scenario postgis_cluster failed (diagnostics above)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitoring_suite() {
+    let client = Client::try_default()
+        .await
+        .expect("KUBECONFIG must point at a cluster with geodb installed");
+    let ns = format!("e2e-monitoring-{}", std::process::id());
+    let passed = geodb_e2e::kube_util::run_in_namespace(&client, &ns, |client, ns| async move {
+        monitoring::scenario_monitoring(&client, &ns).await;
+    })
+    .await;
+    assert!(passed, "scenario monitoring failed (diagnostics above)");
 }

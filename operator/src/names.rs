@@ -55,6 +55,7 @@ pub const COMPONENT_BACKUP: &str = "backup";
 pub const COMPONENT_DUMP: &str = "dump";
 pub const COMPONENT_MIGRATION: &str = "migration";
 pub const COMPONENT_VACUUM: &str = "vacuum";
+pub const COMPONENT_METRICS: &str = "metrics";
 
 pub const POSTGRES_PORT: i32 = 5432;
 pub const POOLER_PORT: i32 = 6432;
@@ -101,6 +102,10 @@ impl Names {
     }
     pub fn ro_service(&self) -> String {
         format!("{}-ro", self.cluster)
+    }
+    /// Headless Service of the instances' `/metrics` (port `metrics`).
+    pub fn metrics_service(&self) -> String {
+        format!("{}-metrics", self.cluster)
     }
     pub fn pooler(&self) -> String {
         format!("{}-pooler", self.cluster)

@@ -45,6 +45,12 @@ pub const BOOTSTRAPPED_KEY: &str = "bootstrapped";
 /// The agent's HTTP port: `GET` [`VOLUME_PATH`] tells what the data volume holds.
 pub const AGENT_PORT: i32 = 8008;
 pub const VOLUME_PATH: &str = "/volume";
+/// `GET` here on [`AGENT_PORT`]: the instance's metrics (Prometheus text format).
+pub const METRICS_PATH: &str = "/metrics";
+/// Where `spec.monitoring.customQueries` is mounted (its key `queries.yaml`).
+pub const MONITORING_DIR: &str = "/etc/geodb/monitoring";
+/// The key of that ConfigMap, and the file it becomes.
+pub const CUSTOM_QUERIES_FILE: &str = "queries.yaml";
 
 /// What an instance's data volume holds, from `pg_controldata` (the answer at
 /// [`VOLUME_PATH`]): how far its history goes.
@@ -118,6 +124,9 @@ pub mod env {
     /// PostgreSQL's own variables, so `psql` in the container needs no arguments.
     pub const PGDATA: &str = "PGDATA";
     pub const PGHOST: &str = "PGHOST";
+    /// As libpq's: the address dialled, [`PGHOST`] then only the name verify-full checks
+    /// (a client outside cluster DNS reaching a Service by its ClusterIP).
+    pub const PGHOSTADDR: &str = "PGHOSTADDR";
     pub const PGPORT: &str = "PGPORT";
 
     /// The WAL archive (`spec.backup`), read by `geodb wal-push` and `geodb wal-fetch`.

@@ -137,6 +137,18 @@ provisioner: $PROVISIONER_NAME
 reclaimPolicy: Delete
 volumeBindingMode: WaitForFirstConsumer
 allowVolumeExpansion: true
+---
+# Volumes that really fill up: a tmpfs of the claim's size (small test volumes only).
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: sized
+provisioner: $PROVISIONER_NAME
+parameters:
+  sized: "true"
+reclaimPolicy: Delete
+volumeBindingMode: WaitForFirstConsumer
+allowVolumeExpansion: true
 EOF
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use geodb::api::{GeoDatabase, Phase};
+use geodb_e2e::bench::{conninfo, env_secs, pgbench};
 use geodb_e2e::drill::{Endpoint, Fault, Target};
 use geodb_e2e::kube_util::wait_for;
 use k8s_openapi::api::core::v1::Namespace;
@@ -21,78 +22,6 @@ use kube::{Api, Client};
 use serde_json::json;
 
 const POOL_SIZE: i32 = 20;
-
-fn env_secs(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// What one pgbench run reported.
-#[derive(Debug)]
-struct Run {
-    tps: f64,
-    aborted: usize,
-    failed: u64,
-}
-
-fn conninfo(host: &str, port: u16, e: &Endpoint) -> String {
-    format!(
-        "host={host} port={port} user={} dbname={} sslmode=require connect_timeout=10",
-        e.user, e.dbname
-    )
-}
-
-/// Run pgbench with `args` against `conninfo`; its TPS, aborted clients and failed
-/// transactions.
-fn pgbench(conninfo: &str, password: &str, args: &[&str]) -> anyhow::Result<Run> {
-    let out = Command::new("pgbench")
-        .args(args)
-        .arg(conninfo)
-        .env("PGPASSWORD", password)
-        .output()
-        .context("running pgbench (postgresql-client)")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if args.first() == Some(&"-i") {
-        // Initialisation reports no rate.
-        if !out.status.success() {
-            bail!("pgbench -i failed\n{stdout}\n{stderr}");
-        }
-        return Ok(Run {
-            tps: 0.0,
-            aborted: 0,
-            failed: 0,
-        });
-    }
-    let tps = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse().ok());
-    let failed = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("number of failed transactions: "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let aborted = stderr.matches("aborted").count();
-    let Some(tps) = tps else {
-        bail!("pgbench {args:?}: no tps in its output\n{stdout}\n{stderr}");
-    };
-    if aborted > 0 {
-        eprintln!(
-            "pgbench {args:?}: {aborted} aborted\n{}",
-            stderr.lines().take(10).collect::<Vec<_>>().join("\n")
-        );
-    }
-    Ok(Run {
-        tps,
-        aborted,
-        failed,
-    })
-}
 
 /// A bare PgBouncer on the node with the operator's pooler settings, in front of `rw`.
 struct Bare {

@@ -328,6 +328,16 @@ async fn main() -> anyhow::Result<()> {
         &["error=\"stale_view\""],
     );
     let reconcile_errors = metric_sum(&after, "geodb_reconcile_errors_total", &[]) - stale_views;
+    // The operator's /metrics as Prometheus would scrape it, with every GeoDatabase's
+    // series in it (`make bench-metrics` reads these figures).
+    let mut scrapes_ms = Vec::new();
+    let mut page_bytes = 0;
+    for _ in 0..100 {
+        let at = Instant::now();
+        page_bytes = scrape(port).await?.len();
+        scrapes_ms.push(at.elapsed().as_secs_f64() * 1e3);
+    }
+    scrapes_ms.sort_by(f64::total_cmp);
     if let Ok(path) = std::env::var("BENCH_APISERVER_METRICS_COPY") {
         let text = admin
             .request_text(http::Request::get("/metrics").body(Vec::new())?)
@@ -358,6 +368,9 @@ async fn main() -> anyhow::Result<()> {
         "reconcile_errors_count": reconcile_errors,
         "stale_view_requeues_count": stale_views,
         "create_phase_s": create_phase.as_secs_f64(),
+        "operator_scrape_p50_ms": percentile(&scrapes_ms, 50.0),
+        "operator_scrape_p99_ms": percentile(&scrapes_ms, 99.0),
+        "operator_metrics_page_bytes_count": page_bytes,
     });
     let report = json!({
         "figures": figures,

@@ -12,6 +12,10 @@
 //	mode: octal permissions of a new directory (default "0777", so any pod
 //	      user can write; kubelet also applies the pod's fsGroup)
 //	uid, gid: owner of a new directory (default: unchanged, root)
+//	sized: "true" mounts a tmpfs of the claim's size on the directory, so
+//	      the volume really fills up (the disk-usage alert is tested on
+//	      one); expanding the claim grows the tmpfs. Its data lives in
+//	      memory: for small test volumes only.
 //
 // Built by e2e/tools/build-tools.sh (component `provisioner`).
 package main
@@ -61,6 +65,7 @@ func (p *dirProvisioner) Provision(ctx context.Context, opts controller.Provisio
 	}
 	mode := os.FileMode(0o777)
 	uid, gid := -1, -1
+	sized := false
 	for k, v := range opts.StorageClass.Parameters {
 		switch strings.ToLower(k) {
 		case "mode":
@@ -79,6 +84,8 @@ func (p *dirProvisioner) Provision(ctx context.Context, opts controller.Provisio
 			} else {
 				gid = n
 			}
+		case "sized":
+			sized = v == "true"
 		default:
 			return nil, controller.ProvisioningFinished, fmt.Errorf("unknown StorageClass parameter %q", k)
 		}
@@ -87,6 +94,12 @@ func (p *dirProvisioner) Provision(ctx context.Context, opts controller.Provisio
 	path := filepath.Join(p.baseDir, fmt.Sprintf("%s_%s_%s", pvc.Namespace, pvc.Name, opts.PVName))
 	if err := os.MkdirAll(path, 0o700); err != nil {
 		return nil, controller.ProvisioningInBackground, fmt.Errorf("creating %s: %v", path, err)
+	}
+	if sized {
+		request := pvc.Spec.Resources.Requests[v1.ResourceStorage]
+		if err := mountSized(path, request.Value(), false); err != nil {
+			return nil, controller.ProvisioningInBackground, err
+		}
 	}
 	// Chmod after mkdir: the umask does not apply.
 	if err := os.Chmod(path, mode); err != nil {
@@ -106,7 +119,7 @@ func (p *dirProvisioner) Provision(ctx context.Context, opts controller.Provisio
 	pv := &v1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:   opts.PVName,
-			Labels: map[string]string{"geodb.io/provisioner": "local"},
+			Labels: map[string]string{"geodb.io/provisioner": "local", "geodb.io/sized": strconv.FormatBool(sized)},
 		},
 		Spec: v1.PersistentVolumeSpec{
 			PersistentVolumeReclaimPolicy: reclaim,
@@ -143,6 +156,11 @@ func (p *dirProvisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) er
 	path := filepath.Clean(pv.Spec.Local.Path)
 	if filepath.Dir(path) != filepath.Clean(p.baseDir) {
 		return &controller.IgnoredError{Reason: fmt.Sprintf("path %s is not under %s", path, p.baseDir)}
+	}
+	if pv.Labels["geodb.io/sized"] == "true" {
+		if err := syscall.Unmount(path, 0); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+			return fmt.Errorf("unmounting %s: %v", path, err)
+		}
 	}
 	if err := os.RemoveAll(path); err != nil {
 		return fmt.Errorf("removing %s: %v", path, err)
@@ -196,6 +214,11 @@ func resizeOnce(ctx context.Context, client kubernetes.Interface, name string) e
 		if pv.Annotations[provisionedByAnn] != name || pv.Spec.Local == nil {
 			continue
 		}
+		if pv.Labels["geodb.io/sized"] == "true" {
+			if err := mountSized(pv.Spec.Local.Path, want.Value(), true); err != nil {
+				return err
+			}
+		}
 		if cur := pv.Spec.Capacity[v1.ResourceStorage]; want.Cmp(cur) > 0 {
 			pv.Spec.Capacity[v1.ResourceStorage] = want
 			if _, err := client.CoreV1().PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{}); err != nil {
@@ -217,6 +240,21 @@ func resizeOnce(ctx context.Context, client kubernetes.Interface, name string) e
 			return fmt.Errorf("recording the expansion of PVC %s/%s: %v", pvc.Namespace, pvc.Name, err)
 		}
 		klog.InfoS("expanded", "pvc", klog.KObj(pvc), "pv", pv.Name, "size", want.String())
+	}
+	return nil
+}
+
+// mountSized mounts (or, with remount, resizes) a tmpfs of size bytes on path.
+func mountSized(path string, size int64, remount bool) error {
+	if size <= 0 {
+		return fmt.Errorf("a sized volume needs a storage request")
+	}
+	flags := uintptr(0)
+	if remount {
+		flags = syscall.MS_REMOUNT
+	}
+	if err := syscall.Mount("geodb-sized", path, "tmpfs", flags, fmt.Sprintf("size=%d,mode=0777", size)); err != nil {
+		return fmt.Errorf("mounting a tmpfs of %d bytes on %s: %v", size, path, err)
 	}
 	return nil
 }

@@ -1,5 +1,6 @@
 //! The agent's HTTP endpoint: what the data volume holds, so that the operator can choose
-//! the primary of a GeoDatabase created over volumes whose last primary nobody recorded.
+//! the primary of a GeoDatabase created over volumes whose last primary nobody recorded;
+//! and `/metrics` (see `exporter`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,8 +10,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tracing::warn;
 
+use super::exporter::{self, Exporter, Target};
 use super::settings::Settings;
-use crate::pod_contract::{VolumeReport, AGENT_PORT, VOLUME_PATH};
+use crate::pod_contract::{VolumeReport, AGENT_PORT, METRICS_PATH, MONITORING_DIR, VOLUME_PATH};
 use crate::postgres::lsn;
 
 /// The report of `pg_controldata`'s output (pure).
@@ -66,6 +68,10 @@ async fn volume(State(v): State<Volume>) -> Json<VolumeReport> {
     Json(report)
 }
 
+async fn metrics(State(exporter): State<Exporter>) -> String {
+    exporter.page().await
+}
+
 /// Serve the endpoint in the background; a failure to listen is logged (the operator then
 /// waits for this instance's report, it never guesses).
 pub fn serve(settings: &Settings, bin: PathBuf) {
@@ -73,9 +79,22 @@ pub fn serve(settings: &Settings, bin: PathBuf) {
         bin,
         settings: settings.clone(),
     };
+    let exporter = Exporter::new(
+        Target {
+            socket_dir: settings.socket_dir.clone(),
+            database: settings.database.clone(),
+            pgdata: settings.pgdata.clone(),
+        },
+        std::path::Path::new(MONITORING_DIR).join(exporter::CUSTOM_QUERIES_FILE),
+    );
     let app = Router::new()
         .route(VOLUME_PATH, get(volume))
-        .with_state(state);
+        .with_state(state)
+        .merge(
+            Router::new()
+                .route(METRICS_PATH, get(metrics))
+                .with_state(exporter),
+        );
     tokio::spawn(async move {
         let port = u16::try_from(AGENT_PORT).unwrap_or(8008);
         let addr = SocketAddr::from(([0, 0, 0, 0], port));

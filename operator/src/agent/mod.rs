@@ -20,6 +20,7 @@ mod clone;
 mod command;
 mod desired;
 pub mod error;
+pub mod exporter;
 mod files;
 mod http;
 mod lease;

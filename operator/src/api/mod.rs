@@ -9,6 +9,7 @@ mod backup;
 mod bootstrap;
 mod maintenance;
 mod migrations;
+mod monitoring;
 mod network;
 mod pooler;
 mod postgis;
@@ -26,6 +27,7 @@ pub use maintenance::{
     MaintenanceSpec, MaintenanceStatus, VacuumRun, VacuumSpec, VacuumTable, AUTOVACUUM_SETTINGS,
 };
 pub use migrations::{MigrationImage, MigrationOutcome, MigrationsSpec, MigrationsStatus};
+pub use monitoring::MonitoringSpec;
 pub use network::{NetworkSpec, TlsSpec};
 pub use pooler::{PoolMode, PoolerSpec};
 pub use postgis::{ExtensionStatus, PostgisSpec, PostgisStatus};
@@ -116,6 +118,10 @@ pub struct GeoDatabaseSpec {
     /// Schema migrations, run as a Job against the primary when their inputs change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrations: Option<MigrationsSpec>,
+
+    /// Metrics: user-defined metric queries and the Prometheus Operator objects.
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
 
     /// Spreading of the instances and the poolers over nodes and zones.
     #[serde(default)]

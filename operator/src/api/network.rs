@@ -17,6 +17,12 @@ pub struct NetworkSpec {
     #[serde(default)]
     #[schemars(schema_with = "namespace_names")]
     pub allowed_namespaces: Vec<String>,
+
+    /// Namespaces whose pods (Prometheus) may scrape the metrics ports: the instances'
+    /// agent port and the poolers' metrics port, never the poolers' control port.
+    #[serde(default)]
+    #[schemars(schema_with = "namespace_names")]
+    pub metrics_namespaces: Vec<String>,
 }
 
 /// By pattern, not CEL: a CEL rule over every item costs too much of the CRD's budget.
@@ -37,6 +43,7 @@ impl Default for NetworkSpec {
         Self {
             policy: default_policy(),
             allowed_namespaces: Vec::new(),
+            metrics_namespaces: Vec::new(),
         }
     }
 }

@@ -37,8 +37,9 @@ fn extension_names(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// PostGIS, and `pg_stat_statements` for the slow-statement metrics (it is preloaded).
 fn default_extensions() -> Vec<String> {
-    vec!["postgis".to_owned()]
+    vec!["postgis".to_owned(), "pg_stat_statements".to_owned()]
 }
 
 fn default_true() -> bool {

@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, ExecAction, ObjectFieldSelector, PersistentVolumeClaim,
+    EnvVarSource, ExecAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ProjectedVolumeSource, SeccompProfile, SecretProjection, SecurityContext, Volume, VolumeMount,
     VolumeProjection, VolumeResourceRequirements,
@@ -28,8 +28,9 @@ use crate::names::{
     POSTGRES_PORT,
 };
 use crate::pod_contract::{
-    env as var, Credential, AGENT_PORT, CA_CERT, CONFIG_DIR, DATA_DIR, PASSWORD_FILE, PGDATA,
-    POSTGRES_UID, SECRETS_DIR, SHM_DIR, SOCKET_DIR, TLS_CERT, TLS_KEY, TLS_SUBDIR, TMP_DIR,
+    env as var, Credential, AGENT_PORT, CA_CERT, CONFIG_DIR, CUSTOM_QUERIES_FILE, DATA_DIR,
+    MONITORING_DIR, PASSWORD_FILE, PGDATA, POSTGRES_UID, SECRETS_DIR, SHM_DIR, SOCKET_DIR,
+    TLS_CERT, TLS_KEY, TLS_SUBDIR, TMP_DIR,
 };
 
 fn field_env(name: &str, path: &str) -> EnvVar {
@@ -247,16 +248,47 @@ fn container(cluster: &Cluster, instance: &str) -> Container {
         // purpose while it is fenced or waiting to rejoin; a restart would not help.
         readiness_probe: Some(pg_isready_probe(2, 2)),
         security_context: Some(restricted_container_security()),
-        volume_mounts: Some(vec![
-            mount(PGDATA_VOLUME, DATA_DIR, false),
-            mount("config", CONFIG_DIR, true),
-            mount("secrets", SECRETS_DIR, true),
-            mount("run", SOCKET_DIR, false),
-            mount("tmp", TMP_DIR, false),
-            mount("shm", SHM_DIR, false),
-        ]),
+        volume_mounts: Some(
+            vec![
+                mount(PGDATA_VOLUME, DATA_DIR, false),
+                mount("config", CONFIG_DIR, true),
+                mount("secrets", SECRETS_DIR, true),
+                mount("run", SOCKET_DIR, false),
+                mount("tmp", TMP_DIR, false),
+                mount("shm", SHM_DIR, false),
+            ]
+            .into_iter()
+            .chain(
+                cluster
+                    .spec
+                    .monitoring
+                    .custom_queries
+                    .as_ref()
+                    .map(|_| mount("monitoring", MONITORING_DIR, true)),
+            )
+            .collect(),
+        ),
         ..Container::default()
     }
+}
+
+/// `spec.monitoring.customQueries`: the exporter reads it at every scrape, so a changed
+/// ConfigMap reaches it as the kubelet refreshes the volume, with no restart.
+fn custom_queries_volume(cluster: &Cluster) -> Option<Volume> {
+    let name = cluster.spec.monitoring.custom_queries.clone()?;
+    Some(Volume {
+        name: "monitoring".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name,
+            items: Some(vec![KeyToPath {
+                key: CUSTOM_QUERIES_FILE.into(),
+                path: CUSTOM_QUERIES_FILE.into(),
+                ..KeyToPath::default()
+            }]),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    })
 }
 
 fn pod_spec(cluster: &Cluster, instance: &str) -> PodSpec {
@@ -268,20 +300,25 @@ fn pod_spec(cluster: &Cluster, instance: &str) -> PodSpec {
         automount_service_account_token: Some(true),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(30),
-        volumes: Some(vec![
-            Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: cluster.names.config_map(),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
-            secrets_volume(cluster),
-            empty_dir("run", false),
-            empty_dir("tmp", false),
-            empty_dir("shm", true),
-        ]),
+        volumes: Some(
+            vec![
+                Volume {
+                    name: "config".into(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: cluster.names.config_map(),
+                        ..ConfigMapVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                secrets_volume(cluster),
+                empty_dir("run", false),
+                empty_dir("tmp", false),
+                empty_dir("shm", true),
+            ]
+            .into_iter()
+            .chain(custom_queries_volume(cluster))
+            .collect(),
+        ),
         ..PodSpec::default()
     };
     // Away from the other instances of this cluster, whatever their role.

@@ -7,6 +7,7 @@ pub mod config;
 pub mod instance;
 pub mod maintenance;
 pub mod migrations;
+pub mod monitoring;
 pub mod network;
 pub mod pooler;
 pub mod rbac;
@@ -321,9 +322,9 @@ pub(crate) mod fixtures {
         ));
         assert_eq!(r.statefulsets.len(), 3);
         assert_eq!(r.credentials.len(), 4);
-        // Instance config and two poolers; rw, ro, 3 headless, 2 pooler Services.
+        // Instance config and two poolers; rw, ro, 3 headless, metrics, 2 pooler Services.
         assert_eq!(r.config_maps.len(), 3);
-        assert_eq!(r.services.len(), 7);
+        assert_eq!(r.services.len(), 8);
         assert_eq!(r.deployments.len(), 2);
         assert_eq!(r.pod_disruption_budgets.len(), 4);
         let without = build(&cluster(

@@ -4,7 +4,8 @@
 //! - the operator's pods, on any port (probes of PostgreSQL and of the instance agents),
 //!   from the operator's namespace when it is known;
 //! - every pod of the GeoDatabase's namespace and of `allowedNamespaces`, on the
-//!   PostgreSQL and PgBouncer ports only.
+//!   PostgreSQL and PgBouncer ports only;
+//! - the pods of `metricsNamespaces` (Prometheus), on the metrics ports only.
 //!
 //! Egress is left open: the instances reach the API server, the object store and one
 //! another, whose addresses a policy cannot name in advance.
@@ -20,6 +21,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::Cluster;
 use crate::names::{LABEL_CLUSTER, POOLER_PORT, POSTGRES_PORT};
+use crate::pod_contract::AGENT_PORT;
+use crate::pooler::console::METRICS_PORT;
 
 /// How the operator's pods are labelled (the chart and `config/manager` both do).
 const OPERATOR_LABEL: (&str, &str) = ("app.kubernetes.io/name", "geodb-operator");
@@ -57,6 +60,18 @@ fn tcp(port: i32) -> NetworkPolicyPort {
     }
 }
 
+/// The pods of `metricsNamespaces`, to the metrics ports.
+fn scrapers(cluster: &Cluster) -> Option<NetworkPolicyIngressRule> {
+    let names = &cluster.spec.network.metrics_namespaces;
+    (!names.is_empty()).then(|| NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(namespaces_named(names.clone())),
+            ..NetworkPolicyPeer::default()
+        }]),
+        ports: Some(vec![tcp(AGENT_PORT), tcp(METRICS_PORT)]),
+    })
+}
+
 /// `None` when the spec turns the policy off.
 pub fn network_policy(cluster: &Cluster) -> Option<NetworkPolicy> {
     if !cluster.spec.network.policy {
@@ -87,22 +102,27 @@ pub fn network_policy(cluster: &Cluster) -> Option<NetworkPolicy> {
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(own.clone()),
             policy_types: Some(vec!["Ingress".to_owned()]),
-            ingress: Some(vec![
-                NetworkPolicyIngressRule {
-                    from: Some(vec![
-                        NetworkPolicyPeer {
-                            pod_selector: Some(own),
-                            ..NetworkPolicyPeer::default()
-                        },
-                        operator,
-                    ]),
-                    ports: None,
-                },
-                NetworkPolicyIngressRule {
-                    from: Some(clients),
-                    ports: Some(vec![tcp(POSTGRES_PORT), tcp(POOLER_PORT)]),
-                },
-            ]),
+            ingress: Some(
+                vec![
+                    NetworkPolicyIngressRule {
+                        from: Some(vec![
+                            NetworkPolicyPeer {
+                                pod_selector: Some(own),
+                                ..NetworkPolicyPeer::default()
+                            },
+                            operator,
+                        ]),
+                        ports: None,
+                    },
+                    NetworkPolicyIngressRule {
+                        from: Some(clients),
+                        ports: Some(vec![tcp(POSTGRES_PORT), tcp(POOLER_PORT)]),
+                    },
+                ]
+                .into_iter()
+                .chain(scrapers(cluster))
+                .collect(),
+            ),
             ..NetworkPolicySpec::default()
         }),
     })
@@ -140,6 +160,23 @@ mod tests {
         assert_eq!(ports, vec![tcp(POSTGRES_PORT), tcp(POOLER_PORT)]);
         // The GeoDatabase's own namespace only, without allowedNamespaces.
         assert_eq!(rules[1].from.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn metrics_namespaces_reach_the_metrics_ports_only() {
+        let mut c = cluster(serde_json::json!({"storage": {"size": "1Gi"}}));
+        c.spec.network.metrics_namespaces = vec!["monitoring".into()];
+        let rules = rules(&network_policy(&c).unwrap());
+        assert_eq!(rules.len(), 3);
+        assert_eq!(rules[2].ports.clone().unwrap(), vec![tcp(8008), tcp(9127)]);
+        let ns = rules[2].from.clone().unwrap()[0]
+            .namespace_selector
+            .clone()
+            .unwrap();
+        assert_eq!(
+            ns.match_expressions.unwrap()[0].values,
+            Some(vec!["monitoring".to_owned()])
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::names::{
     POOLER_LOOKUP, POOLER_PORT, POOLER_USER, POSTGRES_PORT,
 };
 use crate::pod_contract::{CA_CERT, POSTGRES_UID, TLS_CERT, TLS_KEY};
-use crate::pooler::console::{ADMIN_USER, CONTROL_PORT, READY_PATH, SOCKET_DIR};
+use crate::pooler::console::{ADMIN_USER, CONTROL_PORT, METRICS_PORT, READY_PATH, SOCKET_DIR};
 
 /// Which Service a pooler sends connections to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,6 +218,12 @@ fn container(cluster: &Cluster) -> Container {
             ContainerPort {
                 name: Some("control".into()),
                 container_port: CONTROL_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("metrics".into()),
+                container_port: METRICS_PORT,
                 protocol: Some("TCP".into()),
                 ..ContainerPort::default()
             },

@@ -1,4 +1,5 @@
-//! Services: read-write (primary), read-only (replicas), one headless Service per instance.
+//! Services: read-write (primary), read-only (replicas), one headless Service per
+//! instance, and the headless metrics Service of all instances.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -6,9 +7,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::Cluster;
 use crate::api::Role;
 use crate::names::{
-    instance_labels, role_selector, COMPONENT_DATABASE, LABEL_CLUSTER, LABEL_INSTANCE,
-    POSTGRES_PORT,
+    instance_labels, role_selector, COMPONENT_DATABASE, COMPONENT_METRICS, LABEL_CLUSTER,
+    LABEL_COMPONENT, LABEL_INSTANCE, POSTGRES_PORT,
 };
+use crate::pod_contract::AGENT_PORT;
 
 fn postgres_port() -> ServicePort {
     ServicePort {
@@ -55,6 +57,35 @@ fn instance_service(cluster: &Cluster, instance: &str) -> Service {
     }
 }
 
+/// Every instance's `/metrics`, whatever its role and readiness (an instance that is
+/// down must still be scraped: its exporter says so), for a ServiceMonitor or a
+/// Prometheus that discovers endpoints.
+fn metrics_service(cluster: &Cluster) -> Service {
+    Service {
+        metadata: cluster.component_meta(cluster.names.metrics_service(), COMPONENT_METRICS),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(
+                [
+                    (LABEL_CLUSTER.to_owned(), cluster.names.cluster.clone()),
+                    (LABEL_COMPONENT.to_owned(), COMPONENT_DATABASE.to_owned()),
+                ]
+                .into(),
+            ),
+            ports: Some(vec![ServicePort {
+                name: Some("metrics".into()),
+                port: AGENT_PORT,
+                target_port: Some(IntOrString::String("agent".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
 pub fn services(cluster: &Cluster) -> Vec<Service> {
     let mut out = vec![
         role_service(cluster, cluster.names.rw_service(), Role::Primary),
@@ -66,6 +97,7 @@ pub fn services(cluster: &Cluster) -> Vec<Service> {
             .iter()
             .map(|instance| instance_service(cluster, instance)),
     );
+    out.push(metrics_service(cluster));
     out
 }
 
@@ -76,10 +108,30 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn the_metrics_service_reaches_every_instance_agent() {
+        let c = cluster(json!({"instances": 2, "storage": {"size": "1Gi"}}));
+        let all = services(&c);
+        let m = all
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some("geo-metrics"))
+            .unwrap();
+        let spec = m.spec.as_ref().unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(true));
+        assert_eq!(
+            spec.selector.as_ref().unwrap()["app.kubernetes.io/component"],
+            "database"
+        );
+        let port = &spec.ports.as_ref().unwrap()[0];
+        assert_eq!((port.name.as_deref(), port.port), (Some("metrics"), 8008));
+        assert_eq!(port.target_port, Some(IntOrString::String("agent".into())));
+    }
+
+    #[test]
     fn rw_and_ro_select_by_role() {
         let c = cluster(json!({"instances": 3, "storage": {"size": "1Gi"}}));
         let svcs = services(&c);
-        assert_eq!(svcs.len(), 5);
+        assert_eq!(svcs.len(), 6);
         let rw = svcs[0].spec.as_ref().unwrap().selector.as_ref().unwrap();
         assert_eq!(rw["geodb.io/role"], "primary");
         assert_eq!(rw["geodb.io/cluster"], "geo");

@@ -34,6 +34,7 @@ mod extensions;
 mod finalizer;
 pub mod health;
 pub mod migrations;
+mod monitoring;
 pub mod owned;
 pub mod policy;
 pub mod read;
@@ -83,6 +84,8 @@ pub struct Context {
     pub catalogs: catalog::Catalogs,
     /// What this installation allows and where it runs, see `policy`.
     pub installation: policy::Installation,
+    /// Whether PodMonitors are served, as last discovered.
+    pod_monitors: monitoring::PodMonitorApi,
 }
 
 impl Context {
@@ -115,6 +118,7 @@ impl Context {
             leases: Mutex::new(HashMap::new()),
             catalogs: catalog::Catalogs::default(),
             installation,
+            pod_monitors: monitoring::PodMonitorApi::default(),
         })
     }
 

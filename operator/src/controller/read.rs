@@ -33,6 +33,9 @@ pub struct Observed {
     pub named_secrets: SecretKeys,
     /// The data of the ConfigMaps `spec.migrations.configMaps` names (`None`: missing).
     pub migration_sources: MigrationSources,
+    /// The data of the ConfigMap `spec.monitoring.customQueries` names: `None` when none
+    /// is named, `Some(None)` when it does not exist.
+    pub custom_queries: Option<Option<BTreeMap<String, String>>>,
 }
 
 /// ConfigMap name to its data, `None` when it does not exist.
@@ -61,6 +64,16 @@ pub async fn observe(ctx: &Context, db: &GeoDatabase) -> Result<Observed> {
     let parked = parked(ctx, db, &namespace, &related.pods).await?;
     let named_secrets = named_secrets(ctx, db, &namespace).await?;
     let migration_sources = migration_sources(ctx, db, &namespace).await?;
+    let custom_queries = match &db.spec.monitoring.custom_queries {
+        Some(name) => Some(
+            Api::<ConfigMap>::namespaced(ctx.client.clone(), &namespace)
+                .get_opt(name)
+                .await
+                .map_err(Error::kube("reading the custom metric queries ConfigMap"))?
+                .map(|c| c.data.unwrap_or_default()),
+        ),
+        None => None,
+    };
     Ok(Observed {
         owned: ctx.caches.owned(&namespace, &cluster, &uid),
         related,
@@ -68,6 +81,7 @@ pub async fn observe(ctx: &Context, db: &GeoDatabase) -> Result<Observed> {
         parked,
         named_secrets,
         migration_sources,
+        custom_queries,
     })
 }
 

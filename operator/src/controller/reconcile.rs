@@ -253,6 +253,10 @@ async fn problems(ctx: &Context, db: &GeoDatabase, observed: &Observed) -> Vec<S
         db.spec.migrations.as_ref(),
         &observed.migration_sources,
     ));
+    problems.extend(validate::custom_queries_problem(
+        db.spec.monitoring.custom_queries.as_deref(),
+        observed.custom_queries.as_ref(),
+    ));
     problems.extend(validate::validate_recovery(
         &db.spec,
         &db.namespace().unwrap_or_default(),
@@ -433,6 +437,7 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         return refused(ctx, &db, object, message).await;
     }
     applied?;
+    super::monitoring::step(ctx, &db, &cluster).await;
     let steady = matches!(plan, Plan::Steady | Plan::Acknowledge { .. });
     let rollout = rollout::plan_after_slots(ctx, steady, (&cluster, &db, &observed), &health).await;
     let changes = applier.into_changes();
@@ -472,11 +477,12 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
 
 /// When to look again: as the plan says, soon while objects or pods change, within
 /// `AWAITING_RECHECK` while a pod runs unready (its agent may park it, which only an
-/// Event says), within `SOURCES_RECHECK` while migrations read ConfigMaps (not watched:
+/// Event says), within `SOURCES_RECHECK` while migrations or custom metric queries read
+/// ConfigMaps (not watched:
 /// any ConfigMap of the namespace could be one), else at the periodic resync.
 fn next_look(plan: &Plan, changing: bool, observed: &Observed) -> Action {
     let awaiting = observed.awaiting_pods();
-    let sources = !observed.migration_sources.is_empty();
+    let sources = !observed.migration_sources.is_empty() || observed.custom_queries.is_some();
     match plan.requeue() {
         Some(soon) => Action::requeue(soon),
         None if changing => Action::requeue(Duration::from_secs(2)),

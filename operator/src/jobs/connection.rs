@@ -125,6 +125,11 @@ impl Target {
                 }
             }
         };
+        // libpq's hostaddr: dial it, check the certificate for PGHOST.
+        let (host, server_name) = match get(env::PGHOSTADDR) {
+            Some(addr) if !host.starts_with('/') => (addr, Some(host)),
+            _ => (host, None),
+        };
         Ok(Self {
             host,
             port,
@@ -132,7 +137,7 @@ impl Target {
             database: get(env::DATABASE).ok_or(ConnectionError::MissingEnv(env::DATABASE))?,
             password_file: get(env::JOB_PASSWORD_FILE).map(PathBuf::from),
             tls,
-            server_name: None,
+            server_name,
         })
     }
 
@@ -317,6 +322,18 @@ mod tests {
             Tls::VerifyFull(PathBuf::from("/etc/geodb/secrets/tls/ca.crt"))
         );
         assert_eq!(t.to_string(), "postgres@geo-rw.maps.svc:5432/app");
+    }
+
+    #[test]
+    fn hostaddr_is_dialled_and_the_host_verified() {
+        let t = target(&[
+            (env::PGHOST, "geo-rw.maps.svc"),
+            (env::PGHOSTADDR, "10.96.0.7"),
+            (env::DATABASE, "app"),
+        ])
+        .unwrap();
+        assert_eq!(t.host, "10.96.0.7");
+        assert_eq!(t.server_name.as_deref(), Some("geo-rw.maps.svc"));
     }
 
     #[test]

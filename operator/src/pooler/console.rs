@@ -2,6 +2,7 @@
 //! (`peer`; TCP logins as that user are rejected), and the supervisor's control endpoint
 //! the operator calls after a role change, its readiness check and its metrics.
 
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,17 +12,19 @@ use axum::extract::RawQuery;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
-use tokio_postgres::SimpleQueryMessage;
 
 use super::metrics::{render, Row, Scrape};
 use super::upstream::Upstream;
+use crate::runtime::exposition::rows_of;
 
 /// Where PgBouncer's Unix socket lives (an emptyDir: the root filesystem is read-only).
 pub const SOCKET_DIR: &str = "/var/run/pgbouncer";
 /// The console's user: the pod's OS user, so `peer` admits the supervisor only.
 pub const ADMIN_USER: &str = "postgres";
-/// The supervisor's HTTP port.
+/// The supervisor's HTTP port (the operator's: it pauses and reconnects PgBouncer).
 pub const CONTROL_PORT: i32 = 8010;
+/// `/metrics` alone, for Prometheus: a scraper admitted here cannot pause the pooler.
+pub const METRICS_PORT: i32 = 9127;
 /// `POST` here: close server connections once released, so new ones reach the instances
 /// that now hold the role; with `?primary=<host>` (the read-write pooler, once a primary is
 /// confirmed) first wait until the `-rw` Service reaches it (see `primary`), then resume a
@@ -85,23 +88,7 @@ pub async fn rows(port: u16, commands: &[&str]) -> Result<Vec<Vec<Row>>, tokio_p
                 return Err(e);
             }
         };
-        answers.push(
-            messages
-                .iter()
-                .filter_map(|m| match m {
-                    SimpleQueryMessage::Row(row) => Some(
-                        row.columns()
-                            .iter()
-                            .enumerate()
-                            .filter_map(|(i, c)| {
-                                Some((c.name().to_owned(), row.get(i)?.to_owned()))
-                            })
-                            .collect(),
-                    ),
-                    _ => None,
-                })
-                .collect(),
-        );
+        answers.push(rows_of(&messages));
     }
     drop(client);
     let _ = driver.await;
@@ -245,6 +232,17 @@ pub async fn serve(pooler_port: u16, upstream: Arc<Upstream>) -> std::io::Result
             METRICS_PATH,
             get(move || async move { metrics(pooler_port).await }),
         );
+    let scrape = Router::new().route(
+        METRICS_PATH,
+        get(move || async move { metrics(pooler_port).await }),
+    );
+    let metrics_port = u16::try_from(METRICS_PORT).unwrap_or(9127);
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
-    axum::serve(listener, router).await
+    let metrics_listener =
+        tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], metrics_port))).await?;
+    tokio::try_join!(
+        axum::serve(listener, router).into_future(),
+        axum::serve(metrics_listener, scrape).into_future()
+    )
+    .map(drop)
 }

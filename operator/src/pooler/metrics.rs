@@ -2,52 +2,14 @@
 //! in the Prometheus text format, base units (seconds, bytes), counters ending in
 //! `_total`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-
-/// One row of a console answer: column name to value.
-pub type Row = BTreeMap<String, String>;
+pub use crate::runtime::exposition::Row;
+use crate::runtime::exposition::{escape, number, Family};
 
 /// What the console answered; `None` when it did not (`pgbouncer_up 0`).
 pub struct Scrape {
     pub pools: Vec<Row>,
     pub stats: Vec<Row>,
     pub lists: Vec<Row>,
-}
-
-fn number(row: &Row, column: &str) -> Option<f64> {
-    row.get(column)?.trim().parse().ok()
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-struct Family<'a> {
-    name: &'a str,
-    kind: &'a str,
-    help: &'a str,
-    samples: Vec<(String, f64)>,
-}
-
-impl Family<'_> {
-    fn write(&self, out: &mut String) {
-        if self.samples.is_empty() {
-            return;
-        }
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
-        for (labels, value) in &self.samples {
-            if labels.is_empty() {
-                let _ = writeln!(out, "{} {value}", self.name);
-            } else {
-                let _ = writeln!(out, "{}{{{labels}}} {value}", self.name);
-            }
-        }
-    }
 }
 
 fn pool_labels(row: &Row) -> String {

@@ -2,6 +2,7 @@
 //! endpoints (`/metrics`, `/healthz`, `/readyz`), the counting Kubernetes client and the
 //! metrics registry. `main.rs` wires these and the controller together.
 
+pub mod exposition;
 pub mod http;
 pub mod kube_client;
 pub mod leader;

@@ -136,6 +136,29 @@ pub fn validate_tls(spec: &GeoDatabaseSpec, secrets: &SecretKeys) -> Vec<String>
     }
 }
 
+/// The ConfigMap of custom metric queries must exist and hold a `queries.yaml` the
+/// exporter can run.
+pub fn custom_queries_problem(
+    name: Option<&str>,
+    data: Option<&Option<std::collections::BTreeMap<String, String>>>,
+) -> Option<String> {
+    use crate::agent::exporter::{parse, CUSTOM_QUERIES_FILE};
+    let (name, data) = (name?, data?);
+    let Some(data) = data else {
+        return Some(format!(
+            "monitoring.customQueries: the ConfigMap {name:?} does not exist in this namespace"
+        ));
+    };
+    let Some(text) = data.get(CUSTOM_QUERIES_FILE) else {
+        return Some(format!(
+            "monitoring.customQueries: the ConfigMap {name:?} has no key {CUSTOM_QUERIES_FILE:?}"
+        ));
+    };
+    parse(text)
+        .err()
+        .map(|e| format!("monitoring.customQueries: the ConfigMap {name:?}: {e}"))
+}
+
 /// A restored cluster archives on its own: never into the archive it restores from,
 /// whose history would fork.
 pub fn validate_recovery(spec: &GeoDatabaseSpec, namespace: &str, name: &str) -> Vec<String> {
@@ -164,6 +187,26 @@ pub fn validate_recovery(spec: &GeoDatabaseSpec, namespace: &str, name: &str) ->
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn custom_queries_must_name_an_existing_configmap_with_a_valid_file() {
+        use std::collections::BTreeMap;
+        assert_eq!(custom_queries_problem(None, None), None);
+        let missing = custom_queries_problem(Some("q"), Some(&None)).unwrap();
+        assert!(
+            missing.starts_with("monitoring.customQueries:") && missing.contains("does not exist")
+        );
+        let no_key = custom_queries_problem(Some("q"), Some(&Some(BTreeMap::new()))).unwrap();
+        assert!(no_key.contains("queries.yaml"));
+        let bad = BTreeMap::from([("queries.yaml".to_owned(), "- {name: x}".to_owned())]);
+        let error = custom_queries_problem(Some("q"), Some(&Some(bad))).unwrap();
+        assert!(error.contains("monitoring.customQueries") && error.contains("queries.yaml"));
+        let good = BTreeMap::from([(
+            "queries.yaml".to_owned(),
+            "- {name: x, query: SELECT 1 AS a, metrics: [{column: a, type: gauge}]}".to_owned(),
+        )]);
+        assert_eq!(custom_queries_problem(Some("q"), Some(&Some(good))), None);
+    }
 
     #[test]
     fn a_named_certificate_secret_must_hold_its_three_keys() {

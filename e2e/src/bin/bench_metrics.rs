@@ -1,0 +1,212 @@
+//! `make bench-metrics`: what monitoring costs. On the local cluster, pgbench loads one
+//! instance (select-only) in runs that alternate without and with a scrape of the
+//! instance's and the pooler's `/metrics` every second; the scrapes' latency, the TPS
+//! ratio of the two kinds of run, and the agent's CPU per scrape and RSS before the first
+//! scrape and after all of them. The operator's `/metrics` with 200 GeoDatabases comes
+//! from `target/bench/reconcile.json` (`make bench-reconcile`, which the Makefile target
+//! runs first). Prints a table and writes `target/bench/metrics.json`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use geodb::api::{GeoDatabase, Phase};
+use geodb_e2e::bench::{conninfo, env_secs, percentile, pgbench, write_report};
+use geodb_e2e::drill::{pod_ip, postmaster_pid, Endpoint};
+use geodb_e2e::kube_util::{repo_root, wait_for};
+use geodb_e2e::prometheus::http_get;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+/// `field` (VmRSS:, VmHWM:) of a process, in MiB.
+fn memory_mib(pid: i32, field: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("{field} of {pid}"))?;
+    Ok(kib / 1024.0)
+}
+
+/// User and system CPU of a process so far, in milliseconds.
+fn cpu_ms(pid: i32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold blanks) start at the last ')'.
+    let rest = stat.rsplit_once(')').context("stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11).context("utime")?.parse::<f64>()?
+        + fields.get(12).context("stime")?.parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks * 1000.0 / hz)
+}
+
+async fn create_cluster(client: &Client, ns: &str) -> anyhow::Result<()> {
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+        )
+        .await?;
+    let db: GeoDatabase = serde_json::from_value(json!({
+        "apiVersion": "geodb.io/v1alpha1", "kind": "GeoDatabase",
+        "metadata": {"name": "bench"},
+        "spec": {"instances": 1, "storage": {"size": "2Gi"},
+                 "postgresql": {"parameters": {"shared_buffers": "64MB"}}}
+    }))?;
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &db).await?;
+    wait_for("bench Ready", Duration::from_secs(600), || async {
+        let s = api.get("bench").await.ok()?.status?;
+        (s.phase == Some(Phase::Ready) && s.ready_instances == 1).then_some(())
+    })
+    .await
+}
+
+/// Scrape every endpoint once a second until `stop`; each scrape's latency, per endpoint.
+fn scraper(
+    endpoints: Vec<String>,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<Vec<f64>>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        while !stop.load(Ordering::Relaxed) {
+            tick.tick().await;
+            for (i, addr) in endpoints.iter().enumerate() {
+                let at = Instant::now();
+                let answered = http_get(addr, "/metrics").await;
+                let ms = at.elapsed().as_secs_f64() * 1e3;
+                if matches!(answered, Ok((200, _))) {
+                    if let Ok(mut seen) = seen.lock() {
+                        seen[i].push(ms);
+                    }
+                } else {
+                    eprintln!("scrape of {addr} failed: {answered:?}");
+                }
+            }
+        }
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let secs = env_secs("BENCH_SECONDS", 20);
+    let pairs = env_secs("BENCH_PAIRS", 3);
+    let client = Client::try_default()
+        .await
+        .context("KUBECONFIG must point at the local cluster")?;
+    let ns = format!("bench-metrics-{}", std::process::id());
+    create_cluster(&client, &ns).await?;
+    let rw = Endpoint::of(&client, &ns, "bench-app-rw", "bench-rw").await?;
+    let direct = conninfo(&rw.host, rw.port, &rw);
+    pgbench(&direct, &rw.password, &["-i", "-q", "-s", "10"])?;
+
+    let (_, agent) = postmaster_pid(&ns, "bench-1-0")?;
+    let instance = format!("{}:8008", pod_ip(&client, &ns, "bench-1-0").await?);
+    let poolers = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/component=pooler"))
+        .await?;
+    let pooler_pod = poolers.items.first().context("no pooler pod")?.name_any();
+    let pooler = format!("{}:8010", pod_ip(&client, &ns, &pooler_pod).await?);
+    let rss_before = memory_mib(agent, "VmRSS:")?;
+
+    let load = ["-S", "-c", "8", "-j", "2", "-T", &secs.to_string()];
+    let seen: Arc<Mutex<Vec<Vec<f64>>>> = Arc::new(Mutex::new(vec![vec![], vec![]]));
+    let (mut quiet_tps, mut scraped_tps, mut ratios) = (vec![], vec![], vec![]);
+    let (mut quiet_cpu, mut scraped_cpu) = (0.0, 0.0);
+    for _ in 0..pairs {
+        let cpu = cpu_ms(agent)?;
+        let quiet = pgbench(&direct, &rw.password, &load)?;
+        quiet_cpu += cpu_ms(agent)? - cpu;
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = scraper(
+            vec![instance.clone(), pooler.clone()],
+            stop.clone(),
+            seen.clone(),
+        );
+        let cpu = cpu_ms(agent)?;
+        let d = direct.clone();
+        let pw = rw.password.clone();
+        let l: Vec<String> = load.iter().map(|s| (*s).to_owned()).collect();
+        let scraped = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = l.iter().map(String::as_str).collect();
+            pgbench(&d, &pw, &args)
+        })
+        .await??;
+        stop.store(true, Ordering::Relaxed);
+        task.await?;
+        scraped_cpu += cpu_ms(agent)? - cpu;
+        eprintln!(
+            "pair: {:.0} tps quiet, {:.0} tps scraped",
+            quiet.tps, scraped.tps
+        );
+        ratios.push(scraped.tps / quiet.tps);
+        quiet_tps.push(quiet.tps);
+        scraped_tps.push(scraped.tps);
+    }
+    let rss_after = memory_mib(agent, "VmRSS:")?;
+    let seen = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    let scrapes = seen[0].len() as f64;
+    let ratio = percentile(&ratios, 50.0);
+    let operator = std::fs::read_to_string(repo_root().join("target/bench/reconcile.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let operator_p99 = operator
+        .as_ref()
+        .and_then(|r| r["figures"]["operator_scrape_p99_ms"].as_f64());
+    let mut figures = json!({
+        "instance_scrape_p50_ms": percentile(&seen[0], 50.0),
+        "instance_scrape_p99_ms": percentile(&seen[0], 99.0),
+        "pooler_scrape_p50_ms": percentile(&seen[1], 50.0),
+        "pooler_scrape_p99_ms": percentile(&seen[1], 99.0),
+        "scraped_over_quiet_tps_ratio": ratio,
+        "scrape_cost_of_tps_ratio": 1.0 - ratio,
+        "quiet_tps_per_s": percentile(&quiet_tps, 50.0),
+        "scraped_tps_per_s": percentile(&scraped_tps, 50.0),
+        "agent_cpu_per_scrape_ms": (scraped_cpu - quiet_cpu) / scrapes.max(1.0),
+        "agent_rss_before_scrapes_mib": rss_before,
+        "agent_rss_after_scrapes_mib": rss_after,
+        "exporter_rss_added_mib": rss_after - rss_before,
+        "instance_scrapes_count": scrapes,
+    });
+    let mut targets = json!({
+        "instance_scrape_p99_ms": {"max": 200},
+        "pooler_scrape_p99_ms": {"max": 200},
+        "exporter_rss_added_mib": {"max": 20},
+        "scrape_cost_of_tps_ratio": {"max": 0.02},
+    });
+    if let Some(p99) = operator_p99 {
+        figures["operator_scrape_p99_ms"] = json!(p99);
+        figures["operator_scrape_p50_ms"] = operator.as_ref().map_or(json!(null), |r| {
+            r["figures"]["operator_scrape_p50_ms"].clone()
+        });
+        targets["operator_scrape_p99_ms"] = json!({"max": 200});
+    }
+    let report = json!({
+        "figures": figures,
+        "targets": targets,
+        "context": {
+            "load": "pgbench -S -c 8 -j 2, scale 10, straight at the primary over TLS",
+            "run_seconds": secs,
+            "pairs": pairs,
+            "scrape_interval_s": 1,
+            "scrape_cost": "median over pairs of scraped TPS / unscraped TPS, runs interleaved",
+            "tps_ratios": ratios,
+            "operator": "from target/bench/reconcile.json: 200 GeoDatabases, 100 scrapes after convergence",
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        },
+    });
+    write_report("metrics", &report)?;
+    let _ = Api::<Namespace>::all(client)
+        .delete(&ns, &DeleteParams::default())
+        .await;
+    Ok(())
+}
