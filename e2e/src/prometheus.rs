@@ -1,8 +1,12 @@
-//! A real Prometheus (Debian's package) on the node for the cluster suite: it discovers
-//! the pods through the API server with the shipped scrape configuration
-//! (`config/monitoring/prometheus-scrape.yaml`, only the kubeconfig, the namespaces and a
-//! short interval added), evaluates the shipped alerts (`config/monitoring/alerts.yaml`)
-//! and answers queries on loopback.
+//! A real Prometheus (Debian's package) on the node for the cluster suite, with the
+//! shipped scrape configuration (`config/monitoring/prometheus-scrape.yaml`) and alerts
+//! (`config/monitoring/alerts.yaml`), answering queries on loopback.
+//!
+//! Debian builds Prometheus without Kubernetes discovery, so the pods are discovered
+//! here: every 2 s the pods of the watched namespaces become a file of targets, one per
+//! container port, labelled with the `__meta_kubernetes_pod_*` labels Kubernetes
+//! discovery would give them. The shipped jobs keep their relabelling unchanged; only
+//! their discovery section is replaced by that file (and the interval shortened).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -13,6 +17,10 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use serde_yaml::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client};
 
 use crate::kube_util::{repo_root, wait_for};
 
@@ -56,13 +64,8 @@ pub fn encode(text: &str) -> String {
         .collect()
 }
 
-/// The shipped scrape jobs, made to reach the API server with `kubeconfig`, to discover
-/// pods in `namespaces` (and the operator's in its own), every `interval`.
-pub fn scrape_configs(
-    kubeconfig: &Path,
-    namespaces: &[&str],
-    interval: &str,
-) -> anyhow::Result<Value> {
+/// The shipped scrape jobs, each reading its targets from `targets` every `interval`.
+pub fn scrape_configs(targets: &Path, interval: &str) -> anyhow::Result<Value> {
     let path = repo_root().join("config/monitoring/prometheus-scrape.yaml");
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
     let doc: Value = serde_yaml::from_str(&text)?;
@@ -74,38 +77,126 @@ pub fn scrape_configs(
         .as_sequence_mut()
         .context("scrape_configs is not a list")?
     {
-        let operator = job["job_name"].as_str() == Some("geodb-operator");
-        job["scrape_interval"] = interval.into();
-        job["scrape_timeout"] = interval.into();
-        for sd in job["kubernetes_sd_configs"]
-            .as_sequence_mut()
-            .context("a job without kubernetes_sd_configs")?
-        {
-            sd["kubeconfig_file"] = kubeconfig.display().to_string().into();
-            let names: Vec<Value> = if operator {
-                vec!["geodb-system".into()]
-            } else {
-                namespaces.iter().map(|n| (*n).into()).collect()
-            };
-            sd["namespaces"] = serde_yaml::to_value(BTreeMap::from([("names", names)]))?;
-        }
+        let map = job.as_mapping_mut().context("a job is not a map")?;
+        map.remove("kubernetes_sd_configs")
+            .context("a job without kubernetes_sd_configs")?;
+        map.insert("scrape_interval".into(), interval.into());
+        map.insert("scrape_timeout".into(), interval.into());
+        map.insert(
+            "file_sd_configs".into(),
+            serde_yaml::from_str(&format!(
+                "[{{files: [{:?}], refresh_interval: {interval}}}]",
+                targets.display().to_string()
+            ))?,
+        );
     }
     Ok(jobs)
 }
 
+/// A label name as Kubernetes discovery spells it (`geodb.io/cluster` ->
+/// `geodb_io_cluster`).
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// The targets Kubernetes pod discovery would give for `pods`: one per container port.
+pub fn pod_targets(pods: &[Pod]) -> serde_json::Value {
+    let mut groups = Vec::new();
+    for pod in pods {
+        let (Some(status), Some(spec)) = (&pod.status, &pod.spec) else {
+            continue;
+        };
+        let Some(ip) = &status.pod_ip else { continue };
+        let mut labels = BTreeMap::new();
+        labels.insert(
+            "__meta_kubernetes_namespace".to_owned(),
+            pod.metadata.namespace.clone().unwrap_or_default(),
+        );
+        labels.insert(
+            "__meta_kubernetes_pod_name".to_owned(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        labels.insert(
+            "__meta_kubernetes_pod_phase".to_owned(),
+            status.phase.clone().unwrap_or_default(),
+        );
+        labels.insert("__meta_kubernetes_pod_ip".to_owned(), ip.clone());
+        for (k, v) in pod.metadata.labels.iter().flatten() {
+            labels.insert(
+                format!("__meta_kubernetes_pod_label_{}", sanitize(k)),
+                v.clone(),
+            );
+        }
+        for container in &spec.containers {
+            for port in container.ports.iter().flatten() {
+                let mut l = labels.clone();
+                l.insert(
+                    "__meta_kubernetes_pod_container_name".to_owned(),
+                    container.name.clone(),
+                );
+                l.insert(
+                    "__meta_kubernetes_pod_container_port_name".to_owned(),
+                    port.name.clone().unwrap_or_default(),
+                );
+                l.insert(
+                    "__meta_kubernetes_pod_container_port_number".to_owned(),
+                    port.container_port.to_string(),
+                );
+                groups.push(serde_json::json!({
+                    "targets": [format!("{ip}:{}", port.container_port)],
+                    "labels": l,
+                }));
+            }
+        }
+    }
+    serde_json::Value::Array(groups)
+}
+
+/// Write the targets of the pods of `namespaces` to `file` every 2 s (atomically: a
+/// rename, so Prometheus never reads half a file).
+fn discover(client: Client, namespaces: Vec<String>, file: PathBuf) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let mut pods = Vec::new();
+            for ns in &namespaces {
+                if let Ok(list) = Api::<Pod>::namespaced(client.clone(), ns)
+                    .list(&ListParams::default())
+                    .await
+                {
+                    pods.extend(list.items);
+                }
+            }
+            let text = pod_targets(&pods).to_string();
+            let tmp = file.with_extension("tmp");
+            if std::fs::write(&tmp, text).is_ok() {
+                let _ = std::fs::rename(&tmp, &file);
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    })
+}
+
 pub struct Prometheus {
     child: Child,
+    discovery: tokio::task::JoinHandle<()>,
     dir: PathBuf,
     pub addr: String,
 }
 
 impl Prometheus {
-    /// Start it and wait until it is ready and has discovered at least one target.
-    pub async fn start(namespaces: &[&str]) -> anyhow::Result<Self> {
-        let kubeconfig = PathBuf::from(std::env::var("KUBECONFIG").context("KUBECONFIG")?);
+    /// Start it on the pods of `namespaces` and of the operator's namespace, and wait
+    /// until it is ready.
+    pub async fn start(client: &Client, namespaces: &[&str]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("geodb-e2e-prometheus-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
+        let targets = dir.join("targets.json");
+        std::fs::write(&targets, "[]")?;
+        let mut watched: Vec<String> = namespaces.iter().map(|n| (*n).to_owned()).collect();
+        watched.push("geodb-system".to_owned());
+        let discovery = discover(client.clone(), watched, targets.clone());
         let config = serde_yaml::to_value(BTreeMap::from([
             (
                 "global",
@@ -119,10 +210,7 @@ impl Prometheus {
                     .to_string()]
                 .into(),
             ),
-            (
-                "scrape_configs",
-                scrape_configs(&kubeconfig, namespaces, "2s")?,
-            ),
+            ("scrape_configs", scrape_configs(&targets, "2s")?),
         ]))?;
         let config_file = dir.join("prometheus.yml");
         std::fs::write(&config_file, serde_yaml::to_string(&config)?)?;
@@ -142,7 +230,12 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .context("starting prometheus (Debian's package `prometheus`)")?;
-        let prometheus = Self { child, dir, addr };
+        let prometheus = Self {
+            child,
+            discovery,
+            dir,
+            addr,
+        };
         let ready = wait_for("Prometheus ready", Duration::from_secs(60), || async {
             let (status, _) = http_get(&prometheus.addr, "/-/ready").await.ok()?;
             (status == 200).then_some(())
@@ -241,6 +334,7 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
+        self.discovery.abort();
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);

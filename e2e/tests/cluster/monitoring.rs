@@ -120,7 +120,7 @@ async fn lint_every_endpoint(client: &Client, ns: &str) {
 
 pub async fn scenario_monitoring(client: &Client, ns: &str) {
     create(client, ns).await;
-    let prom = Prometheus::start(&[ns]).await.unwrap();
+    let prom = Prometheus::start(client, &[ns]).await.unwrap();
     let sel = format!("namespace=\"{ns}\",cluster=\"{NAME}\"");
     let up = |job: &str| format!("count(up{{job=\"{job}\",{sel}}} == 1)");
     wait_value(
