@@ -68,10 +68,8 @@ impl Exporter {
             .user(crate::names::SUPERUSER)
             .dbname(&self.target.database)
             .application_name("geodb-exporter")
-            .options(format!(
-                "-c statement_timeout={} -c log_min_duration_statement=-1",
-                SCRAPE_BOUND.as_millis()
-            ))
+            // Not log_min_duration_statement: the queries read this session's value of it.
+            .options(format!("-c statement_timeout={}", SCRAPE_BOUND.as_millis()))
             .connect_timeout(SCRAPE_BOUND);
         match config.connect(tokio_postgres::NoTls).await {
             Ok((client, connection)) => {
