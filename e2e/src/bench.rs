@@ -127,3 +127,38 @@ pub fn pgbench(conninfo: &str, password: &str, args: &[&str]) -> anyhow::Result<
         failed,
     })
 }
+
+/// A namespace `ns` and in it the GeoDatabase `bench` with `spec`, Ready with all of its
+/// `spec.instances` (the benchmarks' common start).
+pub async fn create_bench_cluster(
+    client: &kube::Client,
+    ns: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<()> {
+    use geodb::api::{GeoDatabase, Phase};
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, PostParams};
+    let instances = spec["instances"].as_i64().unwrap_or(1) as i32;
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?,
+        )
+        .await?;
+    let db: GeoDatabase = serde_json::from_value(serde_json::json!({
+        "apiVersion": "geodb.io/v1alpha1", "kind": "GeoDatabase",
+        "metadata": {"name": "bench"},
+        "spec": spec,
+    }))?;
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    api.create(&PostParams::default(), &db).await?;
+    crate::kube_util::wait_for(
+        "bench Ready",
+        std::time::Duration::from_secs(600),
+        || async {
+            let s = api.get("bench").await.ok()?.status?;
+            (s.phase == Some(Phase::Ready) && s.ready_instances == instances).then_some(())
+        },
+    )
+    .await
+}

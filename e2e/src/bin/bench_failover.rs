@@ -7,11 +7,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use geodb::api::{GeoDatabase, Phase};
 use geodb_e2e::drill::{Fault, Target};
-use geodb_e2e::kube_util::wait_for;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -27,26 +25,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("KUBECONFIG must point at the local cluster")?;
     let ns = format!("bench-failover-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-        )
-        .await?;
-    let db: GeoDatabase = serde_json::from_value(json!({
-        "apiVersion": "geodb.io/v1alpha1", "kind": "GeoDatabase",
-        "metadata": {"name": "bench"},
-        "spec": {"instances": 3, "storage": {"size": "1Gi"},
-                 "postgresql": {"parameters": {"shared_buffers": "32MB", "max_connections": "50"}},
-                 "replication": {"maxLagBytes": 2097152}}
-    }))?;
-    let api = Api::<GeoDatabase>::namespaced(client.clone(), &ns);
-    api.create(&PostParams::default(), &db).await?;
-    wait_for("bench Ready", Duration::from_secs(600), || async {
-        let s = api.get("bench").await.ok()?.status?;
-        (s.phase == Some(Phase::Ready) && s.ready_instances == 3).then_some(())
-    })
+    geodb_e2e::bench::create_bench_cluster(
+        &client,
+        &ns,
+        json!({"instances": 3, "storage": {"size": "1Gi"},
+               "postgresql": {"parameters": {"shared_buffers": "32MB", "max_connections": "50"}},
+               "replication": {"maxLagBytes": 2097152}}),
+    )
     .await?;
     let target = Target {
         client: client.clone(),
@@ -210,6 +195,8 @@ async fn main() -> anyhow::Result<()> {
         },
     });
     geodb_e2e::bench::write_report("failover", &report)?;
-    namespaces.delete(&ns, &DeleteParams::default()).await?;
+    Api::<Namespace>::all(client.clone())
+        .delete(&ns, &DeleteParams::default())
+        .await?;
     Ok(())
 }

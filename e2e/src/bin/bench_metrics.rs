@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use geodb::api::{GeoDatabase, Phase};
-use geodb_e2e::bench::{conninfo, env_secs, percentile, pgbench, write_report};
+use geodb_e2e::bench::{
+    conninfo, create_bench_cluster, env_secs, percentile, pgbench, write_report,
+};
 use geodb_e2e::drill::{pod_ip, postmaster_pid, Endpoint};
-use geodb_e2e::kube_util::{repo_root, wait_for};
+use geodb_e2e::kube_util::repo_root;
 use geodb_e2e::prometheus::http_get;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
@@ -43,28 +44,6 @@ fn cpu_ms(pid: i32) -> anyhow::Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(ticks * 1000.0 / hz)
-}
-
-async fn create_cluster(client: &Client, ns: &str) -> anyhow::Result<()> {
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-        )
-        .await?;
-    let db: GeoDatabase = serde_json::from_value(json!({
-        "apiVersion": "geodb.io/v1alpha1", "kind": "GeoDatabase",
-        "metadata": {"name": "bench"},
-        "spec": {"instances": 1, "storage": {"size": "2Gi"},
-                 "postgresql": {"parameters": {"shared_buffers": "64MB"}}}
-    }))?;
-    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
-    api.create(&PostParams::default(), &db).await?;
-    wait_for("bench Ready", Duration::from_secs(600), || async {
-        let s = api.get("bench").await.ok()?.status?;
-        (s.phase == Some(Phase::Ready) && s.ready_instances == 1).then_some(())
-    })
-    .await
 }
 
 /// Scrape every endpoint once a second until `stop`; each scrape's latency, per endpoint.
@@ -101,7 +80,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("KUBECONFIG must point at the local cluster")?;
     let ns = format!("bench-metrics-{}", std::process::id());
-    create_cluster(&client, &ns).await?;
+    create_bench_cluster(
+        &client,
+        &ns,
+        json!({"instances": 1, "storage": {"size": "2Gi"},
+               "postgresql": {"parameters": {"shared_buffers": "64MB"}}}),
+    )
+    .await?;
     let rw = Endpoint::of(&client, &ns, "bench-app-rw", "bench-rw").await?;
     let direct = conninfo(&rw.host, rw.port, &rw);
     pgbench(&direct, &rw.password, &["-i", "-q", "-s", "10"])?;

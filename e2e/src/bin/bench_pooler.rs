@@ -12,12 +12,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use geodb::api::{GeoDatabase, Phase};
 use geodb_e2e::bench::{conninfo, env_secs, pgbench};
 use geodb_e2e::drill::{Endpoint, Fault, Target};
 use geodb_e2e::kube_util::wait_for;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::DeleteParams;
 use kube::{Api, Client};
 use serde_json::json;
 
@@ -102,26 +101,13 @@ impl Drop for Bare {
 }
 
 async fn create_cluster(client: &Client, ns: &str) -> anyhow::Result<Target> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-        )
-        .await?;
-    let db: GeoDatabase = serde_json::from_value(json!({
-        "apiVersion": "geodb.io/v1alpha1", "kind": "GeoDatabase",
-        "metadata": {"name": "bench"},
-        "spec": {"instances": 2, "storage": {"size": "2Gi"},
-                 "postgresql": {"parameters": {"shared_buffers": "64MB", "max_connections": "100"}},
-                 "pooler": {"maxClientConn": 3000, "defaultPoolSize": POOL_SIZE}}
-    }))?;
-    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
-    api.create(&PostParams::default(), &db).await?;
-    wait_for("bench Ready", Duration::from_secs(600), || async {
-        let s = api.get("bench").await.ok()?.status?;
-        (s.phase == Some(Phase::Ready) && s.ready_instances == 2).then_some(())
-    })
+    geodb_e2e::bench::create_bench_cluster(
+        client,
+        ns,
+        json!({"instances": 2, "storage": {"size": "2Gi"},
+               "postgresql": {"parameters": {"shared_buffers": "64MB", "max_connections": "100"}},
+               "pooler": {"maxClientConn": 3000, "defaultPoolSize": POOL_SIZE}}),
+    )
     .await?;
     let target = Target {
         client: client.clone(),
