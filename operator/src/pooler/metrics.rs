@@ -184,12 +184,7 @@ pub fn render(scrape: Option<&Scrape>) -> String {
 mod tests {
     use super::*;
 
-    fn row(pairs: &[(&str, &str)]) -> Row {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::runtime::exposition::row;
 
     #[test]
     fn pools_stats_and_lists_in_base_units() {

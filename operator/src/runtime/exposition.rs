@@ -13,6 +13,15 @@ pub fn number(row: &Row, column: &str) -> Option<f64> {
     row.get(column)?.trim().parse().ok()
 }
 
+/// A row from (column, value) pairs, for tests of the renderers.
+#[cfg(test)]
+pub fn row(pairs: &[(&str, &str)]) -> Row {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 /// The rows of a simple-query answer (NULLs left out of each row).
 pub fn rows_of(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Row> {
     messages

@@ -239,12 +239,7 @@ pub fn render(scraped: &Scraped<'_>) -> String {
 mod tests {
     use super::*;
 
-    fn row(pairs: &[(&str, &str)]) -> Row {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::runtime::exposition::row;
 
     fn replica() -> Answers {
         Answers {
