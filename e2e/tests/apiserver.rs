@@ -1480,3 +1480,130 @@ async fn operator_exports_reconcile_metrics() {
     })
     .await;
 }
+
+/// A stand-in for the Prometheus Operator's PodMonitor CRD: the kind, any content.
+async fn install_pod_monitor_crd(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "podmonitors.monitoring.coreos.com"},
+        "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+            "names": {"kind": "PodMonitor", "plural": "podmonitors", "singular": "podmonitor", "listKind": "PodMonitorList"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))
+    .unwrap();
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    match api.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating the PodMonitor CRD: {e}"),
+    }
+    wait_for("the PodMonitor CRD served", CONVERGE, || async {
+        let crd = api.get("podmonitors.monitoring.coreos.com").await.ok()?;
+        crd.status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+}
+
+/// `spec.monitoring`: a PodMonitor kept while the CRD is served and removed when turned
+/// off; a custom queries ConfigMap that is missing or does not parse degrades the
+/// GeoDatabase naming the field, and a valid one clears it.
+async fn scenario_monitoring_objects(client: &Client, ns: &str) {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    install_pod_monitor_crd(client).await;
+    let mut db = sample();
+    db.metadata.name = Some("mon".into());
+    create_db(client, ns, &db).await;
+    let gvk = GroupVersionKind::gvk("monitoring.coreos.com", "v1", "PodMonitor");
+    let monitors: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk));
+    let monitor = wait_for("the PodMonitor kept", Duration::from_secs(90), || async {
+        monitors.get("mon").await.ok()
+    })
+    .await;
+    let spec = &monitor.data["spec"];
+    assert_eq!(spec["selector"]["matchLabels"]["geodb.io/cluster"], "mon");
+    let ports: Vec<&str> = spec["podMetricsEndpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["port"].as_str())
+        .collect();
+    assert_eq!(ports, ["agent", "metrics"]);
+    assert_eq!(
+        monitor.metadata.owner_references.as_ref().unwrap()[0].kind,
+        "GeoDatabase"
+    );
+    // The metrics Service selects the instances' agent port.
+    let svc: Service = get(client, ns, "mon-metrics").await.unwrap();
+    let port = &svc.spec.unwrap().ports.unwrap()[0];
+    assert_eq!((port.name.as_deref(), port.port), (Some("metrics"), 8008));
+
+    patch_spec(
+        client,
+        ns,
+        "mon",
+        json!({"monitoring": {"podMonitor": false}}),
+    )
+    .await;
+    wait_for("the PodMonitor removed", CONVERGE, || async {
+        matches!(monitors.get("mon").await, Err(kube::Error::Api(e)) if e.code == 404).then_some(())
+    })
+    .await;
+
+    patch_spec(
+        client,
+        ns,
+        "mon",
+        json!({"monitoring": {"customQueries": "mon-queries"}}),
+    )
+    .await;
+    let missing = degraded_with(client, ns, "mon", "monitoring.customQueries").await;
+    assert!(missing.contains("does not exist"), "{missing}");
+    let configs = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    let bad: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "mon-queries"},
+        "data": {"queries.yaml": "- {name: app_x, query: 'SELECT 1 AS a', metrics: [{column: a, type: summary}]}"}}))
+    .unwrap();
+    configs.create(&PostParams::default(), &bad).await.unwrap();
+    let wrong = degraded_with(client, ns, "mon", "queries.yaml").await;
+    assert!(wrong.contains("monitoring.customQueries"), "{wrong}");
+    configs
+        .patch(
+            "mon-queries",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"queries.yaml":
+                "- {name: app_x, query: 'SELECT 1 AS a', metrics: [{column: a, type: gauge}]}"}})),
+        )
+        .await
+        .unwrap();
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    wait_for("Degraded cleared", CONVERGE, || async {
+        let status = api.get("mon").await.ok()?.status?;
+        (!status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.status == "True"))
+        .then_some(())
+    })
+    .await;
+    // The instances mount it.
+    let sts: StatefulSet = get(client, ns, "mon-1").await.unwrap();
+    let volumes = sts.spec.unwrap().template.spec.unwrap().volumes.unwrap();
+    assert!(volumes.iter().any(|v| v
+        .config_map
+        .as_ref()
+        .is_some_and(|c| c.name == "mon-queries")));
+}
+
+#[tokio::test]
+async fn monitoring_objects() {
+    run_scenario(Some("t-monitoring"), |_, admin| async move {
+        scenario_monitoring_objects(&admin, "t-monitoring").await;
+    })
+    .await;
+}

@@ -22,8 +22,9 @@ use crate::builders::monitoring::{
 use crate::builders::Cluster;
 use crate::names::FIELD_MANAGER;
 
-/// How long an answer of discovery is trusted: the CRD may be installed after geodb.
-const RECHECK: Duration = Duration::from_secs(120);
+/// How long an answer of discovery is trusted: the CRD may be installed after geodb. One
+/// request per period for all GeoDatabases.
+const RECHECK: Duration = Duration::from_secs(30);
 
 /// Whether the API server serves PodMonitors, as last discovered.
 #[derive(Default)]

@@ -35,8 +35,9 @@ use crate::pod_contract::BOOTSTRAPPED_KEY;
 
 /// Periodic resync of a converged GeoDatabase.
 const RESYNC: Duration = Duration::from_secs(300);
-/// Recheck of a GeoDatabase whose spec is invalid (a missing StorageClass may appear).
-const INVALID_RECHECK: Duration = Duration::from_secs(60);
+/// Recheck of a GeoDatabase whose spec is invalid: what it names and is not watched (a
+/// StorageClass, a ConfigMap of migrations or metric queries) may appear or be fixed.
+const INVALID_RECHECK: Duration = Duration::from_secs(20);
 /// How soon to look again while a pod runs unready.
 const AWAITING_RECHECK: Duration = Duration::from_secs(5);
 /// How soon a change of a migrations ConfigMap is seen.
