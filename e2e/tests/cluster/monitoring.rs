@@ -1,6 +1,7 @@
 //! Monitoring against a real Prometheus on the node (`geodb_e2e::prometheus`), with the
 //! shipped scrape configuration and alerts: every endpoint passes `promtool check
-//! metrics`; a slow statement shows by query id; the connection gauge follows a burst;
+//! metrics`; a custom query of a ConfigMap is served by the primary only; a slow
+//! statement shows by query id; the connection gauge follows a burst;
 //! replication lag rises while a replica's replay is paused and falls back; the disk
 //! alert fires when a (really small) data volume is filled past 80 %; every dashboard
 //! query returns data.
@@ -13,7 +14,7 @@ use geodb_e2e::conn::{connect, connection_for};
 use geodb_e2e::drill::{pod_ip, primary_of, superuser, superuser_password};
 use geodb_e2e::kube_util::{repo_root, wait_for};
 use geodb_e2e::prometheus::{http_get, lint_metrics, Prometheus};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
@@ -48,12 +49,22 @@ async fn create(client: &Client, ns: &str) {
     let store = ClusterStore::read(client).await.unwrap();
     store.copy_secret(client, ns, "s3").await.unwrap();
     ensure_bucket(&store.client(), "geodb-e2e").await.unwrap();
+    let queries: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "mon-queries"},
+        "data": {"queries.yaml": "- name: app_user_tables\n  primaryOnly: true\n  query: SELECT count(*) AS n FROM pg_stat_user_tables\n  metrics:\n    - {column: n, type: gauge, help: Tables of the application database.}\n"}
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &queries)
+        .await
+        .unwrap();
     let db: GeoDatabase = serde_json::from_value(serde_json::json!({
         "apiVersion": "geodb.io/v1alpha1", "kind": "GeoDatabase",
         "metadata": {"name": NAME, "annotations": {"geodb.io/backup-request": "first"}},
         "spec": {"instances": 2,
             "storage": {"size": "320Mi", "storageClassName": "sized"},
             "postgresql": {"parameters": {"max_wal_size": "64MB", "min_wal_size": "32MB"}},
+            "monitoring": {"customQueries": "mon-queries"},
             "backup": {"archiveTimeoutSeconds": 10, "objectStore": {
                 "endpoint": store.endpoint, "bucket": "geodb-e2e",
                 "credentials": {"secretName": "s3"},
@@ -160,6 +171,14 @@ pub async fn scenario_monitoring(client: &Client, ns: &str) {
     )
     .await;
 
+    // The custom query, from the primary only.
+    wait_value(
+        &prom,
+        "the custom metric from the primary",
+        &format!("count(app_user_tables_n{{{sel}}})"),
+        |v| v == 1.0,
+    )
+    .await;
     slow_statement(client, ns, &prom, &sel).await;
     connection_burst(client, ns, &prom, &sel, &primary_pod).await;
     let login = superuser_password(client, ns, NAME).await.unwrap();
