@@ -89,7 +89,13 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let rw = Endpoint::of(&client, &ns, "bench-app-rw", "bench-rw").await?;
     let direct = conninfo(&rw.host, rw.port, &rw);
-    pgbench(&direct, &rw.password, &["-i", "-q", "-s", "10"])?;
+    // Ready can run ahead of the Service's endpoints in kube-proxy.
+    geodb_e2e::kube_util::wait_for(
+        "pgbench -i through bench-rw",
+        Duration::from_secs(60),
+        || async { pgbench(&direct, &rw.password, &["-i", "-q", "-s", "10"]).ok() },
+    )
+    .await?;
 
     let (_, agent) = postmaster_pid(&ns, "bench-1-0")?;
     let instance = format!("{}:8008", pod_ip(&client, &ns, "bench-1-0").await?);
