@@ -110,35 +110,41 @@ async fn main() -> anyhow::Result<()> {
     let seen: Arc<Mutex<Vec<Vec<f64>>>> = Arc::new(Mutex::new(vec![vec![], vec![]]));
     let (mut quiet_tps, mut scraped_tps, mut ratios) = (vec![], vec![], vec![]);
     let (mut quiet_cpu, mut scraped_cpu) = (0.0, 0.0);
-    for _ in 0..pairs {
-        let cpu = cpu_ms(agent)?;
-        let quiet = pgbench(&direct, &rw.password, &load)?;
-        quiet_cpu += cpu_ms(agent)? - cpu;
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = scraper(
-            vec![instance.clone(), pooler.clone()],
-            stop.clone(),
-            seen.clone(),
-        );
-        let cpu = cpu_ms(agent)?;
-        let d = direct.clone();
-        let pw = rw.password.clone();
-        let l: Vec<String> = load.iter().map(|s| (*s).to_owned()).collect();
-        let scraped = tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = l.iter().map(String::as_str).collect();
-            pgbench(&d, &pw, &args)
-        })
-        .await??;
-        stop.store(true, Ordering::Relaxed);
-        task.await?;
-        scraped_cpu += cpu_ms(agent)? - cpu;
-        eprintln!(
-            "pair: {:.0} tps quiet, {:.0} tps scraped",
-            quiet.tps, scraped.tps
-        );
-        ratios.push(scraped.tps / quiet.tps);
-        quiet_tps.push(quiet.tps);
-        scraped_tps.push(scraped.tps);
+    // A first run warms the caches (its figures are dropped); then each pair runs both
+    // kinds, the order alternating, so a drift of the machine falls on both sides.
+    pgbench(&direct, &rw.password, &load)?;
+    for pair in 0..pairs {
+        let run = |scraping: bool| -> anyhow::Result<(f64, f64)> {
+            let cpu = cpu_ms(agent)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let task = scraping.then(|| {
+                scraper(
+                    vec![instance.clone(), pooler.clone()],
+                    stop.clone(),
+                    seen.clone(),
+                )
+            });
+            // The scraper keeps its worker while pgbench blocks this one.
+            let tps = tokio::task::block_in_place(|| pgbench(&direct, &rw.password, &load))?.tps;
+            stop.store(true, Ordering::Relaxed);
+            if let Some(task) = task {
+                task.abort();
+            }
+            Ok((tps, cpu_ms(agent)? - cpu))
+        };
+        let ((quiet, q_cpu), (scraped, s_cpu)) = if pair % 2 == 0 {
+            let q = run(false)?;
+            (q, run(true)?)
+        } else {
+            let s = run(true)?;
+            (run(false)?, s)
+        };
+        quiet_cpu += q_cpu;
+        scraped_cpu += s_cpu;
+        eprintln!("pair {pair}: {quiet:.0} tps quiet, {scraped:.0} tps scraped");
+        ratios.push(scraped / quiet);
+        quiet_tps.push(quiet);
+        scraped_tps.push(scraped);
     }
     let rss_after = memory_mib(agent, "VmRSS:")?;
     let seen = seen
