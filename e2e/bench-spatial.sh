@@ -75,7 +75,9 @@ sql() { psql -X -q -v ON_ERROR_STOP=1 -c "$1"; }
 seed() {
 	sql "TRUNCATE moderation_logs, images, locations RESTART IDENTITY CASCADE"
 	"$BIN" seed --count "$1" | tail -n 1 >"$OUT/spatial-seed-$2.json"
-	sql "VACUUM ANALYZE locations; VACUUM ANALYZE images; VACUUM ANALYZE moderation_logs"
+	# One -c each: a multi-statement -c is one transaction, which VACUUM refuses.
+	psql -X -q -v ON_ERROR_STOP=1 -c "VACUUM ANALYZE locations" -c "VACUUM ANALYZE images" \
+		-c "VACUUM ANALYZE moderation_logs"
 }
 bench() {
 	"$BIN" bench spatial --iterations "$ITERATIONS" --compare-no-index \
