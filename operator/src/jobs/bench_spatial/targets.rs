@@ -77,6 +77,8 @@ pub fn resolve(
         let mut target = Target::from_lookup(|var| match var {
             env::PGHOST => Some(spec.host.clone()),
             env::PGPORT => Some(port.clone()),
+            // The spec names the address and the server name itself.
+            env::PGHOSTADDR => None,
             _ => lookup(var),
         })?;
         target.server_name = spec.server_name.filter(|_| !spec.host.starts_with('/'));
@@ -93,6 +95,7 @@ mod tests {
     fn lookup(var: &str) -> Option<String> {
         match var {
             env::PGHOST => Some("geo-rw.maps.svc".into()),
+            env::PGHOSTADDR => Some("10.96.0.7".into()),
             env::DATABASE => Some("app".into()),
             env::PGSSLROOTCERT => Some("/ca.pem".into()),
             _ => None,
@@ -104,9 +107,10 @@ mod tests {
         let targets = resolve(&[], lookup).unwrap();
         assert_eq!(targets.len(), 1);
         assert_eq!(targets[0].0, "direct");
+        // PGHOSTADDR dialled, PGHOST verified, as libpq does.
         assert_eq!(
             targets[0].1.to_string(),
-            "postgres@geo-rw.maps.svc:5432/app"
+            "postgres@10.96.0.7:5432/app (verifying geo-rw.maps.svc)"
         );
     }
 
@@ -130,6 +134,8 @@ mod tests {
         );
         let pooler = &targets[1].1;
         assert_eq!((pooler.port, pooler.server_name.as_deref()), (6432, None));
+        // The environment's PGHOSTADDR is not every target's address.
+        assert_eq!(pooler.host, "geo-pooler-rw");
         // A socket has neither TLS nor a name to check.
         let socket = &targets[2].1;
         assert_eq!(
