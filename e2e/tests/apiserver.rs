@@ -100,6 +100,7 @@ async fn scenario_creates_every_object(client: &Client, op: &Operator, ns: &str)
             "geo-1",
             "geo-2",
             "geo-3",
+            "geo-metrics",
             "geo-pooler",
             "geo-pooler-ro",
             "geo-ro",
@@ -1481,48 +1482,19 @@ async fn operator_exports_reconcile_metrics() {
     .await;
 }
 
-/// A stand-in for the Prometheus Operator's PodMonitor CRD: the kind, any content.
-async fn install_pod_monitor_crd(client: &Client) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "podmonitors.monitoring.coreos.com"},
-        "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-            "names": {"kind": "PodMonitor", "plural": "podmonitors", "singular": "podmonitor", "listKind": "PodMonitorList"},
-            "versions": [{"name": "v1", "served": true, "storage": true,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
-    }))
-    .unwrap();
-    let api = Api::<CustomResourceDefinition>::all(client.clone());
-    match api.create(&PostParams::default(), &crd).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => panic!("creating the PodMonitor CRD: {e}"),
-    }
-    wait_for("the PodMonitor CRD served", CONVERGE, || async {
-        let crd = api.get("podmonitors.monitoring.coreos.com").await.ok()?;
-        crd.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await;
-}
-
 /// `spec.monitoring`: a PodMonitor kept while the CRD is served and removed when turned
 /// off; a custom queries ConfigMap that is missing or does not parse degrades the
 /// GeoDatabase naming the field, and a valid one clears it.
 async fn scenario_monitoring_objects(client: &Client, ns: &str) {
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-    install_pod_monitor_crd(client).await;
+    // The harness serves the PodMonitor kind from the start (`install_pod_monitor_crd`).
     let mut db = sample();
     db.metadata.name = Some("mon".into());
     create_db(client, ns, &db).await;
     let gvk = GroupVersionKind::gvk("monitoring.coreos.com", "v1", "PodMonitor");
     let monitors: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), ns, &ApiResource::from_gvk(&gvk));
-    let monitor = wait_for("the PodMonitor kept", Duration::from_secs(90), || async {
+    let monitor = wait_for("the PodMonitor kept", CONVERGE, || async {
         monitors.get("mon").await.ok()
     })
     .await;

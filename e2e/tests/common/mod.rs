@@ -62,6 +62,40 @@ pub async fn install_crds(client: &Client) {
     geodb_e2e::kube_util::install_crds(client).await.unwrap();
 }
 
+/// A stand-in for the Prometheus Operator's PodMonitor CRD (the kind, any content),
+/// served before the operator starts: the operator keeps a PodMonitor per GeoDatabase.
+pub async fn install_pod_monitor_crd(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "podmonitors.monitoring.coreos.com"},
+        "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+            "names": {"kind": "PodMonitor", "plural": "podmonitors", "singular": "podmonitor", "listKind": "PodMonitorList"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))
+    .unwrap();
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    match api.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating the PodMonitor CRD: {e}"),
+    }
+    wait_for(
+        "the PodMonitor CRD served",
+        Duration::from_secs(60),
+        || async {
+            let crd = api.get("podmonitors.monitoring.coreos.com").await.ok()?;
+            crd.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 pub async fn install_operator_rbac(client: &Client) {
     geodb_e2e::kube_util::install_operator_rbac_for_user(
         client,
@@ -309,6 +343,7 @@ pub async fn harness() -> &'static Harness {
                 .map_err(|e| format!("{e:#}"))?;
             let admin = cp.client().map_err(|e| format!("{e:#}"))?;
             install_crds(&admin).await;
+            install_pod_monitor_crd(&admin).await;
             install_operator_rbac(&admin).await;
             cp.start_controller_manager()
                 .await

@@ -24,8 +24,19 @@ fn endpoint(port: &str, job: &str) -> Value {
     })
 }
 
+/// The annotation holding a digest of the PodMonitor's spec as the operator wrote it: a
+/// server that adds defaults to the spec does not make it look changed.
+pub const ANNOTATION_SPEC_HASH: &str = "geodb.io/spec-hash";
+
 /// The PodMonitor object (pure).
 pub fn pod_monitor(cluster: &Cluster) -> Value {
+    let mut pm = pod_monitor_unhashed(cluster);
+    let hash = super::content_hash(&[pm["spec"].to_string().as_bytes()]);
+    pm["metadata"]["annotations"] = json!({ ANNOTATION_SPEC_HASH: hash });
+    pm
+}
+
+fn pod_monitor_unhashed(cluster: &Cluster) -> Value {
     let meta = cluster.component_meta(cluster.names.cluster.clone(), COMPONENT_METRICS);
     json!({
         "apiVersion": format!("{POD_MONITOR_GROUP}/{POD_MONITOR_VERSION}"),

@@ -17,7 +17,7 @@ use tracing::warn;
 use super::Context;
 use crate::api::GeoDatabase;
 use crate::builders::monitoring::{
-    pod_monitor, POD_MONITOR_GROUP, POD_MONITOR_KIND, POD_MONITOR_VERSION,
+    pod_monitor, ANNOTATION_SPEC_HASH, POD_MONITOR_GROUP, POD_MONITOR_KIND, POD_MONITOR_VERSION,
 };
 use crate::builders::Cluster;
 use crate::names::FIELD_MANAGER;
@@ -51,6 +51,21 @@ impl PodMonitorApi {
     }
 }
 
+/// Whether `live` already holds what `desired` says: the digest of its spec, its labels
+/// and its owner.
+fn same(live: &DynamicObject, desired: &serde_json::Value) -> bool {
+    let hash = live
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_SPEC_HASH));
+    let labels = serde_json::to_value(&live.metadata.labels).unwrap_or_default();
+    let owners = serde_json::to_value(&live.metadata.owner_references).unwrap_or_default();
+    hash.map(String::as_str) == desired["metadata"]["annotations"][ANNOTATION_SPEC_HASH].as_str()
+        && labels == desired["metadata"]["labels"]
+        && owners == desired["metadata"]["ownerReferences"]
+}
+
 /// Keep (or remove) the GeoDatabase's PodMonitor.
 pub async fn step(ctx: &Context, db: &GeoDatabase, cluster: &Cluster) {
     let Some(resource) = ctx.pod_monitors.resource(&ctx.client).await else {
@@ -59,19 +74,33 @@ pub async fn step(ctx: &Context, db: &GeoDatabase, cluster: &Cluster) {
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &cluster.namespace, &resource);
     let name = &cluster.names.cluster;
-    let result = if db.spec.monitoring.pod_monitor {
-        api.patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(pod_monitor(cluster)),
-        )
-        .await
-        .map(drop)
-    } else {
-        match api.delete(name, &DeleteParams::default()).await {
+    let live = match api.get_opt(name).await {
+        Ok(live) => live,
+        Err(error) => {
+            warn!(%error, "could not read the PodMonitor");
+            return;
+        }
+    };
+    let result = match (db.spec.monitoring.pod_monitor, live) {
+        (true, live) => {
+            let desired = pod_monitor(cluster);
+            if live.is_some_and(|l| same(&l, &desired)) {
+                // A steady state writes nothing.
+                return;
+            }
+            api.patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(desired),
+            )
+            .await
+            .map(drop)
+        }
+        (false, Some(_)) => match api.delete(name, &DeleteParams::default()).await {
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             other => other.map(drop),
-        }
+        },
+        (false, None) => Ok(()),
     };
     if let Err(error) = result {
         warn!(%error, "could not keep the PodMonitor");

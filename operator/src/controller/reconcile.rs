@@ -438,7 +438,6 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
         return refused(ctx, &db, object, message).await;
     }
     applied?;
-    super::monitoring::step(ctx, &db, &cluster).await;
     let steady = matches!(plan, Plan::Steady | Plan::Acknowledge { .. });
     let rollout = rollout::plan_after_slots(ctx, steady, (&cluster, &db, &observed), &health).await;
     let changes = applier.into_changes();
@@ -469,6 +468,9 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     // The status says what the rollout does before it does it.
     write_status(ctx, &db, computed).await?;
     rollout::execute(ctx, &db, &cluster, &rollout).await?;
+    // After the status: its reads and writes must not widen the gap between applying
+    // the objects and recording what was chosen.
+    super::monitoring::step(ctx, &db, &cluster).await;
     let status_in = applying.elapsed() - applied_in;
     events::report_changes(&db, ctx, &changes, generated).await;
     chores::log_slow(applying.elapsed(), applied_in, status_in);
