@@ -384,3 +384,32 @@ impl Drop for Postgres {
         }
     }
 }
+
+/// Every variable the Job commands read: cleared, then set by each test.
+pub const JOB_VARS: [&str; 8] = [
+    geodb::pod_contract::env::PGHOST,
+    geodb::pod_contract::env::PGPORT,
+    geodb::pod_contract::env::PGUSER,
+    geodb::pod_contract::env::DATABASE,
+    geodb::pod_contract::env::JOB_PASSWORD_FILE,
+    geodb::pod_contract::env::PGSSLMODE,
+    geodb::pod_contract::env::PGSSLROOTCERT,
+    "PGDATABASE",
+];
+
+/// The sharedir of `pg`'s installation holds PostGIS.
+pub fn postgis(pg: &std::path::Path) -> bool {
+    let sharedir = std::process::Command::new(pg.join("pg_config"))
+        .arg("--sharedir")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "/usr/share/postgresql/15".to_owned());
+    let found = std::path::Path::new(&sharedir)
+        .join("extension/postgis.control")
+        .is_file();
+    if !found {
+        eprintln!("SKIPPED: no PostGIS in {sharedir} (apt-get install postgresql-15-postgis-3)");
+    }
+    found
+}

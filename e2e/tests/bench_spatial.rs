@@ -12,25 +12,15 @@
 //! (`apt-get install postgresql-15 postgresql-15-postgis-3`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Output, Stdio};
 
 use geodb::pod_contract::env;
-use geodb_e2e::hostpg::{self, chown_tree, geodb_binary, pg_bin, pg_user, Postgres, TestDir};
+use geodb_e2e::hostpg::{
+    self, chown_tree, geodb_binary, pg_bin, pg_user, postgis, Postgres, TestDir, JOB_VARS,
+};
 use geodb_e2e::kube_util::repo_root;
 use serde_json::Value;
-
-/// Every variable the Job commands read: cleared, then set by each test.
-const JOB_VARS: [&str; 8] = [
-    env::PGHOST,
-    env::PGPORT,
-    env::PGUSER,
-    env::DATABASE,
-    env::JOB_PASSWORD_FILE,
-    env::PGSSLMODE,
-    env::PGSSLROOTCERT,
-    "PGDATABASE",
-];
 
 const QUERIES: [(&str, &str); 5] = [
     ("radius_1km", "locations_geom_idx"),
@@ -44,23 +34,6 @@ struct World {
     pg: Postgres,
     bin: PathBuf,
     dir: TestDir,
-}
-
-/// The sharedir of `pg`'s installation holds PostGIS.
-fn postgis(pg: &Path) -> bool {
-    let sharedir = std::process::Command::new(pg.join("pg_config"))
-        .arg("--sharedir")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "/usr/share/postgresql/15".to_owned());
-    let found = Path::new(&sharedir)
-        .join("extension/postgis.control")
-        .is_file();
-    if !found {
-        eprintln!("SKIPPED: no PostGIS in {sharedir} (apt-get install postgresql-15-postgis-3)");
-    }
-    found
 }
 
 /// A server with database `app`, migrated and seeded with 20,000 locations; `None`

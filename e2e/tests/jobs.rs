@@ -18,8 +18,7 @@
 //! against the server's CA; a CA that did not sign the server's certificate fails at
 //! once.
 //!
-//! `seed_a_million` (ignored; `GEODB_SEED_COUNT` to change the count, `GEODB_SEED_BIN`
-//! for a release build): the timing of a large seed.
+//! The timing of a 1,000,000-row seed is `make bench-spatial`'s (`at_1m_seed_s`).
 //!
 //! Skips with a message without PostgreSQL 15's server programs or PostGIS
 //! (`apt-get install postgresql-15 postgresql-15-postgis-3`).
@@ -32,43 +31,16 @@ use std::time::Duration;
 use geodb::jobs::migrate::Outcome;
 use geodb::jobs::seed::{Summary, HANOI, HO_CHI_MINH_CITY};
 use geodb::pod_contract::env;
-use geodb_e2e::hostpg::{self, chown_tree, geodb_binary, pg_bin, pg_user, Postgres, TestDir};
+use geodb_e2e::hostpg::{
+    self, chown_tree, geodb_binary, pg_bin, pg_user, postgis, Postgres, TestDir, JOB_VARS,
+};
 use geodb_e2e::kube_util::{repo_root, wait_for};
-
-/// Every variable the Job commands read: cleared, then set by each test.
-const JOB_VARS: [&str; 8] = [
-    env::PGHOST,
-    env::PGPORT,
-    env::PGUSER,
-    env::DATABASE,
-    env::JOB_PASSWORD_FILE,
-    env::PGSSLMODE,
-    env::PGSSLROOTCERT,
-    "PGDATABASE",
-];
 
 /// A server of one test, the `geodb` binary, the test's directory.
 struct World {
     pg: Postgres,
     bin: PathBuf,
     dir: TestDir,
-}
-
-/// The sharedir of `pg`'s installation holds PostGIS.
-fn postgis(pg: &Path) -> bool {
-    let sharedir = std::process::Command::new(pg.join("pg_config"))
-        .arg("--sharedir")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "/usr/share/postgresql/15".to_owned());
-    let found = Path::new(&sharedir)
-        .join("extension/postgis.control")
-        .is_file();
-    if !found {
-        eprintln!("SKIPPED: no PostGIS in {sharedir} (apt-get install postgresql-15-postgis-3)");
-    }
-    found
 }
 
 /// A fresh server with a database `app`, or `None` (after a message).
@@ -620,31 +592,4 @@ async fn migrate_over_verify_full_tls() {
     let (applied, _) = run("password", world.dir.join("tls/ca.crt")).await;
     assert_eq!(applied.outcome, "applied", "{applied:?}");
     assert_eq!(applied.version.as_deref(), Some("5"));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a timing: cargo test -p geodb-e2e --test jobs -- --ignored --nocapture"]
-async fn seed_a_million() {
-    let settings = [
-        "max_wal_size=4GB".to_owned(),
-        "shared_buffers=512MB".to_owned(),
-    ];
-    let Some(mut world) = start("jobs-seed-bench", &settings).await else {
-        return;
-    };
-    // A debug build spends seconds generating rows: time a release build with
-    // GEODB_SEED_BIN=target/release/geodb.
-    if let Some(bin) = std::env::var_os("GEODB_SEED_BIN") {
-        world.bin = PathBuf::from(bin);
-    }
-    let count = std::env::var("GEODB_SEED_COUNT").unwrap_or_else(|_| "1000000".into());
-    let summary = seed(&world, &["--count", &count]).await;
-    eprintln!(
-        "seeded {} locations, {} images, {} moderation logs in {:.1} s: {:.0} locations/s",
-        summary.locations,
-        summary.images,
-        summary.moderation_logs,
-        summary.seconds,
-        summary.locations_per_second
-    );
 }
