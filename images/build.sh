@@ -7,7 +7,10 @@
 #   TARGET: postgis   docker.io/geodb/postgis:<PG_MAJOR>-<postgis x.y>
 #                       -> $CACHE/images/postgis-<PG_MAJOR>.tar
 #           operator  docker.io/geodb/operator:dev -> $CACHE/images/operator.tar
-#           all       both (default)
+#           alembic   docker.io/geodb/alembic-sample:dev (config/samples/alembic on Debian
+#                       bookworm's python3-alembic/-geoalchemy2/-asyncpg)
+#                       -> $CACHE/images/alembic-sample.tar
+#           all       all three (default)
 #   --refresh-rootfs  re-run debootstrap even if a cached rootfs matches
 #
 # Environment:
@@ -36,6 +39,10 @@ GEODB_BINARY="${GEODB_BINARY:-$REPO_DIR/target/debug/geodb}"
 
 REGISTRY_PREFIX="docker.io/geodb"
 OPERATOR_REF="$REGISTRY_PREFIX/operator:dev"
+ALEMBIC_REF="$REGISTRY_PREFIX/alembic-sample:dev"
+# The sample Alembic project's runtime: Debian's packages, no pip.
+ALEMBIC_SUITE=bookworm
+ALEMBIC_PACKAGES=(python3-alembic python3-geoalchemy2 python3-asyncpg ca-certificates)
 # Extra packages in both images' rootfs besides what --variant=minbase brings.
 BASE_PACKAGES=(pgbouncer ca-certificates)
 
@@ -50,22 +57,25 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 # ---- arguments -------------------------------------------------------------------
 want_postgis=0
 want_operator=0
+want_alembic=0
 refresh_rootfs=0
 [ "$#" -eq 0 ] && set -- all
 for a in "$@"; do
 	case "$a" in
 	-h | --help)
-		sed -n '2,28p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//'
+		sed -n '2,31p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//'
 		exit 0
 		;;
 	all)
 		want_postgis=1
 		want_operator=1
+		want_alembic=1
 		;;
 	postgis) want_postgis=1 ;;
 	operator) want_operator=1 ;;
+	alembic) want_alembic=1 ;;
 	--refresh-rootfs) refresh_rootfs=1 ;;
-	*) die "unknown argument '$a' (expected: postgis operator all --refresh-rootfs)" ;;
+	*) die "unknown argument '$a' (expected: postgis operator alembic all --refresh-rootfs)" ;;
 	esac
 done
 
@@ -310,12 +320,43 @@ trim_rootfs() {
 	rm -rf --one-file-system "${root:?}"/dev/* "${root:?}"/proc/* "${root:?}"/sys/* 2>/dev/null || true
 	chmod 1777 "$root/tmp" "$root/var/tmp"
 }
+# A rootfs of Debian packages alone (no postgres user, no PostgreSQL layout).
+make_plain_rootfs() { # SUITE DEST PACKAGES...
+	local suite="$1" dest="$2"
+	shift 2
+	local pkgs script t
+	pkgs="$(
+		IFS=,
+		echo "$*"
+	)"
+	script="$(debootstrap_script_for "$suite")"
+	remove_tree "$dest"
+	mkdir -p "$dest"
+	log "debootstrap --variant=minbase --include=$pkgs $suite $dest $MIRROR"
+	t="$(now)"
+	if ! unshare --mount --propagation private -- debootstrap --variant=minbase --components=main --include="$pkgs" \
+		"$suite" "$dest" "$MIRROR" "$script" >"$dest.debootstrap.log" 2>&1; then
+		tail -n 30 "$dest.debootstrap.log" >&2
+		[ -f "$dest/debootstrap/debootstrap.log" ] && tail -n 30 "$dest/debootstrap/debootstrap.log" >&2
+		die "debootstrap of $suite failed (full log: $dest.debootstrap.log)"
+	fi
+	log "debootstrap done in $(elapsed "$t")s"
+	apply_updates "$suite" "$dest"
+	trim_rootfs "$dest"
+}
 # ---- end of the rootfs recipe ------------------------------------------------------
 
 rootfs_key() {
 	{
 		echo "suite=$SUITE pg=$PG_MAJOR packages=${PG_PACKAGES[*]}"
 		declare -f make_rootfs apply_updates postgres_uid_999 setup_postgres trim_rootfs
+	} | sha
+}
+
+alembic_rootfs_key() {
+	{
+		echo "suite=$ALEMBIC_SUITE packages=${ALEMBIC_PACKAGES[*]}"
+		declare -f make_plain_rootfs apply_updates trim_rootfs
 	} | sha
 }
 
@@ -465,6 +506,73 @@ build_operator() {
 	log "operator: wrote $OPERATOR_REF -> $out ($(du -h "$out" | cut -f1)) in $(elapsed "$t0")s"
 }
 
+# ---- the sample Alembic image ----------------------------------------------------------
+# What a team's migration image looks like (spec.migrations.image): their Alembic project
+# on a Python with SQLAlchemy, GeoAlchemy2 and asyncpg; `alembic upgrade head` from it.
+build_alembic() {
+	local t0 key root layout base_tag out stamp_in project project_sha
+	t0="$(now)"
+	out="$CACHE/alembic-sample.tar"
+	key="$(alembic_rootfs_key)"
+	root="$WORK/rootfs/alembic-${key:0:16}"
+	layout="$WORK/oci/alembic"
+	base_tag="base-${key:0:16}"
+	project="$REPO_DIR/config/samples/alembic"
+	project_sha="$(cd "$project" && find . -type f ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha)"
+	stamp_in="$(printf 'rootfs=%s\nproject=%s\nscript=%s\n' "$key" "$project_sha" "$(sha <"$SCRIPT_PATH")")"
+	if [ "$refresh_rootfs" = 0 ] && [ -f "$out" ] && [ -f "$out.stamp" ] &&
+		[ "$(sed -n '1,3p' "$out.stamp")" = "$stamp_in" ] &&
+		[ "$(sed -n 's/^tar=//p' "$out.stamp")" = "$(stat -c '%s %Y' "$out")" ]; then
+		log "alembic: up to date ($ALEMBIC_REF in $out), $(elapsed "$t0")s"
+		return 0
+	fi
+	if [ "$refresh_rootfs" != 0 ] || [ ! -f "$root.done" ]; then
+		rm -f "$root.done"
+		make_plain_rootfs "$ALEMBIC_SUITE" "$root" "${ALEMBIC_PACKAGES[@]}"
+		touch "$root.done"
+		for old in "$WORK/rootfs/alembic"-*; do
+			case "$old" in "$root" | "$root".*) ;; *) remove_tree "$old" ;; esac
+		done
+		rm -rf "$layout"
+	fi
+	if [ ! -f "$layout/index.json" ] || ! grep -qx "$base_tag" <<<"$(umoci ls --layout "$layout" 2>/dev/null)"; then
+		rm -rf "$layout"
+		umoci init --layout "$layout"
+		umoci new --image "$layout:$base_tag"
+		umoci insert --image "$layout:$base_tag" --history.created_by "debootstrap --variant=minbase --include=$(
+			IFS=,
+			echo "${ALEMBIC_PACKAGES[*]}"
+		) $ALEMBIC_SUITE" "$root" /
+	fi
+	# The project, owned by root and read-only to the runtime user.
+	rm -rf "$WORK/alembic-app"
+	install -d -m 0755 "$WORK/alembic-app"
+	(cd "$project" && find . -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 |
+		xargs -0 -I{} install -D -m 0644 -o 0 -g 0 {} "$WORK/alembic-app/{}")
+	umoci insert --image "$layout:$base_tag" --tag dev --history.created_by "COPY config/samples/alembic /app" \
+		"$WORK/alembic-app" /app
+	umoci config --image "$layout:dev" --no-history \
+		--config.user 65532:65532 \
+		--config.workingdir /app \
+		--config.env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		--config.env "LANG=C.UTF-8" \
+		--config.env "PYTHONDONTWRITEBYTECODE=1" \
+		--config.env "HOME=/tmp" \
+		--config.cmd python3 --config.cmd -m --config.cmd alembic --config.cmd upgrade --config.cmd head \
+		--config.label "org.opencontainers.image.title=geodb-alembic-sample" \
+		--config.label "org.opencontainers.image.base.name=debian:$ALEMBIC_SUITE-slim"
+	umoci gc --layout "$layout"
+	rm -f "$out.tmp"
+	skopeo --insecure-policy copy --quiet "oci:$layout:dev" "docker-archive:$out.tmp:$ALEMBIC_REF"
+	mv -f "$out.tmp" "$out"
+	{
+		echo "$stamp_in"
+		echo "tar=$(stat -c '%s %Y' "$out")"
+		echo "ref=$ALEMBIC_REF"
+	} >"$out.stamp"
+	log "alembic: wrote $ALEMBIC_REF -> $out ($(du -h "$out" | cut -f1)) in $(elapsed "$t0")s"
+}
+
 # ---- main ----------------------------------------------------------------------------
 mkdir -p "$WORK"
 exec 9>"$CACHE/.lock"
@@ -476,4 +584,5 @@ ensure_tools
 pick_mirrors
 [ "$want_postgis" = 1 ] && build_postgis
 [ "$want_operator" = 1 ] && build_operator
+[ "$want_alembic" = 1 ] && build_alembic
 exit 0

@@ -426,7 +426,10 @@ async fn cluster_suite() {
     let passed = geodb_e2e::kube_util::run_in_namespace(&client, &ns, |client, ns| async move {
         scenario_postgis_cluster(&client, &ns).await;
         postgis::scenario_postgis_extensions(&client, &ns).await;
+        postgis::scenario_extension_update(&client, &ns).await;
         migrations::scenario_migrations(&client, &ns).await;
+        migrations::scenario_seed(&client, &ns).await;
+        migrations::scenario_migrations_image(&client, &ns).await;
         maintenance::scenario_vacuum(&client, &ns).await;
         tls::scenario_tls(&client, &ns).await;
         tls::scenario_provided_tls(&client, &ns).await;

@@ -12,7 +12,8 @@
 //! lock both wait; released, one applies everything and the other finds it done.
 //!
 //! `seed_loads_rows_within_bounds`: `geodb seed --count 10000` after the migrations:
-//! the rows, their relations, their cities' bounds.
+//! the rows, their relations, their cities' bounds; loaded in bulk into the empty tables
+//! with every index and foreign key made again, and row by row into tables with rows.
 //!
 //! `migrate_over_verify_full_tls`: over TCP with a password file and `verify-full`
 //! against the server's CA; a CA that did not sign the server's certificate fails at
@@ -484,6 +485,50 @@ async fn seed_loads_rows_within_bounds() {
     )
     .await;
     assert!(found > 0);
+
+    // Empty tables of the role's: loaded in bulk, every index and foreign key made again.
+    assert!(summary.bulk, "{summary:?}");
+    let indexes: String = scalar(
+        &client,
+        "SELECT string_agg(c.relname || ':' || am.amname, ' ' ORDER BY c.relname)
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
+          WHERE i.indrelid IN ('locations'::regclass, 'images'::regclass, 'moderation_logs'::regclass)",
+    )
+    .await;
+    assert_eq!(
+        indexes,
+        "images_location_id_idx:btree images_pkey:btree locations_category_idx:btree \
+         locations_created_at_idx:btree locations_geom_idx:gist locations_pkey:btree \
+         locations_search_idx:gin locations_status_idx:btree \
+         moderation_logs_location_id_idx:btree moderation_logs_pkey:btree"
+    );
+    let foreign_keys: String = scalar(
+        &client,
+        "SELECT string_agg(conrelid::regclass || ' ' || pg_get_constraintdef(oid), '; ' ORDER BY conrelid::regclass::text)
+           FROM pg_constraint WHERE contype = 'f' AND confrelid = 'locations'::regclass AND convalidated",
+    )
+    .await;
+    assert_eq!(
+        foreign_keys,
+        "images FOREIGN KEY (location_id) REFERENCES locations(id) ON DELETE CASCADE; \
+         moderation_logs FOREIGN KEY (location_id) REFERENCES locations(id) ON DELETE CASCADE"
+    );
+    // Tables with rows: the row path, beside what is there.
+    let out = world
+        .command(&world.vars(), &["seed", "--count", "2000"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let more: Summary =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert!(!more.bulk, "{more:?}");
+    assert_eq!(count("locations").await, 12_000);
+    assert_eq!(count("images").await, summary.images + more.images);
 }
 
 /// A CA, and a server certificate for `localhost` signed by it, in `dir/tls`.

@@ -54,6 +54,7 @@ pub const COMPONENT_POOLER_RO: &str = "pooler-ro";
 pub const COMPONENT_BACKUP: &str = "backup";
 pub const COMPONENT_DUMP: &str = "dump";
 pub const COMPONENT_MIGRATION: &str = "migration";
+pub const COMPONENT_SEED: &str = "seed";
 pub const COMPONENT_VACUUM: &str = "vacuum";
 pub const COMPONENT_METRICS: &str = "metrics";
 
@@ -146,6 +147,10 @@ impl Names {
     /// The run of schema migrations for inputs with this digest.
     pub fn migration_job(&self, inputs_hash: &str) -> String {
         format!("{}-migrate-{inputs_hash}", self.cluster)
+    }
+    /// The seed run for `spec.seed` settings with this digest.
+    pub fn seed_job(&self, settings_hash: &str) -> String {
+        format!("{}-seed-{settings_hash}", self.cluster)
     }
     pub fn app_pooler_ro_secret(&self) -> String {
         format!("{}-app-pooler-ro", self.cluster)

@@ -1,13 +1,16 @@
 //! The extensions of `spec.postgis`: kept in the application database, and the
 //! `PostGISReady` condition comes from a real query; an extension the image lacks is named
-//! in the condition and an Event, the others are still created.
+//! in the condition and an Event, the others are still created; an extension older than
+//! the image's is updated and the Event says so.
 
 use std::time::Duration;
 
 use geodb::api::GeoDatabase;
 use geodb_e2e::conn::{connect, connection_for};
+use geodb_e2e::drill::{pod_ip, primary_of, superuser_password, Endpoint};
 use geodb_e2e::kube_util::wait_for;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 
 /// `PostGISReady` of `geo`: status, reason, message.
@@ -73,4 +76,100 @@ pub async fn scenario_postgis_extensions(client: &Client, ns: &str) {
         .unwrap();
     let message = wait_condition(&api, "True", "PostGISVerified").await;
     assert!(message.contains("postgis_topology"), "{message}");
+}
+
+/// A superuser session in `geo`'s application database on its primary.
+async fn superuser_in_app_db(client: &Client, ns: &str) -> tokio_postgres::Client {
+    let db = Api::<GeoDatabase>::namespaced(client.clone(), ns)
+        .get("geo")
+        .await
+        .unwrap();
+    let primary = primary_of(&db).expect("geo has a primary");
+    let login = superuser_password(client, ns, "geo").await.unwrap();
+    Endpoint {
+        host: pod_ip(client, ns, &format!("{primary}-0")).await.unwrap(),
+        port: 5432,
+        user: "postgres".into(),
+        password: login.password,
+        dbname: db.spec.database.name.clone(),
+        server_name: "localhost".into(),
+        ca_pem: login.ca_pem,
+    }
+    .connect(Duration::from_secs(5))
+    .await
+    .unwrap()
+}
+
+/// An extension installed at an older version than the image's (as after an image
+/// upgrade) is brought to the image's version at the next check, with an Event that says
+/// from which version to which.
+pub async fn scenario_extension_update(client: &Client, ns: &str) {
+    let api = Api::<GeoDatabase>::namespaced(client.clone(), ns);
+    let sql = superuser_in_app_db(client, ns).await;
+    // The oldest version the image can still install, and the one it brings.
+    let row = sql
+        .query_one(
+            "SELECT (SELECT v.version FROM pg_available_extension_versions v \
+                      WHERE v.name = e.name AND v.version <> e.default_version \
+                      ORDER BY string_to_array(v.version, '.')::int[] LIMIT 1), \
+                    e.default_version \
+               FROM pg_available_extensions e WHERE e.name = 'pg_stat_statements'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (old, image): (Option<String>, String) = (row.get(0), row.get(1));
+    let old = old.expect("the image can install an older pg_stat_statements");
+    sql.batch_execute(&format!(
+        "DROP EXTENSION IF EXISTS pg_stat_statements; \
+         CREATE EXTENSION pg_stat_statements VERSION '{old}'"
+    ))
+    .await
+    .unwrap();
+    // The next check: a change of the list, as an image change would make one.
+    let wanted = serde_json::json!({"spec": {"postgis": {"extensions":
+        ["postgis", "postgis_topology", "fuzzystrmatch", "pg_stat_statements"]}}});
+    api.patch("geo", &PatchParams::default(), &Patch::Merge(&wanted))
+        .await
+        .unwrap();
+    let installed = || async {
+        let row = sql
+            .query_one(
+                "SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_statements'",
+                &[],
+            )
+            .await
+            .ok()?;
+        Some(row.get::<_, String>(0))
+    };
+    let waited = wait_for(
+        &format!("pg_stat_statements updated from {old} to {image}"),
+        Duration::from_secs(120),
+        || async { (installed().await? == image).then_some(()) },
+    )
+    .await;
+    if let Err(e) = waited {
+        panic!("{e}; installed: {:?}", installed().await);
+    }
+    let events = Api::<Event>::namespaced(client.clone(), ns);
+    let said = format!("updated pg_stat_statements from {old} to {image}");
+    let notes = wait_for(
+        "an ExtensionUpdated Event",
+        Duration::from_secs(30),
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let notes: Vec<String> = list
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("ExtensionUpdated"))
+                .filter_map(|e| e.message)
+                .collect();
+            notes.iter().any(|n| n.contains(&said)).then_some(notes)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e} saying {said:?}"));
+    eprintln!("extension update: {notes:?}");
+    let status = wait_condition(&api, "True", "PostGISVerified").await;
+    assert!(status.contains("pg_stat_statements"), "{status}");
 }

@@ -85,3 +85,45 @@ pub struct MigrationsStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+/// Demo data for the sample schema (`config/samples/migrations`): one Job running
+/// `geodb seed` against the primary once these settings are new, after the migrations
+/// succeeded. It adds rows; it never empties a table.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SeedSpec {
+    /// Random locations to load in Ho Chi Minh City and Hanoi, with their images and
+    /// moderation logs.
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub locations: u64,
+    /// Load the same rows on every cluster with the same value (ids aside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub random_seed: Option<u64>,
+    /// Seconds the load may take before it is stopped (and reported failed).
+    #[serde(default = "default_deadline")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub deadline_seconds: i32,
+}
+
+/// What the seed Job of the current settings did.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeedStatus {
+    /// The settings' digest the run was for.
+    pub hash: String,
+    /// The Job that ran it.
+    pub job: String,
+    pub outcome: MigrationOutcome,
+    /// Rows loaded (once it succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locations: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation_logs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

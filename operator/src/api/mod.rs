@@ -26,7 +26,9 @@ pub use bootstrap::{BootstrapSpec, RecoverySpec, RecoveryTarget};
 pub use maintenance::{
     MaintenanceSpec, MaintenanceStatus, VacuumRun, VacuumSpec, VacuumTable, AUTOVACUUM_SETTINGS,
 };
-pub use migrations::{MigrationImage, MigrationOutcome, MigrationsSpec, MigrationsStatus};
+pub use migrations::{
+    MigrationImage, MigrationOutcome, MigrationsSpec, MigrationsStatus, SeedSpec, SeedStatus,
+};
 pub use monitoring::MonitoringSpec;
 pub use network::{NetworkSpec, TlsSpec};
 pub use pooler::{PoolMode, PoolerSpec};
@@ -118,6 +120,11 @@ pub struct GeoDatabaseSpec {
     /// Schema migrations, run as a Job against the primary when their inputs change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrations: Option<MigrationsSpec>,
+
+    /// Demo data: random locations loaded into the sample schema once, by a Job, after
+    /// the migrations succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<SeedSpec>,
 
     /// Metrics: user-defined metric queries and the Prometheus Operator objects.
     #[serde(default)]

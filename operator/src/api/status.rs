@@ -59,6 +59,9 @@ pub struct GeoDatabaseStatus {
     /// The last schema migration run (`spec.migrations`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrations: Option<super::MigrationsStatus>,
+    /// The seed run of the current `spec.seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<super::SeedStatus>,
     /// The newest finished maintenance runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<super::MaintenanceStatus>,

@@ -13,6 +13,7 @@ pub mod pooler;
 pub mod rbac;
 pub mod restart;
 pub mod secrets;
+pub mod seed;
 pub mod services;
 pub mod spread;
 
@@ -77,6 +78,9 @@ pub struct Cluster {
     /// The digest of `spec.migrations` and its ConfigMaps' contents, once their Job may
     /// run (a confirmed primary) or runs already.
     pub migrations: Option<String>,
+    /// The digest of `spec.seed`, once its Job may run (the migrations succeeded) or runs
+    /// already.
+    pub seed: Option<String>,
 }
 
 /// A cluster's CA and its current server certificate (see `certs`), and the user's
@@ -132,6 +136,7 @@ impl Cluster {
             operator_namespace: None,
             tls: None,
             migrations: None,
+            seed: None,
         })
     }
 
@@ -236,6 +241,7 @@ pub fn build(cluster: &Cluster) -> Resources {
             .iter()
             .filter_map(|task| backup::requested_job(cluster, *task))
             .chain(migrations::job(cluster))
+            .chain(seed::job(cluster))
             .chain(maintenance::requested_job(cluster))
             .collect(),
         network_policies: network::network_policy(cluster).into_iter().collect(),

@@ -31,6 +31,11 @@ pub struct SeedArgs {
     /// Load the same rows every time (ids aside).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Keep the indexes and foreign keys in place even when the tables are empty (by
+    /// default, empty tables the role owns are loaded in one transaction and their
+    /// indexes and foreign keys built after the rows).
+    #[arg(long)]
+    pub no_bulk: bool,
 }
 
 #[derive(clap::Subcommand)]
@@ -118,15 +123,19 @@ pub fn migrate(args: MigrateArgs) -> ExitCode {
     }
 }
 
+/// The summary on success; `{"error": ...}` on failure (also the termination message, for
+/// the operator's seed Job).
 pub fn seed(args: SeedArgs) -> Result<(), String> {
     init_tracing("json");
     let summary = geodb::jobs::seed::command(&geodb::jobs::seed::Args {
         count: args.count,
         workers: args.workers,
         seed: args.seed,
+        bulk: !args.no_bulk,
     })
     .map_err(|e| {
         tracing::error!(reason = e.label(), error = %e, "seed failed");
+        termination_message(&serde_json::json!({"error": e.to_string()}).to_string());
         e.to_string()
     })?;
     tracing::info!(
@@ -136,7 +145,9 @@ pub fn seed(args: SeedArgs) -> Result<(), String> {
         seconds = summary.seconds,
         "seeded"
     );
-    last_line(&serde_json::to_string(&summary).map_err(|e| e.to_string())?);
+    let line = serde_json::to_string(&summary).map_err(|e| e.to_string())?;
+    last_line(&line);
+    termination_message(&line);
     Ok(())
 }
 

@@ -50,10 +50,13 @@ pub async fn step(
     }
     let maintenance = maintenance_status(db, observed);
     tell_vacuum(ctx, db, maintenance.as_ref()).await;
+    let seed = super::seed::observe(db, cluster, observed);
+    super::seed::tell(ctx, db, seed.as_ref()).await;
     super::status::Chores {
         postgis,
         migrations,
         maintenance,
+        seed,
     }
 }
 
@@ -71,21 +74,32 @@ pub fn migrations_gate(
     let job = cluster.names.migration_job(&hash);
     let exists = observed.owned.jobs.iter().any(|j| j.name_any() == job);
     let status = db.status.clone().unwrap_or_default();
-    let writable = health
-        .sample(&cluster.primary)
-        .and_then(crate::postgres::probe::Sample::primary)
-        .is_some();
-    let steady = matches!(plan, Plan::Steady | Plan::Acknowledge { .. });
     // Run once per digest: a finished run is not started again if its Job is deleted.
     let done = status
         .migrations
         .as_ref()
         .is_some_and(|m| m.hash == hash && m.outcome != crate::api::MigrationOutcome::Running);
-    let may_start = steady && writable && topology::primary_confirmed(&status, &cluster.primary);
+    let may_start = may_start_job(cluster, &status, health, plan);
     if exists || (may_start && !done) {
         cluster.migrations = Some(hash.clone());
     }
     Some(hash)
+}
+
+/// A one-shot Job against the primary may start: the cluster is steady and its primary
+/// confirmed and writable.
+pub fn may_start_job(
+    cluster: &Cluster,
+    status: &crate::api::GeoDatabaseStatus,
+    health: &crate::postgres::probe::ClusterHealth,
+    plan: &Plan,
+) -> bool {
+    let writable = health
+        .sample(&cluster.primary)
+        .and_then(crate::postgres::probe::Sample::primary)
+        .is_some();
+    let steady = matches!(plan, Plan::Steady | Plan::Acknowledge { .. });
+    steady && writable && topology::primary_confirmed(status, &cluster.primary)
 }
 
 /// The newest finished VACUUM run, from the termination messages of the vacuum pods

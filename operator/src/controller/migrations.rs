@@ -59,7 +59,7 @@ struct Reported {
     error: Option<String>,
 }
 
-fn terminated_message(pod: &Pod) -> Option<String> {
+pub fn terminated_message(pod: &Pod) -> Option<String> {
     pod.status
         .as_ref()?
         .container_statuses
@@ -169,6 +169,8 @@ pub fn succeeded_note(s: &MigrationsStatus) -> String {
         .map(|v| format!(" at version {v}"))
         .unwrap_or_default();
     match s.applied.as_slice() {
+        // Image mode reports nothing of its own: its command succeeded.
+        [] if s.version.is_none() => format!("{}: the migration command succeeded", s.job),
         [] => format!("{}: schema up to date{version}", s.job),
         applied => format!("{}: applied {}{version}", s.job, applied.join(", ")),
     }

@@ -42,6 +42,7 @@ mod reconcile;
 pub mod replication;
 pub mod rollout;
 mod runner;
+mod seed;
 pub mod status;
 pub mod topology;
 pub mod validate;

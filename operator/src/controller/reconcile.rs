@@ -418,6 +418,7 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     }
     let roles = roles_now(&cluster, &db, &health);
     let migration_hash = chores::migrations_gate(&mut cluster, &db, &observed, &health, &plan);
+    super::seed::gate(&mut cluster, &db, &observed, &health, &plan);
 
     let applying = Instant::now();
     let applier = Applier::new(

@@ -10,8 +10,12 @@
 //! taken from the table's sequence, so a seed can run beside other writers. A
 //! progress bar is drawn on stderr when stderr is a terminal; the last stdout line is a
 //! JSON summary (`{"locations":N,"images":N,"moderation_logs":N,"seconds":S,
-//! "locations_per_second":R}`).
+//! "locations_per_second":R,"bulk":B}`).
+//!
+//! Into empty tables the role owns, the load is one transaction that builds the indexes
+//! and foreign keys after the rows instead ([`bulk`]); `bulk: false` keeps them in place.
 
+mod bulk;
 mod rows;
 
 pub use rows::{
@@ -44,6 +48,9 @@ pub struct Args {
     pub workers: usize,
     /// The same seed loads the same rows (ids aside).
     pub seed: Option<u64>,
+    /// Empty tables owned by the role are loaded in one transaction, their indexes and
+    /// foreign keys made after the rows.
+    pub bulk: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +94,9 @@ pub struct Summary {
     pub moderation_logs: u64,
     pub seconds: f64,
     pub locations_per_second: f64,
+    /// Loaded by the bulk path (indexes built after the rows).
+    #[serde(default)]
+    pub bulk: bool,
 }
 
 /// The work the workers share: the next batch to take, and what is done.
@@ -130,13 +140,25 @@ pub async fn seed(target: &Target, args: &Args) -> Result<Summary, SeedError> {
     let progress = std::io::stderr()
         .is_terminal()
         .then(|| tokio::spawn(draw_progress(shared.clone())));
-    let mut workers = Vec::new();
-    for _ in 0..args.workers.max(1) {
-        let (target, shared) = (target.clone(), shared.clone());
-        workers.push(tokio::spawn(async move { worker(&target, &shared).await }));
-    }
     let mut summary = Summary::default();
     let mut failure = None;
+    let bulk = match args.bulk {
+        true => bulk_load(target, &shared).await,
+        false => Ok(None),
+    };
+    let mut workers = Vec::new();
+    match bulk {
+        Ok(Some((images, logs))) => {
+            (summary.images, summary.moderation_logs, summary.bulk) = (images, logs, true);
+        }
+        Ok(None) => {
+            for _ in 0..args.workers.max(1) {
+                let (target, shared) = (target.clone(), shared.clone());
+                workers.push(tokio::spawn(async move { worker(&target, &shared).await }));
+            }
+        }
+        Err(e) => failure = Some(e),
+    }
     for worker in workers {
         match worker.await {
             Ok(Ok((images, logs))) => {
@@ -172,19 +194,43 @@ pub async fn seed(target: &Target, args: &Args) -> Result<Summary, SeedError> {
     }
 }
 
-/// Take batches until none is left; the images and logs written.
-async fn worker(target: &Target, shared: &Shared) -> Result<(u64, u64), SeedError> {
+/// The bulk path on one connection: the images and logs written, or `None` when the
+/// tables are not empty or not the role's.
+async fn bulk_load(target: &Target, shared: &Arc<Shared>) -> Result<Option<(u64, u64)>, SeedError> {
     let mut client = target.connect(APPLICATION_NAME, CONNECT_WAIT).await?;
     prepare_session(&client).await?;
+    let next_ids = next_ids_sql(&client).await?;
+    bulk::load(&mut client, shared, &next_ids).await
+}
+
+/// The query that takes `$1` location ids from the table's sequence.
+async fn next_ids_sql(client: &Client) -> Result<String, SeedError> {
     let sequence: Option<String> = client
         .query_one("SELECT pg_get_serial_sequence('locations', 'id')", &[])
         .await
         .map_err(|_| SeedError::NoSchema)?
         .get(0);
-    let next_ids = format!(
+    Ok(format!(
         "SELECT nextval({}::regclass) FROM generate_series(1, $1::int)",
         literal(&sequence.ok_or(SeedError::NoSchema)?)
-    );
+    ))
+}
+
+/// The rows of batch `index` for the locations `ids` (pure).
+fn make_batch(shared: &Shared, index: u64, ids: &[i64]) -> rows::Batch {
+    let mut rng = StdRng::seed_from_u64(shared.seed.wrapping_add(index));
+    let span = rows::Span {
+        first: index.saturating_mul(BATCH),
+        count: shared.count,
+    };
+    rows::generate(&mut rng, ids, span, shared.now_us)
+}
+
+/// Take batches until none is left; the images and logs written.
+async fn worker(target: &Target, shared: &Shared) -> Result<(u64, u64), SeedError> {
+    let mut client = target.connect(APPLICATION_NAME, CONNECT_WAIT).await?;
+    prepare_session(&client).await?;
+    let next_ids = next_ids_sql(&client).await?;
     let (mut images, mut logs) = (0, 0);
     loop {
         let index = shared.next.fetch_add(1, Ordering::SeqCst);
@@ -201,21 +247,17 @@ async fn worker(target: &Target, shared: &Shared) -> Result<(u64, u64), SeedErro
             .iter()
             .map(|row| row.get(0))
             .collect();
-        let mut rng = StdRng::seed_from_u64(shared.seed.wrapping_add(index));
-        let span = rows::Span {
-            first,
-            count: shared.count,
-        };
-        let batch = rows::generate(&mut rng, &ids, span, shared.now_us);
-        load(
-            &mut client,
-            batch.locations,
-            batch.images,
-            batch.moderation_logs,
-        )
-        .await?;
+        let batch = make_batch(shared, index, &ids);
         images += batch.image_count;
         logs += batch.log_count;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(SeedError::database("starting a batch"))?;
+        load_copies(&tx, batch).await?;
+        tx.commit()
+            .await
+            .map_err(SeedError::database("committing a batch"))?;
         shared.done.fetch_add(ids.len() as u64, Ordering::SeqCst);
     }
 }
@@ -256,21 +298,15 @@ async fn prepare_session(client: &Client) -> Result<(), SeedError> {
     Ok(())
 }
 
-/// One batch's three COPYs in one transaction.
-async fn load(
-    client: &mut Client,
-    locations: Vec<u8>,
-    images: Vec<u8>,
-    logs: Vec<u8>,
+/// One batch's three COPYs, in the caller's transaction.
+async fn load_copies(
+    tx: &tokio_postgres::Transaction<'_>,
+    batch: rows::Batch,
 ) -> Result<(), SeedError> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(SeedError::database("starting a batch"))?;
     for (table, columns, data) in [
-        ("locations", rows::LOCATION_COLUMNS, locations),
-        ("images", rows::IMAGE_COLUMNS, images),
-        ("moderation_logs", rows::LOG_COLUMNS, logs),
+        ("locations", rows::LOCATION_COLUMNS, batch.locations),
+        ("images", rows::IMAGE_COLUMNS, batch.images),
+        ("moderation_logs", rows::LOG_COLUMNS, batch.moderation_logs),
     ] {
         let copy = format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)");
         let sink = tx
@@ -286,9 +322,7 @@ async fn load(
             .await
             .map_err(SeedError::database("loading a batch"))?;
     }
-    tx.commit()
-        .await
-        .map_err(SeedError::database("committing a batch"))
+    Ok(())
 }
 
 /// Redraw the bar on stderr every 200 ms until aborted.

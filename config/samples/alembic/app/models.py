@@ -53,7 +53,6 @@ images = Table(
         BigInteger,
         ForeignKey("locations.id", ondelete="CASCADE"),
         nullable=False,
-        index=True,
     ),
     Column("url", Text, nullable=False),
     Column("owner", Text, nullable=False),
@@ -69,10 +68,13 @@ moderation_logs = Table(
         BigInteger,
         ForeignKey("locations.id", ondelete="CASCADE"),
         nullable=False,
-        index=True,
     ),
     Column("action", Text, nullable=False),
     Column("moderator", Text, nullable=False),
     Column("reason", Text),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# The foreign keys' indexes, named as in ../migrations (V5__indexes.sql).
+Index("images_location_id_idx", images.c.location_id)
+Index("moderation_logs_location_id_idx", moderation_logs.c.location_id)

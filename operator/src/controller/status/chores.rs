@@ -3,7 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{MaintenanceStatus, MigrationsStatus, PostgisStatus};
+use crate::api::{MaintenanceStatus, MigrationsStatus, PostgisStatus, SeedStatus};
 
 /// What the database chores found this reconcile.
 #[derive(Clone, Debug, Default)]
@@ -14,6 +14,8 @@ pub struct Chores {
     pub migrations: Option<(String, Option<MigrationsStatus>)>,
     /// The newest finished maintenance runs.
     pub maintenance: Option<MaintenanceStatus>,
+    /// With `spec.seed`: how the run of its current settings stands.
+    pub seed: Option<SeedStatus>,
 }
 
 /// `PostGISReady`, and `Migrated` with `spec.migrations`; the migration run to keep in

@@ -357,6 +357,7 @@ pub fn converged(input: Converged<'_>) -> GeoDatabaseStatus {
         postgis: chores.postgis,
         migrations: last_run,
         maintenance: chores.maintenance.or(kept.maintenance.clone()),
+        seed: chores.seed.or(kept.seed.clone()),
         ..kept
     }
 }

@@ -66,7 +66,8 @@ def upgrade() -> None:
                 "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
             ),
         )
-        op.create_index(f"ix_{table}_location_id", table, ["location_id"])
+        # Named as in ../migrations (V5__indexes.sql), so the same queries' plans name them.
+        op.create_index(f"{table}_location_id_idx", table, ["location_id"])
 
 
 def downgrade() -> None:
