@@ -74,7 +74,7 @@ export PGDATABASE="$GEODB_DATABASE" PGPASSWORD="$(cat "$work/password")"
 sql() { psql -X -q -v ON_ERROR_STOP=1 -c "$1"; }
 seed() {
 	sql "TRUNCATE moderation_logs, images, locations RESTART IDENTITY CASCADE"
-	"$BIN" seed --count "$1" | tail -n 1 >"$OUT/spatial-seed-$2.json"
+	"$BIN" seed --count "$1" "${@:3}" | tail -n 1 >"$OUT/spatial-seed-$2.json"
 	# One -c each: a multi-statement -c is one transaction, which VACUUM refuses.
 	psql -X -q -v ON_ERROR_STOP=1 -c "VACUUM ANALYZE locations" -c "VACUUM ANALYZE images" \
 		-c "VACUUM ANALYZE moderation_logs"
@@ -90,6 +90,9 @@ bench small
 echo "bench-spatial: $LARGE locations" >&2
 seed "$LARGE" large
 bench large
+# The same load row by row, the indexes in place (what a seed into tables with rows does).
+echo "bench-spatial: $LARGE locations again, --no-bulk" >&2
+seed "$LARGE" large-rows --no-bulk
 
 python3 - "$OUT" "$LARGE" <<'PY'
 import json, sys
@@ -107,6 +110,9 @@ for size, tag in (("small", "1k"), ("large", "1m")):
     figures[f"at_{tag}_seed_s"] = seeded["seconds"]
     figures[f"at_{tag}_seed_rows_per_s"] = seeded.get("locations_per_second")
     figures[f"at_{tag}_seed_bulk_count"] = int(bool(seeded.get("bulk")))
+rows_path = load("spatial-seed-large-rows")
+figures["at_1m_seed_no_bulk_s"] = rows_path["seconds"]
+figures["at_1m_seed_no_bulk_over_bulk_ratio"] = round(rows_path["seconds"] / figures["at_1m_seed_s"], 3)
 for q in ("radius_1km", "knn10", "bbox", "fulltext", "join_images"):
     d, p = figures.get(f"at_1m_{q}_direct_p99_ms"), figures.get(f"at_1m_{q}_pooler_p99_ms")
     if d and p:
@@ -124,7 +130,7 @@ report = {
         "locations": {"1k": 1000, "1m": large},
         "cluster": "1 instance, shared_buffers 256MB, the pooler in transaction mode",
         "client": "geodb bench spatial (release) on the node, TLS verify-full, through each Service's ClusterIP",
-        "seed": "geodb seed (release) from the node into the emptied tables: one transaction, the indexes and foreign keys built after the rows (bulk_count 1)",
+        "seed": "geodb seed (release) from the node into the emptied tables: one transaction, the indexes and foreign keys built after the rows (bulk_count 1); no_bulk: the same rows over 2 connections into the indexed tables",
         "plans": plans,
     },
 }

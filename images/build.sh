@@ -204,9 +204,10 @@ in_chroot() {
 }
 
 # ---- the rootfs recipe: the source of these functions is part of the cache key ----
-make_rootfs() { # SUITE PG_MAJOR DEST PACKAGES...
-	local suite="$1" pg="$2" dest="$3"
-	shift 3
+# debootstrap of PACKAGES into DEST, with the suite's point releases and security fixes.
+debootstrap_rootfs() { # SUITE DEST PACKAGES...
+	local suite="$1" dest="$2"
+	shift 2
 	local pkgs script t
 	pkgs="$(
 		IFS=,
@@ -227,6 +228,12 @@ make_rootfs() { # SUITE PG_MAJOR DEST PACKAGES...
 	fi
 	log "debootstrap done in $(elapsed "$t")s"
 	apply_updates "$suite" "$dest"
+}
+
+make_rootfs() { # SUITE PG_MAJOR DEST PACKAGES...
+	local suite="$1" pg="$2" dest="$3"
+	shift 3
+	debootstrap_rootfs "$suite" "$dest" "$@"
 	postgres_uid_999 "$dest"
 	setup_postgres "$pg" "$dest"
 	trim_rootfs "$dest"
@@ -322,41 +329,22 @@ trim_rootfs() {
 }
 # A rootfs of Debian packages alone (no postgres user, no PostgreSQL layout).
 make_plain_rootfs() { # SUITE DEST PACKAGES...
-	local suite="$1" dest="$2"
-	shift 2
-	local pkgs script t
-	pkgs="$(
-		IFS=,
-		echo "$*"
-	)"
-	script="$(debootstrap_script_for "$suite")"
-	remove_tree "$dest"
-	mkdir -p "$dest"
-	log "debootstrap --variant=minbase --include=$pkgs $suite $dest $MIRROR"
-	t="$(now)"
-	if ! unshare --mount --propagation private -- debootstrap --variant=minbase --components=main --include="$pkgs" \
-		"$suite" "$dest" "$MIRROR" "$script" >"$dest.debootstrap.log" 2>&1; then
-		tail -n 30 "$dest.debootstrap.log" >&2
-		[ -f "$dest/debootstrap/debootstrap.log" ] && tail -n 30 "$dest/debootstrap/debootstrap.log" >&2
-		die "debootstrap of $suite failed (full log: $dest.debootstrap.log)"
-	fi
-	log "debootstrap done in $(elapsed "$t")s"
-	apply_updates "$suite" "$dest"
-	trim_rootfs "$dest"
+	debootstrap_rootfs "$@"
+	trim_rootfs "$2"
 }
 # ---- end of the rootfs recipe ------------------------------------------------------
 
 rootfs_key() {
 	{
 		echo "suite=$SUITE pg=$PG_MAJOR packages=${PG_PACKAGES[*]}"
-		declare -f make_rootfs apply_updates postgres_uid_999 setup_postgres trim_rootfs
+		declare -f debootstrap_rootfs make_rootfs apply_updates postgres_uid_999 setup_postgres trim_rootfs
 	} | sha
 }
 
 alembic_rootfs_key() {
 	{
 		echo "suite=$ALEMBIC_SUITE packages=${ALEMBIC_PACKAGES[*]}"
-		declare -f make_plain_rootfs apply_updates trim_rootfs
+		declare -f debootstrap_rootfs make_plain_rootfs apply_updates trim_rootfs
 	} | sha
 }
 

@@ -3,15 +3,13 @@
 //! primary as the superuser (it may vacuum every table), through the `-rw` Service.
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
-use k8s_openapi::api::core::v1::{Container, VolumeMount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::instance::restricted_container_security;
-use super::migrations::{connection_env, job_volumes, one_shot, volume_mount};
-use super::{content_hash, env, Cluster};
+use super::migrations::{geodb_container, job_volumes, one_shot};
+use super::{content_hash, Cluster};
 use crate::api::VacuumSpec;
 use crate::names::{cluster_labels, COMPONENT_VACUUM, SUPERUSER};
-use crate::pod_contract::{env as var, Credential, SECRETS_DIR};
+use crate::pod_contract::Credential;
 
 /// How long one run may take.
 const DEADLINE_SECONDS: i64 = 6 * 3600;
@@ -37,30 +35,13 @@ pub fn command(vacuum: &VacuumSpec) -> Vec<String> {
 }
 
 fn job_spec(cluster: &Cluster, vacuum: &VacuumSpec) -> JobSpec {
-    let mut env_vars = connection_env(cluster, SUPERUSER);
-    env_vars.push(env(
-        var::JOB_PASSWORD_FILE,
-        format!("{SECRETS_DIR}/{}", Credential::Superuser.password_path()),
-    ));
     let labels = cluster_labels(&cluster.names.cluster, COMPONENT_VACUUM);
-    let container = Container {
-        name: "vacuum".into(),
-        image: Some(cluster.spec.image().to_owned()),
-        image_pull_policy: Some(cluster.spec.image_pull_policy.as_str().to_owned()),
-        command: Some(command(vacuum)),
-        env: Some(env_vars),
-        volume_mounts: Some(vec![
-            volume_mount("secrets", SECRETS_DIR),
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..VolumeMount::default()
-            },
-        ]),
-        security_context: Some(restricted_container_security()),
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Container::default()
-    };
+    let container = geodb_container(
+        cluster,
+        "vacuum",
+        (SUPERUSER, Credential::Superuser),
+        command(vacuum),
+    );
     let volumes = job_volumes(
         cluster.names.superuser_secret(),
         Credential::Superuser,

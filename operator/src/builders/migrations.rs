@@ -109,6 +109,40 @@ fn container(cluster: &Cluster, spec: &MigrationsSpec) -> Container {
     }
 }
 
+/// A container running `geodb <command>` from the cluster's image against the primary as
+/// `user`, whose password it reads from `login`'s file (the volumes of [`job_volumes`]).
+/// The command's own report is its termination message; a crash's is its log's end.
+pub(super) fn geodb_container(
+    cluster: &Cluster,
+    name: &str,
+    (user, login): (&str, Credential),
+    command: Vec<String>,
+) -> Container {
+    let mut env_vars = connection_env(cluster, user);
+    env_vars.push(env(
+        var::JOB_PASSWORD_FILE,
+        format!("{SECRETS_DIR}/{}", login.password_path()),
+    ));
+    Container {
+        name: name.into(),
+        image: Some(cluster.spec.image().to_owned()),
+        image_pull_policy: Some(cluster.spec.image_pull_policy.as_str().to_owned()),
+        command: Some(command),
+        env: Some(env_vars),
+        volume_mounts: Some(vec![
+            volume_mount("secrets", SECRETS_DIR),
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        security_context: Some(restricted_container_security()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    }
+}
+
 /// The login's password file and the CA under `SECRETS_DIR`, and a scratch `/tmp`.
 pub(super) fn job_volumes(secret: String, login: Credential, cluster: &Cluster) -> Vec<Volume> {
     vec![

@@ -4,14 +4,12 @@
 //! change.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Container, VolumeMount};
 
-use super::instance::restricted_container_security;
-use super::migrations::{connection_env, job_volumes, one_shot, volume_mount};
-use super::{env, Cluster};
+use super::migrations::{geodb_container, job_volumes, one_shot};
+use super::Cluster;
 use crate::api::SeedSpec;
 use crate::names::{cluster_labels, COMPONENT_SEED};
-use crate::pod_contract::{env as var, Credential, SECRETS_DIR};
+use crate::pod_contract::Credential;
 
 /// `geodb seed` with the settings' count and random seed (pure).
 pub fn command(spec: &SeedSpec) -> Vec<String> {
@@ -27,33 +25,6 @@ pub fn command(spec: &SeedSpec) -> Vec<String> {
     command
 }
 
-fn container(cluster: &Cluster, spec: &SeedSpec) -> Container {
-    let mut env_vars = connection_env(cluster, &cluster.spec.database.owner);
-    env_vars.push(env(
-        var::JOB_PASSWORD_FILE,
-        format!("{SECRETS_DIR}/{}", Credential::App.password_path()),
-    ));
-    Container {
-        name: "seed".into(),
-        image: Some(cluster.spec.image().to_owned()),
-        image_pull_policy: Some(cluster.spec.image_pull_policy.as_str().to_owned()),
-        command: Some(command(spec)),
-        env: Some(env_vars),
-        volume_mounts: Some(vec![
-            volume_mount("secrets", SECRETS_DIR),
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..VolumeMount::default()
-            },
-        ]),
-        security_context: Some(restricted_container_security()),
-        // `geodb seed` writes its summary there; a failure is told by its log's end.
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        ..Container::default()
-    }
-}
-
 /// The Job of the current settings, once `cluster.seed` holds their digest.
 pub fn job(cluster: &Cluster) -> Option<Job> {
     let spec = cluster.spec.seed.as_ref()?;
@@ -63,7 +34,12 @@ pub fn job(cluster: &Cluster) -> Option<Job> {
         spec: Some(one_shot(
             cluster_labels(&cluster.names.cluster, COMPONENT_SEED),
             i64::from(spec.deadline_seconds),
-            container(cluster, spec),
+            geodb_container(
+                cluster,
+                "seed",
+                (&cluster.spec.database.owner, Credential::App),
+                command(spec),
+            ),
             job_volumes(cluster.names.app_secret(), Credential::App, cluster),
         )),
         ..Job::default()

@@ -68,22 +68,29 @@ pub fn terminated_message(pod: &Pod) -> Option<String> {
         .find_map(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
 }
 
-/// How the run of `job` stands (pure); `None` while it has not started.
-pub fn status_of(hash: &str, job: Option<&Job>, pod: Option<&Pod>) -> Option<MigrationsStatus> {
-    let job = job?;
+/// How a one-shot Job stands, and its `Failed` condition's message (pure).
+pub fn job_outcome(job: &Job) -> (MigrationOutcome, Option<String>) {
     let status = job.status.clone().unwrap_or_default();
-    let failed_condition = status
+    let failed = status
         .conditions
         .iter()
         .flatten()
-        .find(|c| c.type_ == "Failed" && c.status == "True");
+        .find(|c| c.type_ == "Failed" && c.status == "True")
+        .map(|c| c.message.clone().unwrap_or_default());
     let outcome = if status.succeeded.unwrap_or(0) > 0 {
         MigrationOutcome::Succeeded
-    } else if status.failed.unwrap_or(0) > 0 || failed_condition.is_some() {
+    } else if status.failed.unwrap_or(0) > 0 || failed.is_some() {
         MigrationOutcome::Failed
     } else {
         MigrationOutcome::Running
     };
+    (outcome, failed)
+}
+
+/// How the run of `job` stands (pure); `None` while it has not started.
+pub fn status_of(hash: &str, job: Option<&Job>, pod: Option<&Pod>) -> Option<MigrationsStatus> {
+    let job = job?;
+    let (outcome, failed_condition) = job_outcome(job);
     let message = pod.and_then(terminated_message);
     let reported = message
         .as_deref()
@@ -93,7 +100,7 @@ pub fn status_of(hash: &str, job: Option<&Job>, pod: Option<&Pod>) -> Option<Mig
         (MigrationOutcome::Failed, Some(r)) if r.outcome == "failed" => r.error.clone(),
         (MigrationOutcome::Failed, _) => Some(
             message
-                .or_else(|| failed_condition.and_then(|c| c.message.clone()))
+                .or(failed_condition)
                 .unwrap_or_else(|| "the migration Job failed".to_owned()),
         ),
         _ => None,
@@ -140,25 +147,47 @@ pub async fn tell(ctx: &Context, db: &GeoDatabase, now: Option<&MigrationsStatus
         return;
     };
     let before = db.status.as_ref().and_then(|s| s.migrations.as_ref());
-    if before.is_some_and(|b| b.hash == now.hash && b.outcome == now.outcome) {
+    let run = Run {
+        kind: "Migration",
+        job: &now.job,
+        before: before.map(|b| (b.hash.as_str(), b.outcome)),
+        now: (&now.hash, now.outcome),
+    };
+    tell_run(ctx, db, run, succeeded_note(now), now.error.as_deref()).await;
+}
+
+/// A one-shot Job's run as Events see it: `kind` prefixes the reasons
+/// (`<kind>Started`, `<kind>Succeeded`, `<kind>Failed`).
+pub struct Run<'a> {
+    pub kind: &'static str,
+    pub job: &'a str,
+    /// The digest and outcome recorded before this reconcile.
+    pub before: Option<(&'a str, MigrationOutcome)>,
+    pub now: (&'a str, MigrationOutcome),
+}
+
+/// The Event of a run whose digest or outcome is new.
+pub async fn tell_run(
+    ctx: &Context,
+    db: &GeoDatabase,
+    run: Run<'_>,
+    succeeded: String,
+    error: Option<&str>,
+) {
+    if run.before == Some(run.now) {
         return;
     }
-    let (kind, reason, note) = match now.outcome {
-        MigrationOutcome::Running => (
-            EventType::Normal,
-            "MigrationStarted",
-            format!("running {}", now.job),
-        ),
-        MigrationOutcome::Succeeded => {
-            (EventType::Normal, "MigrationSucceeded", succeeded_note(now))
-        }
+    let (kind, reason, note) = match run.now.1 {
+        MigrationOutcome::Running => (EventType::Normal, "Started", format!("running {}", run.job)),
+        MigrationOutcome::Succeeded => (EventType::Normal, "Succeeded", succeeded),
         MigrationOutcome::Failed => (
             EventType::Warning,
-            "MigrationFailed",
-            format!("{}: {}", now.job, now.error.as_deref().unwrap_or("failed")),
+            "Failed",
+            format!("{}: {}", run.job, error.unwrap_or("failed")),
         ),
     };
-    ctx.event(db, kind, reason, note).await;
+    ctx.event(db, kind, &format!("{}{reason}", run.kind), note)
+        .await;
 }
 
 /// What a successful run did, in words.

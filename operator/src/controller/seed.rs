@@ -5,10 +5,10 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use serde::Deserialize;
 
+use super::migrations::{tell_run, Run};
 use super::read::Observed;
 use super::replication::plan::Plan;
 use super::Context;
@@ -65,19 +65,7 @@ struct Reported {
 /// How the run of `job` stands (pure); `None` while it has not started.
 pub fn status_of(hash: &str, job: Option<&Job>, pod: Option<&Pod>) -> Option<SeedStatus> {
     let job = job?;
-    let status = job.status.clone().unwrap_or_default();
-    let failed_condition = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "Failed" && c.status == "True");
-    let outcome = if status.succeeded.unwrap_or(0) > 0 {
-        MigrationOutcome::Succeeded
-    } else if status.failed.unwrap_or(0) > 0 || failed_condition.is_some() {
-        MigrationOutcome::Failed
-    } else {
-        MigrationOutcome::Running
-    };
+    let (outcome, failed_condition) = super::migrations::job_outcome(job);
     let message = pod.and_then(super::migrations::terminated_message);
     let reported = message
         .as_deref()
@@ -89,7 +77,7 @@ pub fn status_of(hash: &str, job: Option<&Job>, pod: Option<&Pod>) -> Option<See
             reported
                 .error
                 .or(message)
-                .or_else(|| failed_condition.and_then(|c| c.message.clone()))
+                .or(failed_condition)
                 .unwrap_or_else(|| "the seed Job failed".to_owned()),
         ),
         _ => None,
@@ -132,23 +120,13 @@ pub async fn tell(ctx: &Context, db: &GeoDatabase, now: Option<&SeedStatus>) {
         return;
     };
     let before = db.status.as_ref().and_then(|s| s.seed.as_ref());
-    if before.is_some_and(|b| b.hash == now.hash && b.outcome == now.outcome) {
-        return;
-    }
-    let (kind, reason, note) = match now.outcome {
-        MigrationOutcome::Running => (
-            EventType::Normal,
-            "SeedStarted",
-            format!("running {}", now.job),
-        ),
-        MigrationOutcome::Succeeded => (EventType::Normal, "SeedSucceeded", loaded_note(now)),
-        MigrationOutcome::Failed => (
-            EventType::Warning,
-            "SeedFailed",
-            format!("{}: {}", now.job, now.error.as_deref().unwrap_or("failed")),
-        ),
+    let run = Run {
+        kind: "Seed",
+        job: &now.job,
+        before: before.map(|b| (b.hash.as_str(), b.outcome)),
+        now: (&now.hash, now.outcome),
     };
-    ctx.event(db, kind, reason, note).await;
+    tell_run(ctx, db, run, loaded_note(now), now.error.as_deref()).await;
 }
 
 /// What a finished run loaded, in words (pure).

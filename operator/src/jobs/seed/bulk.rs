@@ -150,6 +150,7 @@ pub async fn load(
         foreign_keys = deferred.foreign_keys.len(),
         "bulk load: indexes and foreign keys made after the rows"
     );
+    let started = std::time::Instant::now();
     tx.batch_execute(&deferred.drop_sql())
         .await
         .map_err(SeedError::database("dropping the indexes for the load"))?;
@@ -163,6 +164,10 @@ pub async fn load(
         .iter()
         .map(|row| row.get(0))
         .collect();
+    info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "bulk load: location ids taken"
+    );
     let producer = {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -186,10 +191,18 @@ pub async fn load(
     producer
         .await
         .map_err(|e| SeedError::Runtime(format!("the row maker stopped: {e}")))?;
-    info!("bulk load: rows loaded; building the indexes and foreign keys");
+    info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "bulk load: rows loaded; building the indexes and foreign keys"
+    );
+    let building = std::time::Instant::now();
     tx.batch_execute(&deferred.restore_sql())
         .await
         .map_err(SeedError::database("building the indexes and foreign keys"))?;
+    info!(
+        seconds = building.elapsed().as_secs_f64(),
+        "bulk load: indexes and foreign keys built"
+    );
     tx.commit()
         .await
         .map_err(SeedError::database("committing the load"))?;
