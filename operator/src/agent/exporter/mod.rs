@@ -47,6 +47,8 @@ pub struct Exporter {
     custom: Arc<std::sync::Mutex<Custom>>,
     client: Arc<Mutex<Option<Client>>>,
     errors: Arc<AtomicU64>,
+    /// Since when replay has trailed what was received (see `queries::fill_lag_seconds`).
+    behind_since: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl Exporter {
@@ -57,6 +59,7 @@ impl Exporter {
             custom: Arc::default(),
             client: Arc::new(Mutex::new(None)),
             errors: Arc::new(AtomicU64::new(0)),
+            behind_since: Arc::default(),
         }
     }
 
@@ -115,6 +118,9 @@ impl Exporter {
             return (None, vec![]);
         };
         let mut answers = queries::scrape(client).await;
+        if let (Some(row), Ok(mut since)) = (answers.instance.as_mut(), self.behind_since.lock()) {
+            queries::fill_lag_seconds(row, &mut since, Instant::now());
+        }
         let queries = self.custom_queries().await;
         let custom = custom::run(client, &queries, &mut answers.errors).await;
         if answers.instance.is_none() && client.is_closed() {

@@ -17,8 +17,32 @@ pub const INSTANCE: &str = "SELECT pg_is_in_recovery()::int AS in_recovery, \
     END AS lag_bytes, \
     CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() IS NULL THEN NULL \
          WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 \
+         WHEN pg_last_xact_replay_timestamp() IS NULL THEN NULL \
          ELSE GREATEST(0, EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())) \
     END AS lag_seconds";
+
+/// Replay trails what was received, but no transaction was replayed since the standby
+/// started, so PostgreSQL has no timestamp to tell the lag by (and `GREATEST` would have
+/// turned that NULL into 0): the lag is then at least the time since the exporter first
+/// saw replay behind. `behind_since` carries that moment from scrape to scrape (pure but
+/// for it).
+pub fn fill_lag_seconds(
+    row: &mut Row,
+    behind_since: &mut Option<std::time::Instant>,
+    now: std::time::Instant,
+) {
+    use crate::runtime::exposition::number;
+    let behind = number(row, "lag_bytes").is_some_and(|bytes| bytes > 0.0);
+    if !behind {
+        *behind_since = None;
+        return;
+    }
+    let since = *behind_since.get_or_insert(now);
+    if number(row, "lag_seconds").is_none() {
+        let seconds = now.saturating_duration_since(since).as_secs_f64();
+        row.insert("lag_seconds".into(), format!("{seconds:.3}"));
+    }
+}
 
 /// Client backends by state.
 pub const CONNECTIONS: &str = "SELECT COALESCE(state, 'unknown') AS state, count(*) AS n \
@@ -97,5 +121,44 @@ pub async fn scrape(client: &Client) -> Answers {
         standbys,
         slow,
         errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn row(lag_bytes: &str, lag_seconds: Option<&str>) -> Row {
+        let mut row = Row::new();
+        row.insert("lag_bytes".into(), lag_bytes.into());
+        if let Some(s) = lag_seconds {
+            row.insert("lag_seconds".into(), s.into());
+        }
+        row
+    }
+
+    #[test]
+    fn a_standby_behind_without_a_replayed_transaction_counts_from_when_it_was_seen_behind() {
+        let t0 = Instant::now();
+        let mut since = None;
+        // Behind, no timestamp: counted from the first scrape that saw it.
+        let mut first = row("6600000", None);
+        fill_lag_seconds(&mut first, &mut since, t0);
+        assert_eq!(first.get("lag_seconds").map(String::as_str), Some("0.000"));
+        let mut later = row("6600000", None);
+        fill_lag_seconds(&mut later, &mut since, t0 + Duration::from_millis(2500));
+        assert_eq!(later.get("lag_seconds").map(String::as_str), Some("2.500"));
+        // PostgreSQL's own figure wins when it has one.
+        let mut told = row("6600000", Some("7.25"));
+        fill_lag_seconds(&mut told, &mut since, t0 + Duration::from_secs(3));
+        assert_eq!(told.get("lag_seconds").map(String::as_str), Some("7.25"));
+        // Caught up: the moment is forgotten, and a primary (no lag_bytes) gets nothing.
+        let mut caught_up = row("0", Some("0"));
+        fill_lag_seconds(&mut caught_up, &mut since, t0 + Duration::from_secs(4));
+        assert!(since.is_none());
+        let mut primary = Row::new();
+        fill_lag_seconds(&mut primary, &mut since, t0);
+        assert!(!primary.contains_key("lag_seconds"));
     }
 }

@@ -45,7 +45,7 @@ fn instance_families(row: Option<&Row>) -> Vec<Family<'static>> {
         Family { name: "geodb_pg_max_connections", kind: "gauge", help: "max_connections of the server.", samples: one(row, "max_connections", 1.0) },
         Family { name: "geodb_pg_slow_query_threshold_seconds", kind: "gauge", help: "log_min_duration_statement: statements slower than this are slow.", samples: threshold },
         Family { name: "geodb_pg_replication_lag_bytes", kind: "gauge", help: "On a replica, WAL received but not yet replayed.", samples: one(row, "lag_bytes", 1.0) },
-        Family { name: "geodb_pg_replication_lag_seconds", kind: "gauge", help: "On a replica, how old the last replayed transaction is while replay trails what was received; 0 when caught up.", samples: one(row, "lag_seconds", 1.0) },
+        Family { name: "geodb_pg_replication_lag_seconds", kind: "gauge", help: "On a replica, how old the last replayed transaction is while replay trails what was received (before any was replayed: how long replay has been seen behind); 0 when caught up.", samples: one(row, "lag_seconds", 1.0) },
     ]
 }
 
