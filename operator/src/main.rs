@@ -84,6 +84,9 @@ enum Command {
     /// Load random locations in Ho Chi Minh City and Hanoi, with images and
     /// moderation logs, into the sample schema (after `geodb migrate`).
     Seed(commands::jobs::SeedArgs),
+    /// Wait until the server of the Job variables (`PGHOST`, ...) accepts a login, as the
+    /// other Job commands do before their work (a migration image's init container).
+    WaitReady,
     /// Maintenance of the application database (the maintenance CronJob's command).
     Maintain {
         #[command(subcommand)]
@@ -141,6 +144,7 @@ fn main() -> ExitCode {
         Command::DumpList => commands::backup::dump_list(),
         Command::Migrate(args) => return commands::jobs::migrate(args),
         Command::Seed(args) => commands::jobs::seed(args),
+        Command::WaitReady => commands::jobs::wait_ready(),
         Command::Maintain { task } => return commands::jobs::maintain(task),
         Command::Bench { task } => commands::jobs::bench(task),
         Command::Restore {

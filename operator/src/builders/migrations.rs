@@ -216,15 +216,28 @@ pub fn job(cluster: &Cluster) -> Option<Job> {
     let spec = cluster.spec.migrations.as_ref()?;
     let hash = cluster.migrations.as_ref()?;
     let labels = cluster_labels(&cluster.names.cluster, COMPONENT_MIGRATION);
+    // A failed migration is reported, not retried: the same inputs fail the same way.
+    let mut job_spec = one_shot(
+        labels,
+        i64::from(spec.deadline_seconds),
+        container(cluster, spec),
+        volumes(cluster, spec),
+    );
+    // Their tool may not retry a refused connection (the `-rw` Service's endpoints can
+    // trail the confirmed primary by a moment): it starts once a login succeeds.
+    if spec.image.is_some() {
+        if let Some(pod) = job_spec.template.spec.as_mut() {
+            pod.init_containers = Some(vec![geodb_container(
+                cluster,
+                "wait-ready",
+                (&cluster.spec.database.owner, Credential::App),
+                vec!["geodb".into(), "wait-ready".into()],
+            )]);
+        }
+    }
     Some(Job {
         metadata: cluster.component_meta(cluster.names.migration_job(hash), COMPONENT_MIGRATION),
-        // A failed migration is reported, not retried: the same inputs fail the same way.
-        spec: Some(one_shot(
-            labels,
-            i64::from(spec.deadline_seconds),
-            container(cluster, spec),
-            volumes(cluster, spec),
-        )),
+        spec: Some(job_spec),
         ..Job::default()
     })
 }
@@ -292,5 +305,14 @@ mod tests {
         assert!(env
             .iter()
             .any(|e| e.name == "PGHOST" && e.value.as_deref() == Some("geo-rw.maps.svc")));
+        // It starts once the primary accepts a login through the same Service.
+        let init = pod.init_containers.unwrap();
+        assert_eq!(init[0].command.clone().unwrap(), ["geodb", "wait-ready"]);
+        assert!(init[0]
+            .env
+            .clone()
+            .unwrap()
+            .iter()
+            .any(|e| e.name == "PGHOST"));
     }
 }

@@ -151,6 +151,26 @@ pub fn seed(args: SeedArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `geodb wait-ready`: a login through the Job's variables succeeds within
+/// `CONNECT_WAIT`. A Service whose endpoints are not in place yet refuses connections for
+/// a moment after its primary is confirmed; tools that do not retry (Alembic) run after
+/// this.
+pub fn wait_ready() -> Result<(), String> {
+    init_tracing("json");
+    let target = geodb::jobs::connection::Target::from_env().map_err(|e| e.to_string())?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?
+        .block_on(async {
+            target
+                .connect("geodb-wait-ready", geodb::jobs::connection::CONNECT_WAIT)
+                .await
+                .map(|_| tracing::info!(server = %target, "the server accepts logins"))
+                .map_err(|e| e.to_string())
+        })
+}
+
 /// `geodb bench spatial`: the table, then the JSON object as the last stdout line; a
 /// plan without its index fails the run, printing the plan.
 pub fn bench(task: BenchTask) -> Result<(), String> {
