@@ -73,13 +73,15 @@ pub fn migrations_gate(
     let hash = super::migrations::digest(spec, &observed.migration_sources);
     let job = cluster.names.migration_job(&hash);
     let exists = observed.owned.jobs.iter().any(|j| j.name_any() == job);
-    let status = db.status.clone().unwrap_or_default();
+    // Read in place: this runs on every reconcile.
+    let unset = crate::api::GeoDatabaseStatus::default();
+    let status = db.status.as_ref().unwrap_or(&unset);
     // Run once per digest: a finished run is not started again if its Job is deleted.
     let done = status
         .migrations
         .as_ref()
         .is_some_and(|m| m.hash == hash && m.outcome != crate::api::MigrationOutcome::Running);
-    let may_start = may_start_job(cluster, &status, health, plan);
+    let may_start = may_start_job(cluster, status, health, plan);
     if exists || (may_start && !done) {
         cluster.migrations = Some(hash.clone());
     }

@@ -36,7 +36,9 @@ pub fn gate(
     let hash = digest(spec);
     let job = cluster.names.seed_job(&hash);
     let exists = observed.owned.jobs.iter().any(|j| j.name_any() == job);
-    let status = db.status.clone().unwrap_or_default();
+    // Read in place: this runs on every reconcile.
+    let unset = crate::api::GeoDatabaseStatus::default();
+    let status = db.status.as_ref().unwrap_or(&unset);
     let done = status
         .seed
         .as_ref()
@@ -46,7 +48,7 @@ pub fn gate(
             .migrations
             .as_ref()
             .is_some_and(|m| m.outcome == MigrationOutcome::Succeeded);
-    let may_start = schema_ready && super::chores::may_start_job(cluster, &status, health, plan);
+    let may_start = schema_ready && super::chores::may_start_job(cluster, status, health, plan);
     if exists || (may_start && !done) {
         cluster.seed = Some(hash);
     }
