@@ -2,7 +2,8 @@
 # `make bench-pooler`: pgbench through the operator's pooler, straight at the primary and
 # through a bare PgBouncer beside it, on the local cluster (brought up and geodb
 # installed if needed; CLUSTER=current for the KUBECONFIG cluster). BENCH_SECONDS per
-# pgbench run (default 15). Writes target/bench/pooler.json.
+# pgbench run (default 15), BENCH_SWITCHOVERS switchovers (default 3), BENCH_ONLY=switchover
+# for those alone. Writes target/bench/pooler.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:${GEODB_CACHE:-$HOME/.cache/geodb}/kubectl-v1.34.4"

@@ -113,11 +113,55 @@ fn check(report: &DrillReport, synchronous: bool) {
         report.pooler_errors
     );
     if report.fault == Fault::Switchover {
-        // The read-write pooler was paused across it: clients waited, none failed.
+        // The read-write pooler was paused across it: clients waited, none failed, and
+        // not for long (`make bench-pooler` measures how long).
         assert!(
             report.pooler_errors.is_empty(),
             "switchover: pooled writes failed: {:?}",
             report.pooler_errors
+        );
+        assert!(
+            report.pooler_pause < Duration::from_secs(5),
+            "switchover: pooled writes stalled for {:?}",
+            report.pooler_pause
+        );
+    }
+}
+
+/// The read-write pooler of `cluster` says it pinned its server connections to
+/// `instance`'s own Service and resumed (rather than waiting for `-rw` to follow).
+async fn assert_pooler_follows(client: &Client, ns: &str, cluster: &str, instance: &str) {
+    use geodb::names::{COMPONENT_POOLER, LABEL_CLUSTER, LABEL_COMPONENT};
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{ListParams, LogParams};
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("{LABEL_CLUSTER}={cluster},{LABEL_COMPONENT}={COMPONENT_POOLER}");
+    let listed = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap();
+    assert!(!listed.items.is_empty(), "no read-write pooler pod");
+    let host = format!("\"primary\":\"{instance}.{ns}.svc\"");
+    for pod in listed.items {
+        let name = pod.metadata.name.unwrap_or_default();
+        let params = LogParams {
+            container: Some("pgbouncer".into()),
+            ..LogParams::default()
+        };
+        let log = pods.logs(&name, &params).await.unwrap_or_default();
+        let pinned = log.lines().any(|line| {
+            line.contains("\"event\":\"reconnect\"")
+                && line.contains(&host)
+                && line.contains("\"resumed\":true")
+        });
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("geodb::pooler"))
+            .collect();
+        assert!(
+            pinned,
+            "pooler {name} never pinned to {instance} and resumed; its supervisor said:\n{}",
+            tail.join("\n")
         );
     }
 }
@@ -174,6 +218,9 @@ async fn drills(client: &Client, ns: &str) {
             .await
             .unwrap_or_else(|e| panic!("drill {}: {e:#}", fault.name()));
         check(&report, false);
+        if fault == Fault::Switchover {
+            assert_pooler_follows(client, ns, "drill", &report.new_primary).await;
+        }
     }
     let primary = geodb_e2e::drill::primary_of(
         &geodb_e2e::drill::geodatabase(client, ns, "drill")

@@ -3,6 +3,7 @@
 //! instance. Prints a table and writes `target/bench/failover.json`.
 //!
 //! RTO is measured from the fault to the first acknowledged write after the outage.
+//! `BENCH_FAULTS` (names, comma-separated, e.g. `network_cut`) runs only those drills.
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,11 @@ async fn main() -> anyhow::Result<()> {
     target.prepare_tables().await?;
     let timeout = Duration::from_secs(180);
     let started = Instant::now();
+    let only = std::env::var("BENCH_FAULTS").unwrap_or_default();
+    let faults: Vec<Fault> = Fault::ALL
+        .into_iter()
+        .filter(|f| only.is_empty() || only.split(',').any(|n| n.trim() == f.name()))
+        .collect();
 
     let mut rto_rw: Vec<(Fault, f64)> = Vec::new();
     let mut rto_pooler: Vec<(Fault, f64)> = Vec::new();
@@ -55,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let mut lag_back = Vec::new();
     let mut id_base = 0i64;
     for run in 0..runs {
-        for fault in Fault::ALL {
+        for fault in faults.iter().copied() {
             id_base += 10_000_000;
             let report = target
                 .drill(fault, id_base, timeout)
@@ -185,7 +191,7 @@ async fn main() -> anyhow::Result<()> {
         },
         "context": {
             "runs_per_fault": runs,
-            "faults": Fault::ALL.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            "faults": faults.iter().map(|f| f.name()).collect::<Vec<_>>(),
             "instances": 3, "replication": "asynchronous", "failover_delay_s": 5,
             "writer": "one INSERT every 20 ms through -rw and one through the pooler",
             "watcher": "pg_is_in_recovery() on every instance every 100 ms",

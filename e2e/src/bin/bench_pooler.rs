@@ -5,7 +5,9 @@
 //! (a) a connection per transaction (`pgbench -C`, SCRAM over TLS): pooler / direct TPS;
 //! (b) 2,000 clients held through the pooler, select-only: errors;
 //! (c) select-only steady load: pooler / direct and pooler / bare PgBouncer TPS;
-//! (d) a switchover under load through the pooler: client errors and the longest stall.
+//! (d) switchovers under load through the pooler, back and forth (`BENCH_SWITCHOVERS`,
+//! default 3): client errors and the longest stall of any.
+//! `BENCH_ONLY=switchover` runs (d) alone.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -119,6 +121,75 @@ async fn create_cluster(client: &Client, ns: &str) -> anyhow::Result<Target> {
     Ok(target)
 }
 
+type Figures = serde_json::Map<String, serde_json::Value>;
+
+/// (a), (b) and (c): the figures and their targets.
+fn load_figures(
+    pooler: &str,
+    pooled: &Endpoint,
+    direct: &str,
+    bare: &str,
+    rw: &Endpoint,
+    secs: &str,
+) -> anyhow::Result<(Figures, Figures)> {
+    // (c) steady select-only load, the three side by side (interleaved, twice).
+    let steady = ["-S", "-c", "16", "-j", "2", "-T", secs];
+    let mut select = [0.0f64; 3];
+    for _ in 0..2 {
+        for (i, (conn, pw)) in [
+            (pooler, &pooled.password),
+            (direct, &rw.password),
+            (bare, &rw.password),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let run = pgbench(conn, pw, &steady)?;
+            eprintln!("select-only {i}: {run:?}");
+            select[i] += run.tps / 2.0;
+        }
+    }
+    // (a) a new connection (TLS + SCRAM) per transaction.
+    let per_txn = ["-C", "-S", "-c", "8", "-j", "2", "-T", secs];
+    let connect_pooler = pgbench(pooler, &pooled.password, &per_txn)?;
+    let connect_direct = pgbench(direct, &rw.password, &per_txn)?;
+    let connect_bare = pgbench(bare, &rw.password, &per_txn)?;
+    eprintln!("connection per transaction: pooler {connect_pooler:?}, direct {connect_direct:?}, bare {connect_bare:?}");
+    // (b) 2,000 clients held through the pooler: pgbench connects them all, then each
+    // runs its transactions (a duration would also count the time spent connecting).
+    let held = pgbench(
+        pooler,
+        &pooled.password,
+        &["-S", "-c", "2000", "-j", "2", "-t", "5"],
+    )?;
+    eprintln!("2000 clients: {held:?}");
+    let figures = json!({
+        "conn_per_txn_pooler_per_s": connect_pooler.tps,
+        "conn_per_txn_direct_per_s": connect_direct.tps,
+        "conn_per_txn_bare_pgbouncer_per_s": connect_bare.tps,
+        "conn_per_txn_ratio": connect_pooler.tps / connect_direct.tps,
+        "conn_per_txn_bare_vs_direct_ratio": connect_bare.tps / connect_direct.tps,
+        "held_clients_count": 2000,
+        "held_clients_errors_count": held.aborted as u64 + held.failed,
+        "held_clients_per_s": held.tps,
+        "select_pooler_per_s": select[0],
+        "select_direct_per_s": select[1],
+        "select_bare_pgbouncer_per_s": select[2],
+        "select_pooler_vs_direct_ratio": select[0] / select[1],
+        "select_pooler_vs_bare_ratio": select[0] / select[2],
+    });
+    let targets = json!({
+        "conn_per_txn_ratio": {"min": 10},
+        "held_clients_errors_count": {"max": 0},
+        "select_pooler_vs_direct_ratio": {"min": 0.6},
+        "select_pooler_vs_bare_ratio": {"min": 0.9},
+    });
+    match (figures, targets) {
+        (serde_json::Value::Object(f), serde_json::Value::Object(t)) => Ok((f, t)),
+        _ => bail!("figures are objects"),
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let secs = env_secs("BENCH_SECONDS", 15).to_string();
@@ -142,77 +213,53 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
-    // (c) steady select-only load, the three side by side (interleaved, twice).
-    let steady = ["-S", "-c", "16", "-j", "2", "-T", secs.as_str()];
-    let mut select = [0.0f64; 3];
-    for _ in 0..2 {
-        for (i, (conn, pw)) in [
-            (&pooler, &pooled.password),
-            (&direct, &rw.password),
-            (&bare, &rw.password),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let run = pgbench(conn, pw, &steady)?;
-            eprintln!("select-only {i}: {run:?}");
-            select[i] += run.tps / 2.0;
-        }
+    let only_switchover = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "switchover");
+    let mut figures = serde_json::Map::new();
+    let mut targets = serde_json::Map::new();
+    if !only_switchover {
+        let (f, t) = load_figures(&pooler, &pooled, &direct, &bare, &rw, &secs)?;
+        figures.extend(f);
+        targets.extend(t);
     }
-    // (a) a new connection (TLS + SCRAM) per transaction.
-    let per_txn = ["-C", "-S", "-c", "8", "-j", "2", "-T", secs.as_str()];
-    let connect_pooler = pgbench(&pooler, &pooled.password, &per_txn)?;
-    let connect_direct = pgbench(&direct, &rw.password, &per_txn)?;
-    let connect_bare = pgbench(&bare, &rw.password, &per_txn)?;
-    eprintln!("connection per transaction: pooler {connect_pooler:?}, direct {connect_direct:?}, bare {connect_bare:?}");
-    // (b) 2,000 clients held through the pooler: pgbench connects them all, then each
-    // runs its transactions (a duration would also count the time spent connecting).
-    let held = pgbench(
-        &pooler,
-        &pooled.password,
-        &["-S", "-c", "2000", "-j", "2", "-t", "5"],
-    )?;
-    eprintln!("2000 clients: {held:?}");
-    // (d) a switchover with pgbench writing through the pooler beside the drill's writers.
-    let load = {
-        let (pooler, pw) = (pooler.clone(), pooled.password.clone());
-        std::thread::spawn(move || pgbench(&pooler, &pw, &["-N", "-c", "8", "-j", "2", "-T", "40"]))
-    };
-    let report = target
-        .drill(Fault::Switchover, 10_000_000, Duration::from_secs(180))
-        .await?;
-    let during = load
-        .join()
-        .map_err(|_| anyhow::anyhow!("pgbench thread"))??;
-    eprintln!("switchover: {report:?}\npgbench during it: {during:?}");
-    let switchover_errors = report.pooler_errors.len() + during.aborted + during.failed as usize;
-
-    let figures = json!({
-        "conn_per_txn_pooler_per_s": connect_pooler.tps,
-        "conn_per_txn_direct_per_s": connect_direct.tps,
-        "conn_per_txn_bare_pgbouncer_per_s": connect_bare.tps,
-        "conn_per_txn_ratio": connect_pooler.tps / connect_direct.tps,
-        "conn_per_txn_bare_vs_direct_ratio": connect_bare.tps / connect_direct.tps,
-        "held_clients_count": 2000,
-        "held_clients_errors_count": held.aborted as u64 + held.failed,
-        "held_clients_per_s": held.tps,
-        "select_pooler_per_s": select[0],
-        "select_direct_per_s": select[1],
-        "select_bare_pgbouncer_per_s": select[2],
-        "select_pooler_vs_direct_ratio": select[0] / select[1],
-        "select_pooler_vs_bare_ratio": select[0] / select[2],
-        "switchover_client_errors_count": switchover_errors,
-        "switchover_longest_stall_s": report.pooler_pause.as_secs_f64(),
-        "switchover_pgbench_per_s": during.tps,
-    });
-    let targets = json!({
-        "conn_per_txn_ratio": {"min": 10},
-        "held_clients_errors_count": {"max": 0},
-        "select_pooler_vs_direct_ratio": {"min": 0.6},
-        "select_pooler_vs_bare_ratio": {"min": 0.9},
-        "switchover_client_errors_count": {"max": 0},
-        "switchover_longest_stall_s": {"max": 2},
-    });
+    // (d) switchovers back and forth with pgbench writing through the pooler beside the
+    // drill's writers; the figure is the worst of them.
+    let rounds = env_secs("BENCH_SWITCHOVERS", 3);
+    let (mut errors, mut stall, mut tps) = (0usize, Duration::ZERO, f64::INFINITY);
+    let mut seen = Vec::new();
+    for round in 1..=rounds {
+        let load = {
+            let (pooler, pw) = (pooler.clone(), pooled.password.clone());
+            std::thread::spawn(move || {
+                pgbench(&pooler, &pw, &["-N", "-c", "8", "-j", "2", "-T", "40"])
+            })
+        };
+        let report = target
+            .drill(Fault::Switchover, 10_000_000, Duration::from_secs(180))
+            .await?;
+        let during = load
+            .join()
+            .map_err(|_| anyhow::anyhow!("pgbench thread"))??;
+        eprintln!("switchover {round}: {report:?}\npgbench during it: {during:?}");
+        errors += report.pooler_errors.len() + during.aborted + during.failed as usize;
+        stall = stall.max(report.pooler_pause);
+        tps = tps.min(during.tps);
+        seen.push(json!({"from": report.old_primary, "to": report.new_primary,
+                         "stall_s": report.pooler_pause.as_secs_f64(),
+                         "pooler_errors": report.pooler_errors}));
+    }
+    figures.extend([
+        ("switchover_count".into(), json!(rounds)),
+        ("switchover_client_errors_count".into(), json!(errors)),
+        (
+            "switchover_longest_stall_s".into(),
+            json!(stall.as_secs_f64()),
+        ),
+        ("switchover_pgbench_per_s".into(), json!(tps)),
+    ]);
+    targets.extend([
+        ("switchover_client_errors_count".into(), json!({"max": 0})),
+        ("switchover_longest_stall_s".into(), json!({"max": 2})),
+    ]);
     let context = json!({
         "pgbench_seconds": secs,
         "scale": 10,
@@ -221,7 +268,7 @@ async fn main() -> anyhow::Result<()> {
         "tls": "required on every path (sslmode=require)",
         "auth": "SCRAM-SHA-256; the pooler looks roles up with auth_query, the bare PgBouncer reads an auth_file",
         "machine": "2 cores, the cluster, pgbench and the bare PgBouncer on one node",
-        "switchover": {"from": report.old_primary, "to": report.new_primary, "pooler_errors": report.pooler_errors},
+        "switchovers": seen,
     });
     geodb_e2e::bench::write_report(
         "pooler",

@@ -15,13 +15,18 @@ use futures::future::join_all;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{mpsc, watch};
 
+use super::read::Observed;
 use super::topology::{lag_bytes, lag_seconds, serves_reads};
 use crate::api::GeoDatabase;
+use crate::builders::Cluster;
 use crate::postgres::probe::{probe, ClusterHealth, Connection};
 use crate::postgres::Login;
 use crate::runtime::metrics::{InstanceLabels, Metrics};
 
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// While the primary changes: each step waits on what a probe sees (the old primary
+/// down or a replica, the target answering), and a paused pooler waits on the steps.
+pub const TRANSITION_PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What to probe.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -34,6 +39,8 @@ pub struct Targets {
     pub max_lag_bytes: i64,
     /// `None` until the decide step has the cluster's CA.
     pub login: Option<Login>,
+    /// A failover or switchover is under way: probe every `TRANSITION_PROBE_INTERVAL`.
+    pub transition: bool,
 }
 
 /// The part of an instance's health a reconcile must react to.
@@ -76,6 +83,35 @@ fn digest(health: &ClusterHealth, targets: &Targets) -> Vec<Digest> {
             }
         })
         .collect()
+}
+
+/// What the health monitor probes: the pod IP of every instance.
+pub fn targets(cluster: &Cluster, observed: &Observed, db: &GeoDatabase) -> Targets {
+    Targets {
+        namespace: cluster.namespace.clone(),
+        cluster: cluster.names.cluster.clone(),
+        instances: cluster
+            .instances
+            .iter()
+            .map(|instance| {
+                let ip = observed
+                    .instance_pod(instance)
+                    .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+                    .unwrap_or_default();
+                (instance.clone(), ip)
+            })
+            .collect(),
+        primary: super::topology::current_primary(
+            &db.status.clone().unwrap_or_default(),
+            &cluster.primary,
+        ),
+        max_lag_bytes: cluster.spec.replication.max_lag_bytes,
+        login: super::certificates::login(cluster).ok(),
+        transition: db
+            .status
+            .as_ref()
+            .is_some_and(|s| s.target_primary.is_some() && s.target_primary != s.current_primary),
+    }
 }
 
 struct Tracked {
@@ -240,16 +276,20 @@ async fn probe_loop(
     metrics: Arc<Metrics>,
 ) {
     let mut connections: HashMap<String, Connection> = HashMap::new();
-    let mut interval = tokio::time::interval(PROBE_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_digest = None;
+    let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = interval.tick() => {}
+            _ = tokio::time::sleep_until(next) => {}
             // New targets (a pod moved, an instance was added): probe at once.
             changed = targets.changed() => if changed.is_err() { return; },
         }
         let current = targets.borrow_and_update().clone();
+        next = tokio::time::Instant::now()
+            + match current.transition {
+                true => TRANSITION_PROBE_INTERVAL,
+                false => PROBE_INTERVAL,
+            };
         connections.retain(|name, _| current.instances.contains_key(name));
         let probes = current.instances.iter().map(|(name, address)| {
             let kept = connections.remove(name);

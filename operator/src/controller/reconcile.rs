@@ -19,7 +19,6 @@ use tracing::{info, warn, Instrument};
 use super::apply::{self, Applier};
 use super::chores;
 use super::finalizer::{cleanup, has_finalizer, set_finalizer};
-use super::health::Targets;
 use super::read::Observed;
 use super::replication::{self, plan::Plan};
 use super::status::conditions::{is_true, now, Reason, Type};
@@ -286,31 +285,6 @@ fn roles_now(
     )
 }
 
-/// What the health monitor probes: the pod IP of every instance.
-fn probe_targets(cluster: &Cluster, observed: &Observed, db: &GeoDatabase) -> Targets {
-    Targets {
-        namespace: cluster.namespace.clone(),
-        cluster: cluster.names.cluster.clone(),
-        instances: cluster
-            .instances
-            .iter()
-            .map(|instance| {
-                let ip = observed
-                    .instance_pod(instance)
-                    .and_then(|p| p.status.as_ref()?.pod_ip.clone())
-                    .unwrap_or_default();
-                (instance.clone(), ip)
-            })
-            .collect(),
-        primary: topology::current_primary(
-            &db.status.clone().unwrap_or_default(),
-            &cluster.primary,
-        ),
-        max_lag_bytes: cluster.spec.replication.max_lag_bytes,
-        login: certificates::login(cluster).ok(),
-    }
-}
-
 /// Volumes without a recorded primary: every object is applied (so that the pods and
 /// their agents start), no primary is written, and the status says what it waits for.
 async fn wait_for_volumes(
@@ -409,7 +383,7 @@ async fn converge(db: &GeoDatabase, ctx: &Context) -> Result<Action> {
     let (mut cluster, generated) = (decided.cluster, decided.generated);
     let key = ObjectRef::from_obj(db);
     ctx.monitor
-        .track(key.clone(), probe_targets(&cluster, &observed, db));
+        .track(key.clone(), super::health::targets(&cluster, &observed, db));
     let health = ctx.monitor.health(&key);
     let mut db = db.clone();
     let (plan, transition) = replication::step(ctx, &mut db, &cluster, &observed, &health).await?;

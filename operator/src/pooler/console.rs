@@ -4,7 +4,6 @@
 
 use std::future::IntoFuture as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 
+use super::control::{pause, reconnect, Control};
 use super::metrics::{render, Row, Scrape};
 use super::upstream::Upstream;
 use crate::runtime::exposition::rows_of;
@@ -27,8 +27,8 @@ pub const CONTROL_PORT: i32 = 8010;
 pub const METRICS_PORT: i32 = 9127;
 /// `POST` here: close server connections once released, so new ones reach the instances
 /// that now hold the role; with `?primary=<host>` (the read-write pooler, once a primary is
-/// confirmed) first wait until the `-rw` Service reaches it (see `primary`), then resume a
-/// paused PgBouncer.
+/// confirmed) pin new server connections to that instance's Service once it answers as a
+/// primary (see `primary`), then resume a paused PgBouncer (see `control`).
 pub const RECONNECT_PATH: &str = "/reconnect";
 /// `POST` here before a switchover: PgBouncer's `PAUSE` (transactions under way finish,
 /// new ones wait); 200 once no server connection is left.
@@ -37,30 +37,6 @@ pub const PAUSE_PATH: &str = "/pause";
 pub const READY_PATH: &str = "/readyz";
 /// `GET` here: PgBouncer's pools, stats and lists for Prometheus.
 pub const METRICS_PATH: &str = "/metrics";
-
-/// When a reconnect is repeated after the request: kube-proxy applies the Service's new
-/// endpoints a moment after the labels change, and a connection opened in between may
-/// still reach the old instance.
-const AGAIN_AFTER: [Duration; 3] = [
-    Duration::from_secs(2),
-    Duration::from_secs(5),
-    Duration::from_secs(10),
-];
-
-/// How long `/pause` waits for transactions under way to finish before answering 504
-/// (the pause goes on: the switchover decides).
-const PAUSE_WAIT: Duration = Duration::from_secs(5);
-/// A pause nobody ended (an operator lost in the middle of a switchover) ends by itself
-/// after this: clients wait, they do not wait forever.
-const PAUSE_LIMIT: Duration = Duration::from_secs(30);
-
-/// What the control endpoint's handlers share.
-struct Control {
-    port: u16,
-    upstream: Arc<Upstream>,
-    /// Counts pauses and resumes: a pause's own timer resumes only if nothing came after.
-    turns: AtomicU64,
-}
 
 /// Run one command on the console.
 pub async fn command(port: u16, sql: &str) -> Result<(), tokio_postgres::Error> {
@@ -110,98 +86,6 @@ async fn metrics(port: u16) -> String {
     render(scrape.as_ref())
 }
 
-/// The `primary=` value of a query string.
-fn primary_of(query: Option<&str>) -> Option<&str> {
-    query?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("primary="))
-        .filter(|v| !v.is_empty())
-}
-
-async fn reconnect(control: Arc<Control>, query: Option<String>) -> StatusCode {
-    let port = control.port;
-    let Some(host) = primary_of(query.as_deref()) else {
-        // A role moved with no primary confirmed yet (a failover under way): close what
-        // may reach the wrong instance, and stay paused if paused.
-        if let Err(e) = command(port, "RECONNECT").await {
-            tracing::warn!(error = %e, "RECONNECT on PgBouncer's console");
-            return StatusCode::SERVICE_UNAVAILABLE;
-        }
-        tracing::info!(
-            event = "reconnect",
-            "server connections closed once released"
-        );
-        tokio::spawn(async move {
-            for wait in AGAIN_AFTER {
-                tokio::time::sleep(wait).await;
-                if let Err(e) = command(port, "RECONNECT").await {
-                    tracing::warn!(error = %e, "repeating RECONNECT");
-                }
-            }
-        });
-        return StatusCode::OK;
-    };
-    // A primary is confirmed: once the -rw Service reaches it, reconnect and resume
-    // (ending a switchover's pause). Detached from the request, which the operator does
-    // not hold open that long; never longer than `primary::WAIT`: past it, clients are
-    // let through anyway.
-    control.turns.fetch_add(1, Ordering::SeqCst);
-    let (host, service) = (host.to_owned(), control.upstream.fallback());
-    tokio::spawn(async move {
-        let reached = match &service {
-            Some(service) => super::primary::wait_writable(service).await,
-            None => Err("no -rw host in the configuration".to_owned()),
-        };
-        if let Err(e) = &reached {
-            tracing::warn!(primary = %host, error = %e, "resuming without seeing the primary through the Service");
-        }
-        if let Err(e) = rows(port, &["RECONNECT"]).await {
-            tracing::warn!(error = %e, "RECONNECT on PgBouncer's console");
-        }
-        // Not paused is the usual case, and RESUME then only says so.
-        let resumed = command(port, "RESUME").await.is_ok();
-        tracing::info!(
-            event = "reconnect",
-            primary = %host,
-            resumed,
-            waited_ms = reached.map(|d| d.as_millis() as u64).unwrap_or_default(),
-            "server connections closed once released; the -rw Service reaches the primary"
-        );
-    });
-    StatusCode::ACCEPTED
-}
-
-async fn pause(control: Arc<Control>) -> StatusCode {
-    let port = control.port;
-    let turn = control.turns.fetch_add(1, Ordering::SeqCst) + 1;
-    let timer = control.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(PAUSE_LIMIT).await;
-        if timer.turns.load(Ordering::SeqCst) == turn && command(port, "RESUME").await.is_ok() {
-            tracing::warn!(event = "resume", "a pause nobody ended: resumed");
-        }
-    });
-    match tokio::time::timeout(PAUSE_WAIT, command(port, "PAUSE")).await {
-        Ok(Ok(())) => {
-            tracing::info!(event = "pause", "paused: no server connection left");
-            StatusCode::OK
-        }
-        // Asked twice (an operator retrying): already paused is paused.
-        Ok(Err(e)) if e.to_string().contains("already") => StatusCode::OK,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "PAUSE on PgBouncer's console");
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        Err(_) => {
-            tracing::warn!(
-                event = "pause",
-                "transactions still under way after the wait"
-            );
-            StatusCode::GATEWAY_TIMEOUT
-        }
-    }
-}
-
 async fn ready(port: u16) -> StatusCode {
     match command(port, "SHOW VERSION").await {
         Ok(()) => StatusCode::OK,
@@ -212,11 +96,7 @@ async fn ready(port: u16) -> StatusCode {
 /// Serve the control endpoint for PgBouncer listening on `pooler_port`.
 pub async fn serve(pooler_port: u16, upstream: Arc<Upstream>) -> std::io::Result<()> {
     let port = u16::try_from(CONTROL_PORT).unwrap_or(8010);
-    let control = Arc::new(Control {
-        port: pooler_port,
-        upstream,
-        turns: AtomicU64::new(0),
-    });
+    let control = Arc::new(Control::new(pooler_port, upstream));
     let paused = control.clone();
     let router = Router::new()
         .route(

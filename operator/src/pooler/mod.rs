@@ -6,6 +6,7 @@
 //! drop them all. `console` is how it drives PgBouncer for the operator.
 
 pub mod console;
+pub mod control;
 pub mod metrics;
 pub mod primary;
 pub mod upstream;

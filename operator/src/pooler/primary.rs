@@ -1,10 +1,10 @@
-//! Before a paused read-write pooler resumes: new server connections must reach a
-//! writable primary. The role labels have moved, but kube-proxy routes the `-rw`
-//! Service to the new primary a moment later; a connection opened in between fails (no
-//! endpoint) or reaches the demoted instance, and PgBouncer would hand its clients that
-//! error (`server_login_retry`). So the supervisor logs in through the Service itself, as
-//! the lookup role (its password is PgBouncer's userlist), until a server that is not in
-//! recovery answers.
+//! Where a read-write pooler's new server connections go once the operator has confirmed
+//! a primary. The `-rw` Service follows the role labels only after the endpoint
+//! controller and kube-proxy catch up (seconds, measured up to 1.8 s here): a connection
+//! opened in between fails or reaches the demoted instance. So the operator names the
+//! primary's own (headless) Service, whose address does not move in a switchover, and
+//! the supervisor pins PgBouncer to it once a login there, as the lookup role (its
+//! password is PgBouncer's userlist), reaches a server out of recovery.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,6 +16,25 @@ use crate::postgres::tls::{client_config, VerifyFull};
 
 /// How long a resume waits for the Service to reach the primary.
 pub const WAIT: Duration = Duration::from_secs(8);
+
+/// Whether `host` names an instance's Service of the same GeoDatabase as the mounted
+/// `-rw` Service `service` (`<cluster>-<n>.<namespace>.svc` beside
+/// `<cluster>-rw.<namespace>.svc`): nothing else may be pinned (pure).
+pub fn is_instance_of(service: &str, host: &str) -> bool {
+    let (Some((rw, domain)), Some((instance, host_domain))) =
+        (service.split_once('.'), host.split_once('.'))
+    else {
+        return false;
+    };
+    let Some(cluster) = rw.strip_suffix("-rw") else {
+        return false;
+    };
+    domain == host_domain
+        && instance
+            .strip_prefix(cluster)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
 
 /// The lookup role's password from a userlist (`"user" "password"` lines) (pure).
 pub fn password_in(userlist: &str, user: &str) -> Option<String> {
@@ -77,6 +96,20 @@ pub async fn wait_writable(host: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_instance_of_the_same_database_is_pinned() {
+        let rw = "geo-rw.prod.svc";
+        assert!(is_instance_of(rw, "geo-2.prod.svc"));
+        assert!(is_instance_of(rw, "geo-12.prod.svc"));
+        assert!(!is_instance_of(rw, "geo-2.other.svc"));
+        assert!(!is_instance_of(rw, "geo-x.prod.svc"));
+        assert!(!is_instance_of(rw, "geo-.prod.svc"));
+        assert!(!is_instance_of(rw, "other-2.prod.svc"));
+        assert!(!is_instance_of(rw, "evil.example.com"));
+        assert!(!is_instance_of("geo-ro.prod.svc", "geo-2.prod.svc"));
+        assert!(!is_instance_of(rw, "geo-2"));
+    }
 
     #[test]
     fn the_lookup_password_is_read_from_the_userlist() {

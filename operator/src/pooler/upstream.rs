@@ -1,8 +1,10 @@
 //! The configuration PgBouncer reads: the mounted one, less the settings the image's
-//! PgBouncer is too old for (it refuses to start on an unknown setting), written to a
-//! writable copy (the mounted files are read-only).
+//! PgBouncer is too old for (it refuses to start on an unknown setting), with the host
+//! the operator pinned (the primary's own Service, see `primary`) in place of the `-rw`
+//! Service, written to a writable copy (the mounted files are read-only).
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Settings the operator writes that older PgBouncers refuse to start with, and the
 /// version that brought each.
@@ -44,8 +46,20 @@ fn setting_of(line: &str) -> Option<&str> {
     line.split_once('=').map(|(key, _)| key.trim())
 }
 
-/// The mounted configuration without the settings in `drop` (pure).
-pub fn render(ini: &str, drop: &[&str]) -> String {
+/// The `* =` line of `[databases]` with its `host=` set to `host` (pure).
+fn with_host(line: &str, host: &str) -> String {
+    line.split(' ')
+        .map(|word| match word.strip_prefix("host=") {
+            Some(_) => format!("host={host}"),
+            None => word.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The mounted configuration without the settings in `drop`, and with the `* =`
+/// database's host replaced by `pin` when one is given (pure).
+pub fn render(ini: &str, drop: &[&str], pin: Option<&str>) -> String {
     let mut in_databases = false;
     let mut out = String::with_capacity(ini.len());
     for line in ini.lines() {
@@ -56,18 +70,24 @@ pub fn render(ini: &str, drop: &[&str]) -> String {
         if !in_databases && setting_of(trimmed).is_some_and(|key| drop.contains(&key)) {
             continue;
         }
-        out.push_str(line);
+        match pin {
+            Some(host) if in_databases && trimmed.starts_with('*') => {
+                out.push_str(&with_host(line, host))
+            }
+            _ => out.push_str(line),
+        }
         out.push('\n');
     }
     out
 }
 
-/// The mounted file, the effective copy PgBouncer reads, and the version of the
-/// PgBouncer that reads it.
+/// The mounted file, the effective copy PgBouncer reads, the version of the PgBouncer
+/// that reads it, and the host pinned in place of the mounted one.
 pub struct Upstream {
     mounted: PathBuf,
     effective: PathBuf,
     version: Option<(u32, u32)>,
+    pin: Mutex<Option<String>>,
 }
 
 impl Upstream {
@@ -76,7 +96,22 @@ impl Upstream {
             mounted: mounted.to_owned(),
             effective: effective.to_owned(),
             version,
+            pin: Mutex::new(None),
         }
+    }
+
+    /// The host PgBouncer is pinned to, if any.
+    pub fn pinned(&self) -> Option<String> {
+        self.pin.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Pin PgBouncer to `host` (`None`: back to the mounted host) and write the effective
+    /// file; whether it changed.
+    pub fn pin(&self, host: Option<String>) -> std::io::Result<bool> {
+        if let Ok(mut pin) = self.pin.lock() {
+            *pin = host;
+        }
+        self.write()
     }
 
     pub fn effective(&self) -> &Path {
@@ -97,7 +132,7 @@ impl Upstream {
             .version
             .map(|v| unknown_to(&mounted, v))
             .unwrap_or_default();
-        let wanted = render(&mounted, &drop);
+        let wanted = render(&mounted, &drop, self.pinned().as_deref());
         if std::fs::read_to_string(&self.effective).ok().as_deref() == Some(wanted.as_str()) {
             return Ok(false);
         }
@@ -135,8 +170,8 @@ mod tests {
         assert_eq!(unknown_to(&ini, (1, 18)), ["max_prepared_statements"]);
         assert!(unknown_to(&ini, (1, 21)).is_empty());
         assert!(unknown_to(INI, (1, 18)).is_empty());
-        assert_eq!(render(&ini, &unknown_to(&ini, (1, 18))), INI);
-        assert_eq!(render(&ini, &[]), ini);
+        assert_eq!(render(&ini, &unknown_to(&ini, (1, 18)), None), INI);
+        assert_eq!(render(&ini, &[], None), ini);
         assert_eq!(fallback_host(INI), Some("geo-rw.prod.svc"));
     }
 
@@ -149,6 +184,17 @@ mod tests {
         assert!(up.write().unwrap());
         assert!(!up.write().unwrap());
         assert_eq!(up.fallback().as_deref(), Some("geo-rw.prod.svc"));
+        // A pin changes the host PgBouncer reads, not the mounted one; unpinning restores it.
+        assert!(up.pin(Some("geo-2.prod.svc".into())).unwrap());
+        let effective = std::fs::read_to_string(dir.join("effective.ini")).unwrap();
+        assert!(effective.contains("* = host=geo-2.prod.svc port=5432\n"));
+        assert_eq!(up.fallback().as_deref(), Some("geo-rw.prod.svc"));
+        assert!(!up.pin(Some("geo-2.prod.svc".into())).unwrap());
+        assert!(up.pin(None).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("effective.ini")).unwrap(),
+            INI
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,12 +3,15 @@
 use std::time::Duration;
 
 use super::connect::{bounded, connect, Login, PgError};
+use super::probe::{sample, Sample};
 
 /// What `pg_promote` may take before the operator gives up on this attempt.
 const PROMOTE_WAIT: Duration = Duration::from_secs(35);
 
 /// `pg_promote` on `instance` at `address`; one no longer in recovery counts as done.
-pub async fn promote(instance: &str, address: &str, login: &Login) -> Result<(), PgError> {
+/// Returns the instance's probe right after, which shows it out of recovery, so the
+/// caller need not wait for the next round of probes to record the new primary.
+pub async fn promote(instance: &str, address: &str, login: &Login) -> Result<Sample, PgError> {
     let client = connect(instance, address, login).await?;
     match bounded(
         "pg_promote",
@@ -17,11 +20,27 @@ pub async fn promote(instance: &str, address: &str, login: &Login) -> Result<(),
     )
     .await
     {
-        Ok(row) if row.try_get::<_, bool>(0).unwrap_or(false) => Ok(()),
-        Ok(_) => Err(PgError::Query("pg_promote returned false".into())),
-        Err(PgError::Query(message)) if message.contains("recovery is not in progress") => Ok(()),
-        Err(error) => Err(error),
+        Ok(row) if row.try_get::<_, bool>(0).unwrap_or(false) => {}
+        Ok(_) => return Err(PgError::Query("pg_promote returned false".into())),
+        Err(PgError::Query(message)) if message.contains("recovery is not in progress") => {}
+        Err(error) => return Err(error),
     }
+    sample(&client).await
+}
+
+/// What a checkpoint before a switchover may take before the switchover goes on without.
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(60);
+
+/// `CHECKPOINT` on `instance` at `address`: the old primary's shutdown in a switchover
+/// then has little left to write, and clients wait that much less.
+pub async fn checkpoint(instance: &str, address: &str, login: &Login) -> Result<(), PgError> {
+    let client = connect(instance, address, login).await?;
+    bounded(
+        "CHECKPOINT",
+        CHECKPOINT_WAIT,
+        client.batch_execute("CHECKPOINT"),
+    )
+    .await
 }
 
 /// Which slots to create and which to drop, from the wanted and the existing ones.

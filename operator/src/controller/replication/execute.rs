@@ -14,7 +14,7 @@ use crate::controller::status::conditions::{now, Reason, TransitionState, Type};
 use crate::controller::status::store;
 use crate::controller::Context;
 use crate::error::{Error, Result};
-use crate::postgres::admin::promote;
+use crate::postgres::admin::{checkpoint, promote};
 use crate::postgres::lsn;
 use crate::postgres::probe::ClusterHealth;
 use crate::postgres::Login;
@@ -67,12 +67,18 @@ pub async fn execute(
         }
         Plan::Begin(transition) => {
             if transition.kind == FailoverKind::Switchover {
+                let from = &transition.from;
+                // Before the pause, not during it: the dirty pages are written while
+                // clients still run.
+                if let Err(error) = checkpoint(from, health.address(from), login).await {
+                    warn!(instance = %from, %error, "checkpoint before the switchover failed; switching over anyway");
+                }
                 pause_poolers(ctx, db, pods).await;
             }
             begin(ctx, db, transition).await
         }
         Plan::Promote { to } => {
-            promote(to, health.address(to), login)
+            let after = promote(to, health.address(to), login)
                 .await
                 .map_err(|source| Error::Postgres {
                     instance: to.clone(),
@@ -82,10 +88,32 @@ pub async fn execute(
             info!(instance = %to, "promoted");
             ctx.event(db, EventType::Normal, "Promoted", format!("promoted {to}"))
                 .await;
-            Ok(state(true, Reason::Switching, format!("promoting {to}")))
+            checkpoint_after_promotion(to, health.address(to), login);
+            // Seen out of recovery on the promoting connection: the transition completes
+            // now, and the labels move in this same reconcile (the next probe is up to
+            // a second away, and a paused pooler waits on it).
+            match after.in_recovery {
+                false => complete(ctx, db, to, after.timeline).await,
+                true => Ok(state(true, Reason::Switching, format!("promoting {to}"))),
+            }
         }
         Plan::Complete { to, timeline } => complete(ctx, db, to, *timeline).await,
     }
+}
+
+/// PostgreSQL follows a promotion with a spread checkpoint, which may take minutes.
+/// Until one completes on the new timeline, the last checkpoint the old primary shares
+/// with it is older, and the old primary may already have recycled the WAL that
+/// `pg_rewind` must read back to it. So an immediate one is asked for, in the background
+/// (nothing waits on it).
+fn checkpoint_after_promotion(to: &str, address: &str, login: &Login) {
+    let (instance, address, login) = (to.to_owned(), address.to_owned(), login.clone());
+    tokio::spawn(async move {
+        match checkpoint(&instance, &address, &login).await {
+            Ok(()) => info!(%instance, "checkpoint after the promotion"),
+            Err(error) => warn!(%instance, %error, "checkpoint after the promotion failed"),
+        }
+    });
 }
 
 /// Before a planned switchover: the read-write poolers hold new transactions (clients
