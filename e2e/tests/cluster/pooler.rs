@@ -11,31 +11,93 @@ use kube::{Api, Client};
 
 use crate::tls::pooler_pods;
 
-/// `GET http://ip:8010/metrics` of a pooler pod.
-async fn scrape(ip: &str) -> std::io::Result<String> {
+/// The response of `<method> http://ip:8010<path>` to a pooler pod's supervisor, with
+/// `authorization` as its header.
+async fn request(
+    ip: &str,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect((ip, 8010)).await?;
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {ip}\r\n\r\n");
+    let header = authorization
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("{method} {path} HTTP/1.0\r\nHost: {ip}\r\n{header}Content-Length: 0\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
     Ok(response)
 }
 
+/// `GET http://ip:8010/metrics` of a pooler pod.
+async fn scrape(ip: &str) -> std::io::Result<String> {
+    request(ip, "GET", "/metrics", None).await
+}
+
+/// The status code of `POST http://ip:8010<path>`.
+async fn post_status(ip: &str, path: &str, authorization: Option<&str>) -> String {
+    let response = request(ip, "POST", path, authorization).await.unwrap();
+    response
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The IPs of the pods that `selector` selects.
+async fn pod_ips(client: &Client, ns: &str, selector: &str) -> Vec<String> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect()
+}
+
+/// Without the operator's token, the control endpoint refuses to pause or repoint the
+/// pooler, and the held sessions still run.
+async fn control_needs_the_token(client: &Client, ns: &str, held: &[tokio_postgres::Client]) {
+    let ips = pod_ips(
+        client,
+        ns,
+        "geodb.io/cluster=geo,app.kubernetes.io/component in (pooler,pooler-ro)",
+    )
+    .await;
+    let forged = format!(
+        "Bearer {}",
+        geodb::pooler::control::token("not-the-password")
+    );
+    for ip in ips {
+        for authorization in [None, Some("Bearer "), Some(forged.as_str())] {
+            for path in ["/pause", "/reconnect", "/reconnect?primary=geo-2.x.svc"] {
+                let status = post_status(&ip, path, authorization).await;
+                assert_eq!(status, "401", "POST {path} on {ip} with {authorization:?}");
+            }
+        }
+    }
+    for (i, session) in held.iter().enumerate() {
+        let answer =
+            tokio::time::timeout(Duration::from_secs(5), session.simple_query("SELECT 1")).await;
+        assert!(
+            matches!(answer, Ok(Ok(_))),
+            "client {i} after refused control requests: {answer:?}"
+        );
+    }
+}
+
 /// The read-write pooler's metrics count at least `clients` client connections of the
 /// application database, and say PgBouncer is up.
 async fn clients_in_metrics(client: &Client, ns: &str, clients: usize) {
-    let pods = Api::<Pod>::namespaced(client.clone(), ns)
-        .list(
-            &kube::api::ListParams::default()
-                .labels("geodb.io/cluster=geo,app.kubernetes.io/component=pooler"),
-        )
-        .await
-        .unwrap();
-    let ips: Vec<String> = pods
-        .iter()
-        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
-        .collect();
+    let ips = pod_ips(
+        client,
+        ns,
+        "geodb.io/cluster=geo,app.kubernetes.io/component=pooler",
+    )
+    .await;
     let mut total = 0.0;
     let mut seen = String::new();
     for ip in &ips {
@@ -86,6 +148,7 @@ pub async fn scenario_pooler_reload(client: &Client, ns: &str) {
     }
     let pods = pooler_pods(client, ns).await;
     clients_in_metrics(client, ns, held.len()).await;
+    control_needs_the_token(client, ns, &held).await;
     let mut before = Vec::new();
     for (pod, _, _) in &pods {
         before.push(reloads(client, ns, pod).await);

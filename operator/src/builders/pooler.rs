@@ -61,6 +61,10 @@ impl Access {
 
 pub const PGBOUNCER_INI: &str = "pgbouncer.ini";
 pub const USERLIST: &str = "userlist.txt";
+/// Seconds PgBouncer keeps a DNS answer.
+const DNS_MAX_TTL: u32 = 2;
+/// Seconds a new server connection may take to connect, unless `pooler.settings` says.
+const SERVER_CONNECT_TIMEOUT: u32 = 5;
 pub const PGBOUNCER_HBA: &str = "pgbouncer_hba.conf";
 const CONFIG_DIR: &str = "/etc/pgbouncer";
 pub const AUTH_DIR: &str = "/etc/pgbouncer/auth";
@@ -113,6 +117,15 @@ pub fn pgbouncer_ini(cluster: &Cluster, access: Access) -> String {
     let _ = writeln!(ini, "server_idle_timeout = {}", pooler.server_idle_timeout);
     let _ = writeln!(ini, "query_wait_timeout = {}", pooler.query_wait_timeout);
     let _ = writeln!(ini, "server_lifetime = {}", pooler.server_lifetime);
+    // The read-write pooler follows an instance's own Service, whose address changes when
+    // its pod is recreated: PgBouncer's own DNS cache (15 s by default, whatever the
+    // record's TTL) would keep sending new server connections to the gone address.
+    let _ = writeln!(ini, "dns_max_ttl = {DNS_MAX_TTL}");
+    // An address nobody answers at (a gone pod, a cut network) holds the clients waiting
+    // for a server connection this long; PgBouncer's 15 s default is made for the WAN.
+    if !pooler.settings.contains_key("server_connect_timeout") {
+        let _ = writeln!(ini, "server_connect_timeout = {SERVER_CONNECT_TIMEOUT}");
+    }
     // PgBouncer 1.21+; `geodb pooler` leaves it out for an older one.
     let _ = writeln!(
         ini,
@@ -396,6 +409,19 @@ mod tests {
             ini.ends_with("min_pool_size = 2\nquery_timeout = 30\n"),
             "{ini}"
         );
+    }
+
+    #[test]
+    fn dns_answers_and_server_connects_are_bounded_unless_set() {
+        let c = cluster(json!({"storage": {"size": "1Gi"}}));
+        let ini = pgbouncer_ini(&c, Access::ReadWrite);
+        assert!(ini.contains("dns_max_ttl = 2\n"));
+        assert!(ini.contains("server_connect_timeout = 5\n"));
+        let c = cluster(json!({"storage": {"size": "1Gi"},
+            "pooler": {"settings": {"server_connect_timeout": "20"}}}));
+        let ini = pgbouncer_ini(&c, Access::ReadWrite);
+        assert_eq!(ini.matches("server_connect_timeout").count(), 1, "{ini}");
+        assert!(ini.ends_with("server_connect_timeout = 20\n"), "{ini}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::RawQuery;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -101,9 +101,14 @@ pub async fn serve(pooler_port: u16, upstream: Arc<Upstream>) -> std::io::Result
     let router = Router::new()
         .route(
             RECONNECT_PATH,
-            post(move |RawQuery(query): RawQuery| reconnect(control.clone(), query)),
+            post(move |headers: HeaderMap, RawQuery(query): RawQuery| {
+                reconnect(control.clone(), headers, query)
+            }),
         )
-        .route(PAUSE_PATH, post(move || pause(paused.clone())))
+        .route(
+            PAUSE_PATH,
+            post(move |headers: HeaderMap| pause(paused.clone(), headers)),
+        )
         .route(
             READY_PATH,
             get(move || async move { ready(pooler_port).await }),

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use tokio::sync::Mutex;
 
 use super::console::{command, rows};
@@ -111,6 +111,58 @@ impl Control {
     }
 }
 
+/// What the token of the control endpoint is derived from the lookup role's password
+/// with: the token opens the endpoint, and does not give the password away.
+const TOKEN_CONTEXT: &[u8] = b"geodb pooler control";
+
+fn token_key(password: &str) -> ring::hmac::Key {
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, password.as_bytes())
+}
+
+/// The bearer token the operator sends to a pooler whose lookup role has `password`
+/// (pure): HMAC-SHA-256 of a fixed context, in hex.
+pub fn token(password: &str) -> String {
+    ring::hmac::sign(&token_key(password), TOKEN_CONTEXT)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `headers` carry the token for `password` (compared in constant time) (pure).
+pub fn authorized(headers: &HeaderMap, password: &str) -> bool {
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(from_hex);
+    presented
+        .is_some_and(|tag| ring::hmac::verify(&token_key(password), TOKEN_CONTEXT, &tag).is_ok())
+}
+
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The pause and reconnect requests need the operator's token: anyone else who can reach
+/// the port (a NetworkPolicy may be off) could otherwise hold every client.
+fn refused(headers: &HeaderMap) -> Option<StatusCode> {
+    match super::primary::lookup_password() {
+        Ok(password) if authorized(headers, &password) => None,
+        Ok(_) => Some(StatusCode::UNAUTHORIZED),
+        Err(e) => {
+            tracing::warn!(error = %e, "no lookup password to check the control token against");
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        }
+    }
+}
+
 /// The `primary=` value of a query string.
 pub fn primary_of(query: Option<&str>) -> Option<&str> {
     query?
@@ -120,7 +172,14 @@ pub fn primary_of(query: Option<&str>) -> Option<&str> {
 }
 
 /// `POST /reconnect[?primary=<host>]`.
-pub async fn reconnect(control: Arc<Control>, query: Option<String>) -> StatusCode {
+pub async fn reconnect(
+    control: Arc<Control>,
+    headers: HeaderMap,
+    query: Option<String>,
+) -> StatusCode {
+    if let Some(status) = refused(&headers) {
+        return status;
+    }
     let Some(host) = primary_of(query.as_deref()).map(str::to_owned) else {
         tokio::spawn(follow_services(control));
         return StatusCode::ACCEPTED;
@@ -212,7 +271,10 @@ async fn follow_primary(control: Arc<Control>, host: String, turn: u64) {
 }
 
 /// `POST /pause`.
-pub async fn pause(control: Arc<Control>) -> StatusCode {
+pub async fn pause(control: Arc<Control>, headers: HeaderMap) -> StatusCode {
+    if let Some(status) = refused(&headers) {
+        return status;
+    }
     let port = control.port;
     let turn = control.turns.fetch_add(1, Ordering::SeqCst) + 1;
     control.paused.store(true, Ordering::SeqCst);
@@ -248,6 +310,24 @@ pub async fn pause(control: Arc<Control>) -> StatusCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_token_of_the_password_opens_the_endpoint() {
+        let token = token("s3cret");
+        assert_eq!(token.len(), 64);
+        assert!(!token.contains("s3cret"));
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+            headers
+        };
+        assert!(authorized(&with(&format!("Bearer {token}")), "s3cret"));
+        assert!(!authorized(&with(&format!("Bearer {token}")), "other"));
+        assert!(!authorized(&with(&token), "s3cret"));
+        assert!(!authorized(&with("Bearer "), "s3cret"));
+        assert!(!authorized(&with("Bearer zz"), "s3cret"));
+        assert!(!authorized(&HeaderMap::new(), "s3cret"));
+    }
 
     #[test]
     fn the_primary_is_read_from_the_query() {

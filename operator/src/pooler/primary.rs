@@ -44,6 +44,13 @@ pub fn password_in(userlist: &str, user: &str) -> Option<String> {
     })
 }
 
+/// The lookup role's password, from the mounted userlist.
+pub fn lookup_password() -> Result<String, String> {
+    let userlist = std::fs::read_to_string(Path::new(AUTH_DIR).join(USERLIST))
+        .map_err(|e| format!("reading the userlist: {e}"))?;
+    password_in(&userlist, POOLER_USER).ok_or_else(|| format!("no {POOLER_USER} in the userlist"))
+}
+
 async fn writable(host: &str, password: &str, tls: &VerifyFull) -> Result<bool, String> {
     let mut config = tokio_postgres::Config::new();
     config
@@ -74,10 +81,7 @@ async fn writable(host: &str, password: &str, tls: &VerifyFull) -> Result<bool, 
 /// within [`WAIT`] (and the last error when not).
 pub async fn wait_writable(host: &str) -> Result<Duration, String> {
     let started = Instant::now();
-    let userlist = std::fs::read_to_string(Path::new(AUTH_DIR).join(USERLIST))
-        .map_err(|e| format!("reading the userlist: {e}"))?;
-    let password = password_in(&userlist, POOLER_USER)
-        .ok_or_else(|| format!("no {POOLER_USER} in the userlist"))?;
+    let password = lookup_password()?;
     let ca = std::fs::read_to_string(Path::new(TLS_DIR).join(CA_CERT))
         .map_err(|e| format!("reading the CA: {e}"))?;
     let tls = VerifyFull(client_config(&ca)?);

@@ -146,7 +146,8 @@ pub async fn apply(
             .iter()
             .find(|(_, r)| r.role == crate::api::Role::Primary)
             .map(|(instance, _)| cluster.service_host(instance));
-        poolers::reconnect(&observed.related.pods, primary.as_deref()).await;
+        let token = crate::pooler::control::token(&cluster.credentials.pooler);
+        poolers::reconnect(&observed.related.pods, primary.as_deref(), &token).await;
     }
     Ok(())
 }

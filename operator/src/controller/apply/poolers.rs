@@ -38,10 +38,12 @@ pub fn pooler_ips(pods: &[Pod]) -> Vec<(String, String, bool)> {
         .collect()
 }
 
-async fn ask(ip: &str, path: &str) -> std::io::Result<String> {
+async fn ask(ip: &str, path: &str, token: &str) -> std::io::Result<String> {
     let port = u16::try_from(CONTROL_PORT).unwrap_or(8010);
     let mut stream = tokio::net::TcpStream::connect((ip, port)).await?;
-    let request = format!("POST {path} HTTP/1.0\r\nHost: {ip}\r\nContent-Length: 0\r\n\r\n");
+    let request = format!(
+        "POST {path} HTTP/1.0\r\nHost: {ip}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
@@ -56,7 +58,7 @@ async fn ask(ip: &str, path: &str) -> std::io::Result<String> {
 /// confirmed primary (none while a failover or switchover is under way, which keeps a
 /// paused pooler paused); a pod that does not answer is logged (its connections still end
 /// at their lifetime).
-pub async fn reconnect(pods: &[Pod], primary_host: Option<&str>) {
+pub async fn reconnect(pods: &[Pod], primary_host: Option<&str>, token: &str) {
     let asks = pooler_ips(pods)
         .into_iter()
         .map(|(pod, ip, rw)| async move {
@@ -64,7 +66,7 @@ pub async fn reconnect(pods: &[Pod], primary_host: Option<&str>) {
                 Some(host) => format!("{RECONNECT_PATH}?primary={host}"),
                 None => RECONNECT_PATH.to_owned(),
             };
-            match tokio::time::timeout(ASK_TIMEOUT, ask(&ip, &path)).await {
+            match tokio::time::timeout(ASK_TIMEOUT, ask(&ip, &path, token)).await {
                 Ok(Ok(status)) if status.starts_with('2') => {
                     info!(%pod, "pooler reconnecting to the new roles")
                 }
@@ -78,10 +80,10 @@ pub async fn reconnect(pods: &[Pod], primary_host: Option<&str>) {
 
 /// Pause every read-write pooler pod, all at once; how many of them are paused out of
 /// how many there are (the others' clients may see the switchover as errors).
-pub async fn pause(pods: &[Pod]) -> (usize, usize) {
+pub async fn pause(pods: &[Pod], token: &str) -> (usize, usize) {
     let rw: Vec<_> = pooler_ips(pods).into_iter().filter(|p| p.2).collect();
     let asks = rw.iter().map(|(pod, ip, _)| async move {
-        match tokio::time::timeout(PAUSE_TIMEOUT, ask(ip, PAUSE_PATH)).await {
+        match tokio::time::timeout(PAUSE_TIMEOUT, ask(ip, PAUSE_PATH, token)).await {
             Ok(Ok(status)) if status == "200" => true,
             Ok(Ok(status)) => {
                 warn!(%pod, %status, "pooler not paused");

@@ -28,6 +28,12 @@ fn state(active: bool, reason: Reason, message: String) -> Option<TransitionStat
     })
 }
 
+/// The pooler pods a switchover pauses, and the token their control endpoint wants.
+pub struct Poolers<'a> {
+    pub pods: &'a [Pod],
+    pub token: String,
+}
+
 /// Carry out `plan`; what it means for the `PrimaryTransition` condition.
 pub async fn execute(
     ctx: &Context,
@@ -35,7 +41,7 @@ pub async fn execute(
     plan: &Plan,
     health: &ClusterHealth,
     login: &Login,
-    pods: &[Pod],
+    poolers: &Poolers<'_>,
 ) -> Result<Option<TransitionState>> {
     match plan {
         Plan::Steady => Ok(None),
@@ -73,7 +79,7 @@ pub async fn execute(
                 if let Err(error) = checkpoint(from, health.address(from), login).await {
                     warn!(instance = %from, %error, "checkpoint before the switchover failed; switching over anyway");
                 }
-                pause_poolers(ctx, db, pods).await;
+                pause_poolers(ctx, db, poolers).await;
             }
             begin(ctx, db, transition).await
         }
@@ -118,8 +124,8 @@ fn checkpoint_after_promotion(to: &str, address: &str, login: &Login) {
 
 /// Before a planned switchover: the read-write poolers hold new transactions (clients
 /// wait, they see no error) until the labels move to the new primary, which resumes them.
-async fn pause_poolers(ctx: &Context, db: &GeoDatabase, pods: &[Pod]) {
-    let (paused, of) = poolers::pause(pods).await;
+async fn pause_poolers(ctx: &Context, db: &GeoDatabase, to_pause: &Poolers<'_>) {
+    let (paused, of) = poolers::pause(to_pause.pods, &to_pause.token).await;
     if of == 0 {
         return;
     }

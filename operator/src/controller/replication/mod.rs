@@ -84,7 +84,10 @@ pub async fn step(
         action: "trusting the cluster's CA",
         source,
     })?;
-    let transition =
-        execute::execute(ctx, db, &plan, health, &login, &observed.related.pods).await?;
+    let poolers = execute::Poolers {
+        pods: &observed.related.pods,
+        token: crate::pooler::control::token(&cluster.credentials.pooler),
+    };
+    let transition = execute::execute(ctx, db, &plan, health, &login, &poolers).await?;
     Ok((plan, transition))
 }
