@@ -117,7 +117,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("geodb-pooler-run-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("tls")).unwrap();
         std::fs::write(dir.join("tls/tls.crt"), "a").unwrap();
-        // A stand-in for PgBouncer: exits 7 on its first SIGHUP.
+        // A stand-in for PgBouncer: exits 7 on its first SIGHUP. A shell cannot trap a
+        // signal that was ignored when it started (as under `nohup`), and children inherit
+        // the ignoring: the default is restored for this process and so for the child.
+        // SAFETY: signal(2) with a valid signal number and the default disposition.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_DFL) };
         let script = dir.join("bouncer.sh");
         std::fs::write(
             &script,
