@@ -18,7 +18,20 @@ fi
 
 # The CRDs first, on every run: Helm installs a chart's crds/ only once, never upgrades them.
 kubectl apply --server-side -f crds/
-kubectl wait --for condition=Established crd/geodatabases.geodb.io --timeout=60s
+# `kubectl wait` fails at once, instead of waiting, while the new CRD has no conditions.
+established() {
+	[ "$(kubectl get crd geodatabases.geodb.io \
+		-o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" = True ]
+}
+deadline=$((SECONDS + 60))
+until established; do
+	if [ "$SECONDS" -ge "$deadline" ]; then
+		echo "install: the GeoDatabase CRD is not Established after 60 s" >&2
+		kubectl get crd geodatabases.geodb.io -o yaml >&2
+		exit 1
+	fi
+	sleep 0.2
+done
 
 kubectl apply --server-side -f config/manager/namespace.yaml
 

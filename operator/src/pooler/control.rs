@@ -31,9 +31,10 @@ const AGAIN_AFTER: [Duration; 3] = [
 /// How long `/pause` waits for transactions under way to finish before answering 504
 /// (the pause goes on: the switchover decides).
 const PAUSE_WAIT: Duration = Duration::from_secs(5);
-/// How long a repin outside a switchover waits for transactions under way before it
-/// goes ahead anyway.
-const REPIN_PAUSE_WAIT: Duration = Duration::from_secs(2);
+/// How long a repin outside a switchover waits for its pause to complete. The pause
+/// stops new server logins at once; the transactions it would wait for run on the old
+/// primary (fenced, or cut off and never answering), so they are not waited out.
+const REPIN_PAUSE_WAIT: Duration = Duration::from_millis(500);
 /// How long a reconnect waits for server logins under way to finish.
 const QUIET_WAIT: Duration = Duration::from_secs(1);
 /// A pause nobody ended (an operator lost in the middle of a switchover) ends by itself
@@ -253,6 +254,7 @@ async fn follow_primary(control: Arc<Control>, host: String, turn: u64) {
         paused = true;
         control.paused.store(true, Ordering::SeqCst);
         let _ = tokio::time::timeout(REPIN_PAUSE_WAIT, command(control.port, "PAUSE")).await;
+        control.quiet().await;
     }
     let changed = control.repin(pin).await;
     let resumed = paused && control.turns.load(Ordering::SeqCst) == turn;
