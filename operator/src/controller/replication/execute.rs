@@ -28,10 +28,11 @@ fn state(active: bool, reason: Reason, message: String) -> Option<TransitionStat
     })
 }
 
-/// The pooler pods a switchover pauses, and the token their control endpoint wants.
+/// The pooler pods a switchover pauses, and the lookup role's password their control
+/// endpoint's token is derived from (only when a pause is asked for).
 pub struct Poolers<'a> {
     pub pods: &'a [Pod],
-    pub token: String,
+    pub password: &'a str,
 }
 
 /// Carry out `plan`; what it means for the `PrimaryTransition` condition.
@@ -125,7 +126,8 @@ fn checkpoint_after_promotion(to: &str, address: &str, login: &Login) {
 /// Before a planned switchover: the read-write poolers hold new transactions (clients
 /// wait, they see no error) until the labels move to the new primary, which resumes them.
 async fn pause_poolers(ctx: &Context, db: &GeoDatabase, to_pause: &Poolers<'_>) {
-    let (paused, of) = poolers::pause(to_pause.pods, &to_pause.token).await;
+    let token = crate::pooler::control::token(to_pause.password);
+    let (paused, of) = poolers::pause(to_pause.pods, &token).await;
     if of == 0 {
         return;
     }

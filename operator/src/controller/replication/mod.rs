@@ -86,7 +86,7 @@ pub async fn step(
     })?;
     let poolers = execute::Poolers {
         pods: &observed.related.pods,
-        token: crate::pooler::control::token(&cluster.credentials.pooler),
+        password: &cluster.credentials.pooler,
     };
     let transition = execute::execute(ctx, db, &plan, health, &login, &poolers).await?;
     Ok((plan, transition))
